@@ -1,0 +1,13 @@
+"""Keras callbacks, one measurement each, for the LoRA rank x batch sweep.
+
+Each takes an optional ``tf.summary.SummaryWriter`` (scalars for the
+TensorBoard HParams view) and exposes ``results() -> dict`` of plain Python
+values for the trial's metrics and results.csv.
+"""
+
+from .epoch_timer import EpochTimer
+from .loss_scalars import LossScalars
+from .parameter_count import ParameterCount
+from .peak_memory import PeakMemory
+
+__all__ = ["EpochTimer", "LossScalars", "ParameterCount", "PeakMemory"]

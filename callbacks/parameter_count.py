@@ -1,0 +1,57 @@
+"""Trainable / total parameter counts of the model being fitted."""
+
+import math
+
+import keras
+
+from ._summary import flush, write_scalars
+
+
+def count_params(variables):
+    """Sum of the element counts of ``variables``."""
+    return int(sum(math.prod(int(d) for d in v.shape) for v in variables))
+
+
+class ParameterCount(keras.callbacks.Callback):
+    """Counts ``self.model``'s trainable and total parameters at train begin.
+
+    Counting at ``on_train_begin`` (not construction) sees the model as
+    fitted: LoRA adapters added and frozen kernels (``trainable=False``)
+    excluded from ``trainable_weights`` but still in ``weights``.
+
+    Scalars (step 0): ``trainable_params``, ``total_params``.
+
+    Example:
+        counter = ParameterCount(writer=writer)
+        model.fit(ds, epochs=1, callbacks=[counter])
+        counter.results()["trainable_percent"]
+    """
+
+    def __init__(self, writer=None):
+        super().__init__()
+        self.writer = writer
+        self.trainable_params = 0
+        self.total_params = 0
+
+    def on_train_begin(self, logs=None):
+        self.trainable_params = count_params(self.model.trainable_weights)
+        self.total_params = count_params(self.model.weights)
+        write_scalars(
+            self.writer,
+            {
+                "trainable_params": self.trainable_params,
+                "total_params": self.total_params,
+            },
+            step=0,
+        )
+        flush(self.writer)
+
+    def results(self):
+        total = self.total_params
+        return {
+            "trainable_params": int(self.trainable_params),
+            "total_params": int(total),
+            "trainable_percent": (
+                100.0 * self.trainable_params / total if total else 0.0
+            ),
+        }

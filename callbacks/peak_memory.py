@@ -1,0 +1,147 @@
+"""Peak memory of one trial: GPU allocator peak, else host RSS high-water."""
+
+import threading
+
+import keras
+import tensorflow as tf
+
+from ._summary import flush, write_scalars
+
+MIB = 2**20
+# Module-level so tests can point them elsewhere (e.g. to force the fallback).
+CLEAR_REFS_PATH = "/proc/self/clear_refs"
+STATUS_PATH = "/proc/self/status"
+
+
+def _reset_hwm():
+    """Reset the kernel's RSS high-water mark (VmHWM); False if impossible.
+
+    Writing "5" to clear_refs sets VmHWM back to the current RSS (Linux >=
+    4.0), so the mark afterwards covers only this trial, not earlier ones.
+    """
+    try:
+        with open(CLEAR_REFS_PATH, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _read_hwm_mb():
+    """VmHWM of this process in MiB, or None when unavailable."""
+    try:
+        with open(STATUS_PATH) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / MIB  # value is in kB
+    except OSError:
+        pass
+    return None
+
+
+class _RssSampler:
+    """Daemon thread keeping the max RSS seen (fallback without clear_refs)."""
+
+    def __init__(self, interval_s):
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.peak_bytes = 0
+        self.sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sample(self):
+        self.peak_bytes = max(self.peak_bytes, self._proc.memory_info().rss)
+
+    def _run(self):
+        while not self._stop.wait(self._interval_s):
+            self.sample()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+class PeakMemory(keras.callbacks.Callback):
+    """Peak memory during ``fit``, reset at ``on_train_begin``.
+
+    With a GPU visible: TF's allocator peak on ``GPU:0``
+    (``memory_kind="gpu"``). Otherwise the process's host RSS high-water
+    (``memory_kind="host_rss"``), via VmHWM after resetting it through
+    ``/proc/self/clear_refs``; if that cannot be written, a daemon thread
+    samples RSS every ``sample_interval_s`` (may miss very short spikes).
+    VmHWM is per process: run one trial at a time per process.
+
+    Scalar per epoch: ``peak_memory_mb`` (MiB, peak so far).
+
+    Example:
+        mem = PeakMemory(writer=writer)
+        model.fit(ds, epochs=2, callbacks=[mem])
+        mem.results()  # {"peak_memory_mb": 1234.5, "memory_kind": "gpu"}
+    """
+
+    def __init__(self, writer=None, force_sampling=False, sample_interval_s=0.02):
+        super().__init__()
+        self.writer = writer
+        self.force_sampling = force_sampling
+        self.sample_interval_s = sample_interval_s
+        self.memory_kind = None
+        self.peak_memory_mb = 0.0
+        self.method = None  # "gpu" | "vmhwm" | "sampling"
+        self._sampler = None
+
+    def on_train_begin(self, logs=None):
+        if self._sampler is not None:  # a previous fit died before train end
+            self._sampler.stop()
+            self._sampler = None
+        self.peak_memory_mb = 0.0
+        self.method = None
+        if tf.config.list_logical_devices("GPU"):
+            try:
+                tf.config.experimental.reset_memory_stats("GPU:0")
+                self.method = self.memory_kind = "gpu"
+            except (ValueError, RuntimeError):
+                pass  # stats not tracked for this device: measure host RSS
+        if self.method is None:
+            self.memory_kind = "host_rss"
+            if (
+                not self.force_sampling
+                and _reset_hwm()
+                and _read_hwm_mb() is not None
+            ):
+                self.method = "vmhwm"
+            else:
+                self.method = "sampling"
+                self._sampler = _RssSampler(self.sample_interval_s)
+
+    def _measure(self):
+        if self.method == "gpu":
+            peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / MIB
+        elif self.method == "vmhwm":
+            peak = _read_hwm_mb() or 0.0
+        else:
+            self._sampler.sample()
+            peak = self._sampler.peak_bytes / MIB
+        self.peak_memory_mb = max(self.peak_memory_mb, float(peak))
+        return self.peak_memory_mb
+
+    def on_epoch_end(self, epoch, logs=None):
+        write_scalars(self.writer, {"peak_memory_mb": self._measure()}, step=epoch)
+
+    def on_train_end(self, logs=None):
+        self._measure()
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._measure()
+            self._sampler = None
+        flush(self.writer)
+
+    def results(self):
+        return {
+            "peak_memory_mb": float(self.peak_memory_mb),
+            "memory_kind": str(self.memory_kind),
+        }

@@ -1,0 +1,34 @@
+"""lora-keras: LoRA fine-tuning of keras-hub T5 models, measured.
+
+Example:
+```python
+from lora_keras import LoraConfig, add_lora, load_base
+base = load_base("tiny")
+backbone = base.build_backbone()
+add_lora(backbone, LoraConfig(rank=4, targets=("q", "v")))
+model = base.build_model(backbone)
+```
+"""
+
+import importlib
+
+# Public names -> their module; imported on first use so that `lora_keras.cli`
+# (argument checks) answers without loading TensorFlow.
+_EXPORTS = {
+    "InputError": "lora_keras.errors",
+    "LoraConfig": "lora_keras.lora",
+    "add_lora": "lora_keras.lora",
+    "load_adapter": "lora_keras.lora",
+    "lora_parameter_count": "lora_keras.lora",
+    "merge_lora": "lora_keras.lora",
+    "save_adapter": "lora_keras.lora",
+    "BaseModel": "lora_keras.models",
+    "load_base": "lora_keras.models",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lora_keras' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,0 +1,90 @@
+"""Sentence pairs -> token ids (once per run) -> `tf.data` batches for `T5Seq2SeqLM`.
+
+Example:
+```python
+tokens = tokenize_pairs(tokenizer, pairs, prefix="translate English to French: ")
+dataset = make_dataset(tokens, batch_size=8, shuffle=True, seed=0)
+```
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+PAD_ID = 0
+EOS_ID = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedPairs:
+    """Padded `int32` id matrices: sources `(n, S)` and targets `(n, T)` ending in EOS."""
+
+    source_ids: np.ndarray
+    target_ids: np.ndarray
+
+    def __len__(self):
+        return len(self.source_ids)
+
+    @property
+    def token_count(self):
+        """Real (non-padding) source plus target tokens: one epoch's work."""
+        return int((self.source_ids != PAD_ID).sum() + (self.target_ids != PAD_ID).sum())
+
+    def model_inputs(self):
+        """`(inputs, labels, sample_weight)` for `T5Seq2SeqLM.fit`, teacher forced."""
+        target = self.target_ids
+        # T5 starts decoding from the pad id; the decoder reads the target shifted right.
+        decoder_ids = np.concatenate(
+            [np.full((len(target), 1), PAD_ID, np.int32), target[:, :-1]], axis=1
+        )
+        target_mask = (target != PAD_ID).astype(np.int32)
+        inputs = {
+            "encoder_token_ids": self.source_ids,
+            "encoder_padding_mask": (self.source_ids != PAD_ID).astype(np.int32),
+            "decoder_token_ids": decoder_ids,
+            "decoder_padding_mask": target_mask,
+        }
+        return inputs, target, target_mask.astype(np.float32)
+
+
+def _pad(rows, length):
+    matrix = np.zeros((len(rows), length), np.int32)
+    for index, row in enumerate(rows):
+        matrix[index, : len(row)] = row
+    return matrix
+
+
+def encode(tokenizer, texts, max_length):
+    """Token id lists, truncated to `max_length - 1` and ended with EOS."""
+    ids = tokenizer(tf.constant(list(texts)))
+    ids = ids.to_list() if hasattr(ids, "to_list") else ids  # ragged tensor or lists
+    return [list(row[: max_length - 1]) + [EOS_ID] for row in ids]
+
+
+def tokenize_pairs(tokenizer, pairs, prefix="", max_source_length=64, max_target_length=64):
+    """Tokenize `(source, target)` pairs with the task `prefix` on each source."""
+    sources = encode(tokenizer, [prefix + source for source, _ in pairs], max_source_length)
+    targets = encode(tokenizer, [target for _, target in pairs], max_target_length)
+    return TokenizedPairs(
+        _pad(sources, max(map(len, sources))), _pad(targets, max(map(len, targets)))
+    )
+
+
+def make_dataset(tokens, batch_size, shuffle=False, seed=0):
+    """Batches of `(inputs, labels, sample_weight)`; reshuffled each epoch when `shuffle`."""
+    dataset = tf.data.Dataset.from_tensor_slices(tokens.model_inputs())
+    if shuffle:
+        dataset = dataset.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).map(_trim_padding).prefetch(tf.data.AUTOTUNE)
+
+
+def _trim_padding(inputs, labels, sample_weight):
+    """Cut a batch to its longest source and target: padding costs compute."""
+    source_length = tf.reduce_max(tf.reduce_sum(inputs["encoder_padding_mask"], axis=1))
+    target_length = tf.reduce_max(tf.reduce_sum(inputs["decoder_padding_mask"], axis=1))
+    trimmed = {
+        name: value[:, :source_length] if name.startswith("encoder") else value[:, :target_length]
+        for name, value in inputs.items()
+    }
+    return trimmed, labels[:, :target_length], sample_weight[:, :target_length]

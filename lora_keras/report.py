@@ -1,0 +1,82 @@
+"""The sweep's tables: `results.csv` (every column) and `results.md` (the study's table).
+
+Example:
+```python
+write_results_csv(rows, "logs/sweep/results.csv")
+print(results_table(rows))
+```
+"""
+
+import csv
+import math
+
+COLUMNS = (
+    "trial_id", "status", "rank", "batch_size", "learning_rate", "lora_alpha", "epochs",
+    "training_time_s", "mean_epoch_time_s", "tokens_per_s", "final_loss", "val_loss",
+    "bleu", "chrf", "peak_memory_mb", "memory_kind", "trainable_params", "total_params",
+    "trainable_percent",
+)
+TABLE_COLUMNS = (
+    ("rank", "rank"), ("batch_size", "batch size"), ("training_time_s", "time (s)"),
+    ("final_loss", "final loss"), ("val_loss", "val loss"), ("peak_memory_mb", "peak memory (MiB)"),
+    ("trainable_params", "trainable params"), ("tokens_per_s", "tokens/s"), ("status", "status"),
+)
+
+
+def _format(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def write_results_csv(rows, path):
+    """One row per trial with exactly `COLUMNS`; missing values are left empty."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({column: _format_csv(row.get(column)) for column in COLUMNS})
+
+
+def _format_csv(value):
+    return "" if value is None else value
+
+
+def read_results_csv(path):
+    """The rows of a `results.csv`, values as strings."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def results_table(rows):
+    """A Markdown table of the trials: time, losses, memory, parameters, throughput."""
+    header = "| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
+    rule = "|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|"
+    lines = [header, rule]
+    for row in rows:
+        lines.append("| " + " | ".join(_format(row.get(key)) for key, _ in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write_results_md(rows, path, baseline=None, wall_time_s=None):
+    """`results.md`: the table, the unadapted baseline, the best trial and the sweep's overhead."""
+    lines = ["# LoRA sweep results", "", results_table(rows), ""]
+    completed = [r for r in rows if r.get("status") == "COMPLETED" and r.get("val_loss") is not None]
+    if baseline is not None:
+        lines.append(f"Unadapted base model: val loss {_format(baseline.get('val_loss'))}.")
+    if completed:
+        best = min(completed, key=lambda r: r["val_loss"])
+        lines.append(
+            f"Best trial: {best['trial_id']} (rank {best['rank']}, batch size {best['batch_size']}, "
+            f"learning rate {_format(best['learning_rate'])}): val loss {_format(best['val_loss'])}."
+        )
+    if wall_time_s is not None and completed:
+        trained = sum(r["training_time_s"] for r in rows if r.get("training_time_s") is not None)
+        lines.append(
+            f"Sweep wall time {wall_time_s:.0f} s, of which trial training {trained:.0f} s; "
+            f"overhead (loading, tokenizing, building, baseline, reports) {wall_time_s - trained:.0f} s."
+        )
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")

@@ -1,0 +1,152 @@
+"""LoRA exactness, parameter formula, adapter save/load/merge, bad ranks and targets."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from conftest import tiny_backbone_kwargs
+from lora_keras.errors import InputError
+from lora_keras.lora import (
+    LoraConfig,
+    add_lora,
+    adapted_layers,
+    load_adapter,
+    lora_parameter_count,
+    merge_lora,
+    save_adapter,
+    target_layers,
+)
+
+VOCAB = 120
+
+
+def make_backbone(**overrides):
+    keras.utils.set_random_seed(0)
+    return keras_hub.models.T5Backbone(**{**tiny_backbone_kwargs(VOCAB), **overrides})
+
+
+def make_inputs(batch=3, length=7, seed=1):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, VOCAB, (batch, length)).astype("int32")
+    mask = np.ones((batch, length), "int32")
+    mask[0, -2:] = 0
+    return {"encoder_token_ids": ids, "encoder_padding_mask": mask,
+            "decoder_token_ids": ids[:, ::-1].copy(), "decoder_padding_mask": np.ones_like(mask)}
+
+
+def decoder_output(backbone, inputs):
+    return keras.ops.convert_to_numpy(backbone(inputs)["decoder_sequence_output"])
+
+
+def test_adapted_model_equals_base_at_init():
+    backbone = make_backbone()
+    inputs = make_inputs()
+    before = decoder_output(backbone, inputs)
+    add_lora(backbone, LoraConfig(rank=4, targets=("q", "k", "v", "o", "wi", "wo")), seed=0)
+    np.testing.assert_array_equal(decoder_output(backbone, inputs), before)
+
+
+def test_adapted_dense_computes_w_plus_scaled_a_b():
+    backbone = make_backbone()
+    layers = add_lora(backbone, LoraConfig(rank=2, alpha=6, targets=("v",)), seed=0)
+    dense = layers["decoder/1/cross_attention/v"]
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=dense.lora_kernel_a.shape).astype("float32")
+    b = rng.normal(size=dense.lora_kernel_b.shape).astype("float32")
+    dense.lora_kernel_a.assign(a)
+    dense.lora_kernel_b.assign(b)
+    x = rng.normal(size=(5, 32)).astype("float32")
+    plain = keras.layers.Dense(dense.units, use_bias=False)
+    plain.build((None, 32))
+    w = keras.ops.convert_to_numpy(dense._kernel)
+    plain.kernel.assign(w + (6 / 2) * a @ b)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(dense(x)), keras.ops.convert_to_numpy(plain(x)), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("targets, rank", [(("q", "v"), 1), (("q", "v"), 4), (("k", "o", "wi", "wo"), 3)])
+def test_trainable_parameters_follow_formula(targets, rank):
+    backbone = make_backbone()
+    # encoder: 2 layers x self-attention; decoder: 2 layers x (self + cross).
+    attention_layers = 2 * 1 + 2 * 2
+    d, inner, ff = 32, 2 * 16, 64
+    shapes = {"q": [(d, inner)], "k": [(d, inner)], "v": [(d, inner)], "o": [(inner, d)],
+              "wi": [(d, ff), (d, ff)], "wo": [(ff, d)]}
+    expected = 0
+    for target in targets:
+        copies = attention_layers if target in "qkvo" else 4  # feed-forwards: 2 enc + 2 dec
+        expected += copies * sum(rank * (i + o) for i, o in shapes[target])
+    config = LoraConfig(rank=rank, targets=targets)
+    assert lora_parameter_count(backbone, config) == expected
+    add_lora(backbone, config)
+    trainable = sum(int(np.prod(v.shape)) for v in backbone.trainable_weights)
+    assert trainable == expected
+    assert all(not v.trainable for v in backbone.weights if "lora" not in v.path)
+
+
+def test_targets_pick_t5_layers_by_name():
+    backbone = make_backbone()
+    paths = sorted(target_layers(backbone, ["q", "wi"]))
+    assert "encoder/0/self_attention/q" in paths
+    assert "decoder/1/cross_attention/q" in paths
+    assert "decoder/0/feed_forward/wi_1" in paths  # gated: both input projections
+    assert len(paths) == 6 + 8
+    relu = make_backbone(use_gated_activation=False, activation="relu")
+    assert len(target_layers(relu, ["wi"])) == 4
+
+
+def test_adapter_round_trip_alone(tmp_path):
+    backbone = make_backbone()
+    config = LoraConfig(rank=3, alpha=5, targets=("q", "v"))
+    add_lora(backbone, config, seed=0)
+    for dense in adapted_layers(backbone).values():
+        dense.lora_kernel_b.assign(np.full(dense.lora_kernel_b.shape, 0.05, "float32"))
+    inputs = make_inputs()
+    adapted = decoder_output(backbone, inputs)
+    path = tmp_path / "adapter.safetensors"
+    save_adapter(backbone, path, config)
+    # Only the LoRA matrices are stored: a few kilobytes, not the model.
+    assert path.stat().st_size < 4 * lora_parameter_count(make_backbone(), config) + 4096
+
+    fresh = make_backbone()  # same seed -> same base weights
+    loaded = load_adapter(fresh, path)
+    assert loaded == LoraConfig(3, 5.0, ("q", "v"))
+    np.testing.assert_allclose(decoder_output(fresh, inputs), adapted, atol=1e-6)
+
+
+def test_merge_keeps_outputs_and_drops_the_adapter_effect():
+    backbone = make_backbone()
+    add_lora(backbone, LoraConfig(rank=2, targets=("q", "v", "wo")), seed=0)
+    for dense in adapted_layers(backbone).values():
+        dense.lora_kernel_b.assign(np.full(dense.lora_kernel_b.shape, 0.1, "float32"))
+    inputs = make_inputs()
+    adapted = decoder_output(backbone, inputs)
+    merge_lora(backbone)
+    np.testing.assert_allclose(decoder_output(backbone, inputs), adapted, atol=1e-5)
+    for dense in adapted_layers(backbone).values():
+        assert not np.any(keras.ops.convert_to_numpy(dense.lora_kernel_b))
+
+
+def test_adapter_for_another_model_is_refused(tmp_path):
+    backbone = make_backbone()
+    add_lora(backbone, LoraConfig(rank=2, targets=("q",)))
+    save_adapter(backbone, tmp_path / "a.safetensors")
+    other = make_backbone(num_layers=1)
+    with pytest.raises(InputError, match="does not fit this model"):
+        load_adapter(other, tmp_path / "a.safetensors")
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (LoraConfig(rank=0), "positive integer"),
+        (LoraConfig(rank=33), "rank 33 is wider than layer"),
+        (LoraConfig(rank=2, targets=("q", "x")), "unknown LoRA target"),
+        (LoraConfig(rank=2, alpha=-1), "alpha must be positive"),
+    ],
+)
+def test_bad_configs_raise_input_error(config, message):
+    with pytest.raises(InputError, match=message):
+        add_lora(make_backbone(), config)

@@ -1,0 +1,33 @@
+"""A grid oracle that survives a kill: the next combination is derived from the trials on disk.
+
+keras-tuner's `GridSearch` keeps its cursor in memory (keras-tuner issue 1055);
+this oracle keeps none, so a rerun continues where the last run stopped.
+"""
+
+import itertools
+
+import keras_tuner
+from keras_tuner.engine import trial as trial_module
+
+
+def grid_values(hyperparameters):
+    """Every combination of the space's `Choice`/`Fixed` values, in declaration order."""
+    names, options = [], []
+    for hp in hyperparameters.space:
+        names.append(hp.name)
+        options.append(list(hp.values) if hasattr(hp, "values") else [hp.value])
+    return [dict(zip(names, combo)) for combo in itertools.product(*options)]
+
+
+class GridOracle(keras_tuner.Oracle):
+    """Runs every combination exactly once, in a fixed order.
+
+    Example: `GridOracle(objective="val_loss", hyperparameters=hp)`.
+    """
+
+    def populate_space(self, trial_id):
+        taken = [trial.hyperparameters.values for trial in self.trials.values()]
+        for values in grid_values(self.hyperparameters):
+            if not any(all(done.get(k) == v for k, v in values.items()) for done in taken):
+                return {"status": trial_module.TrialStatus.RUNNING, "values": values}
+        return {"status": trial_module.TrialStatus.STOPPED}

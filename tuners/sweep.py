@@ -1,0 +1,174 @@
+"""One sweep end to end: base model -> tokens (once) -> baseline -> trials -> tables.
+
+Example:
+```python
+rows = run_sweep(SweepConfig(space=SearchSpace(ranks=(1, 4), batch_sizes=(8,)), epochs=1))
+```
+"""
+
+import dataclasses
+import json
+import pathlib
+import random
+import shutil
+import time
+
+import keras
+import keras_tuner
+
+from lora_keras import demo
+from lora_keras.corpus import read_pairs
+from lora_keras.data import make_dataset, tokenize_pairs
+from lora_keras.errors import InputError
+from lora_keras.lora import LoraConfig, check_rank
+from lora_keras.models import load_base
+from lora_keras.report import results_table, write_results_csv, write_results_md
+from tuners.hparams import write_experiment
+from tuners.hypermodel import EVAL_BATCH_SIZE, LoraT5HyperModel, SearchSpace
+from tuners.strategies import STRATEGIES, make_oracle
+from tuners.sweep_tuner import LoraSweepTuner
+
+RUN_CONFIG_FILE = "run_config.json"
+HELD_OUT_FRACTION = 0.1
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """Everything `scripts/tune.py` takes; defaults reproduce the 3x3 demo study."""
+
+    model: str = "tiny"
+    train: str | None = None
+    val: str | None = None
+    source_lang: str | None = None
+    target_lang: str | None = None
+    prefix: str | None = None
+    space: SearchSpace = dataclasses.field(default_factory=SearchSpace)
+    epochs: int = 2
+    strategy: str = "grid"
+    max_trials: int | None = None
+    logdir: str = "logs"
+    name: str = "sweep"
+    overwrite: bool = False
+    max_train_examples: int | None = None
+    max_val_examples: int | None = None
+    max_source_length: int = 64
+    max_target_length: int = 64
+    seed: int = 0
+    verbose: int = 1
+
+    @property
+    def run_dir(self):
+        return pathlib.Path(self.logdir) / self.name
+
+    def identity(self):
+        """What must match for a rerun to resume this run rather than start another."""
+        fields = dataclasses.asdict(self)
+        for transient in ("overwrite", "verbose", "logdir", "name"):
+            fields.pop(transient)
+        return json.loads(json.dumps(fields))
+
+
+def _check_resumable(config):
+    path = config.run_dir / RUN_CONFIG_FILE
+    if path.is_file() and json.loads(path.read_text()) != config.identity():
+        raise InputError(
+            f"{config.run_dir} holds a run with other settings; "
+            "pass --overwrite to replace it or --name for a new run"
+        )
+
+
+def _task_pairs(config, base):
+    """(train pairs, val pairs, prefix) from the files given or the demo corpus."""
+    if config.train:
+        train = read_pairs(config.train, "--train")
+        if config.val:
+            val = read_pairs(config.val, "--val")
+        else:
+            shuffled = train[:]
+            random.Random(config.seed).shuffle(shuffled)
+            held_out = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
+            if len(shuffled) < 2:
+                raise InputError("--train: one pair cannot be split for validation; pass --val too")
+            val, train = shuffled[:held_out], shuffled[held_out:]
+    elif config.val:
+        raise InputError("--val given without --train; pass both, or neither for the demo corpus")
+    elif base.task is not None:
+        train = demo.adaptation_pairs("train", demo.TRAIN_EXAMPLES, config.seed)
+        val = demo.adaptation_pairs("val", demo.VAL_EXAMPLES, config.seed)
+    else:
+        raise InputError(f"--model {config.model} has no demo corpus; pass --train (and --val)")
+    if config.max_train_examples:
+        train = train[: config.max_train_examples]
+    if config.max_val_examples:
+        val = val[: config.max_val_examples]
+    return train, val, _prefix(config, base)
+
+
+def _prefix(config, base):
+    if config.prefix is not None:
+        return config.prefix
+    task = base.task or {}
+    source = config.source_lang or task.get("source_lang")
+    target = config.target_lang or task.get("target_lang")
+    if not source or not target:
+        raise InputError("the task prefix needs --source-lang and --target-lang (or --prefix)")
+    return f"translate {source} to {target}: "
+
+
+def _baseline(base, val_tokens, path):
+    """Val loss of the unadapted base, so each trial can be read against doing nothing."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    model = base.build_model()
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=[])
+    val_loss = model.evaluate(make_dataset(val_tokens, EVAL_BATCH_SIZE), verbose=0)
+    baseline = {"val_loss": float(val_loss), "bleu": None}
+    path.write_text(json.dumps(baseline, indent=2))
+    keras.backend.clear_session()
+    return baseline
+
+
+def run_sweep(config):
+    """Run (or resume) the sweep described by `config`; returns one row per trial."""
+    started = time.perf_counter()
+    if config.strategy not in STRATEGIES:
+        raise InputError(
+            f"--strategy {config.strategy} is not registered; choose from {', '.join(sorted(STRATEGIES))}"
+        )
+    run_dir = config.run_dir
+    if config.overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    _check_resumable(config)
+
+    base = load_base(config.model, verbose=config.verbose)
+    for rank in config.space.ranks:  # fail on a bad rank or target before any training
+        check_rank(base.build_backbone(), LoraConfig(rank, config.space.lora_alpha, config.space.targets))
+    train_pairs, val_pairs, prefix = _task_pairs(config, base)
+    lengths = dict(max_source_length=config.max_source_length, max_target_length=config.max_target_length)
+    train_tokens = tokenize_pairs(base.tokenizer, train_pairs, prefix, **lengths)
+    val_tokens = tokenize_pairs(base.tokenizer, val_pairs, prefix, **lengths)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_CONFIG_FILE).write_text(json.dumps(config.identity(), indent=2))
+    baseline = _baseline(base, val_tokens, run_dir / "baseline.json")
+    write_experiment(run_dir / "tensorboard", config.space)
+
+    hypermodel = LoraT5HyperModel(base, config.space, epochs=config.epochs, seed=config.seed)
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    max_trials = config.max_trials or config.space.size
+    oracle = make_oracle(config.strategy, keras_tuner.Objective("val_loss", "min"), max_trials, hp, config.seed)
+
+    def write_tables(wall_time_s=None):
+        rows = tuner.trial_rows()
+        write_results_csv(rows, run_dir / "results.csv")
+        write_results_md(rows, run_dir / "results.md", baseline, wall_time_s)
+        return rows
+
+    tuner = LoraSweepTuner(hypermodel, oracle, run_dir, verbose=config.verbose, on_trial_done=write_tables)
+    tuner.search(train_tokens, val_tokens)
+    rows = write_tables(time.perf_counter() - started)
+    if config.verbose:
+        print(results_table(rows))
+        print(f"Unadapted base val loss {baseline['val_loss']:.4f}; results in {run_dir}")
+    return rows

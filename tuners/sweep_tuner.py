@@ -1,0 +1,136 @@
+"""The tuner that runs one LoRA trial: measure, log to TensorBoard, keep the adapter alone."""
+
+import json
+import pathlib
+import shutil
+
+import keras
+import tensorflow as tf
+from keras_tuner.engine.base_tuner import BaseTuner
+from keras_tuner.engine.trial import TrialStatus
+from tensorboard.plugins.hparams import api as hparams_api
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import summary as hparams_summary
+
+from callbacks import EpochTimer, LossScalars, ParameterCount, PeakMemory
+from lora_keras.lora import load_adapter, save_adapter
+from tuners.hparams import trial_hparams
+
+MEASUREMENTS_FILE = "measurements.json"
+
+
+class LoraSweepTuner(BaseTuner):
+    """Runs trials of a `LoraT5HyperModel` under any keras-tuner oracle.
+
+    Per trial: a TensorBoard HParams session in `<run_dir>/tensorboard/trial_<id>/`
+    with the measurement callbacks' scalars, the LoRA weights alone in
+    `<run_dir>/adapters/trial_<id>.safetensors` (no full-model checkpoint), and
+    every figure in the trial's `measurements.json`.
+
+    Example:
+    ```python
+    tuner = LoraSweepTuner(hypermodel, GridOracle(objective="val_loss", hyperparameters=hp),
+                           run_dir="logs/sweep")
+    tuner.search(train_tokens, val_tokens)
+    ```
+    """
+
+    def __init__(self, hypermodel, oracle, run_dir, overwrite=False, verbose=1, on_trial_done=None):
+        self.run_dir = pathlib.Path(run_dir)
+        self.verbose = verbose
+        self.on_trial_done = on_trial_done
+        super().__init__(
+            oracle=oracle,
+            hypermodel=hypermodel,
+            directory=str(self.run_dir),
+            project_name="tuner",
+            overwrite=overwrite,
+        )
+
+    @property
+    def tensorboard_dir(self):
+        return self.run_dir / "tensorboard"
+
+    @property
+    def adapters_dir(self):
+        return self.run_dir / "adapters"
+
+    def _populate_initial_space(self):
+        # keras-tuner's default builds a whole model to discover the space;
+        # ours is declared up front, so declaring is enough.
+        hp = self.oracle.get_space()
+        self.hypermodel.declare_hyperparameters(hp)
+        self.oracle.update_space(hp)
+
+    def adapter_path(self, trial_id):
+        return self.adapters_dir / f"trial_{trial_id}.safetensors"
+
+    def measurements_path(self, trial_id):
+        return pathlib.Path(self.get_trial_dir(trial_id)) / MEASUREMENTS_FILE
+
+    def run_trial(self, trial, train_tokens, val_tokens):
+        hp = trial.hyperparameters
+        session_dir = self.tensorboard_dir / f"trial_{trial.trial_id}"
+        shutil.rmtree(session_dir, ignore_errors=True)  # drop a killed attempt's events
+        writer = tf.summary.create_file_writer(str(session_dir))
+        hparams = trial_hparams(hp, self.hypermodel.space)
+        measures = [
+            EpochTimer(train_tokens.token_count, writer),
+            PeakMemory(writer),
+            ParameterCount(writer),
+            LossScalars(writer),
+        ]
+        callbacks = measures + [hparams_api.KerasCallback(writer, hparams, trial_id=f"trial_{trial.trial_id}")]
+        try:
+            model = self.hypermodel.build(hp)
+            self.hypermodel.fit(hp, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose)
+        except Exception:
+            with writer.as_default():
+                tf.summary.experimental.write_raw_pb(
+                    hparams_summary.session_end_pb(api_pb2.STATUS_FAILURE).SerializeToString(), step=0
+                )
+            writer.close()
+            raise
+        writer.close()
+        figures = {**hparams, "epochs": self.hypermodel.epochs}
+        for measure in measures:
+            figures.update(measure.results())
+        self.save_model(trial.trial_id, model)
+        with open(self.measurements_path(trial.trial_id), "w") as handle:
+            json.dump(figures, handle, indent=2)
+        keras.backend.clear_session()  # the next trial starts from a clean graph
+        return {"val_loss": figures["val_loss"], "final_loss": figures["final_loss"]}
+
+    def save_model(self, trial_id, model, step=0):
+        self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        save_adapter(model.backbone, self.adapter_path(trial_id))
+
+    def load_model(self, trial):
+        """The trial's adapted model: the base rebuilt plus the saved adapter."""
+        backbone = self.hypermodel.base.build_backbone()
+        load_adapter(backbone, self.adapter_path(trial.trial_id))
+        return self.hypermodel.base.build_model(backbone)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        if self.on_trial_done is not None:
+            self.on_trial_done()
+
+    def trial_rows(self):
+        """One dict per trial with hyperparameters, status and measurements."""
+        rows = []
+        for trial_id in sorted(self.oracle.trials):
+            trial = self.oracle.trials[trial_id]
+            if trial.status == TrialStatus.RUNNING:
+                continue
+            row = {"trial_id": trial_id, **trial_hparams(trial.hyperparameters, self.hypermodel.space)}
+            row["epochs"] = self.hypermodel.epochs
+            path = self.measurements_path(trial_id)
+            if trial.status == TrialStatus.COMPLETED and path.is_file():
+                row.update(json.loads(path.read_text()))
+                row["status"] = "COMPLETED"
+            else:
+                reason = (trial.message or "unknown error").strip().splitlines()[-1]
+                row["status"] = f"FAILED: {reason}"
+            rows.append(row)
+        return rows
