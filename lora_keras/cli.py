@@ -10,6 +10,7 @@ with exit_on_input_error():
 
 import argparse
 import contextlib
+import os
 import sys
 
 from lora_keras.errors import InputError
@@ -36,6 +37,17 @@ def positive_int(text):
     return value
 
 
+def positive_float(text):
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 @contextlib.contextmanager
 def exit_on_input_error(prog=None):
     """Turn an `InputError` into one line on stderr and exit status 2."""
@@ -45,3 +57,22 @@ def exit_on_input_error(prog=None):
         name = prog or sys.argv[0].rsplit("/", 1)[-1]
         sys.stderr.write(f"{name}: error: {error}\n")
         sys.exit(USAGE_ERROR)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Hide what native libraries print to stderr (TensorFlow's start-up lines).
+
+    Importing TensorFlow writes absl/CUDA notices straight to file descriptor 2,
+    past `TF_CPP_MIN_LOG_LEVEL`; an error line must not drown in them.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)

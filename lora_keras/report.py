@@ -18,7 +18,7 @@ COLUMNS = (
 )
 TABLE_COLUMNS = (
     ("rank", "rank"), ("batch_size", "batch size"), ("training_time_s", "time (s)"),
-    ("final_loss", "final loss"), ("val_loss", "val loss"), ("peak_memory_mb", "peak memory (MiB)"),
+    ("final_loss", "final loss"), ("val_loss", "val loss"), ("bleu", "BLEU"), ("peak_memory_mb", "peak memory (MiB)"),
     ("trainable_params", "trainable params"), ("tokens_per_s", "tokens/s"), ("status", "status"),
 )
 
@@ -37,11 +37,7 @@ def write_results_csv(rows, path):
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({column: _format_csv(row.get(column)) for column in COLUMNS})
-
-
-def _format_csv(value):
-    return "" if value is None else value
+            writer.writerow({column: row.get(column) for column in COLUMNS})
 
 
 def read_results_csv(path):
@@ -65,12 +61,16 @@ def write_results_md(rows, path, baseline=None, wall_time_s=None):
     lines = ["# LoRA sweep results", "", results_table(rows), ""]
     completed = [r for r in rows if r.get("status") == "COMPLETED" and r.get("val_loss") is not None]
     if baseline is not None:
-        lines.append(f"Unadapted base model: val loss {_format(baseline.get('val_loss'))}.")
+        lines.append(
+            f"Unadapted base model: val loss {_format(baseline.get('val_loss'))}, "
+            f"BLEU {_format(baseline.get('bleu'))}."
+        )
     if completed:
         best = min(completed, key=lambda r: r["val_loss"])
         lines.append(
             f"Best trial: {best['trial_id']} (rank {best['rank']}, batch size {best['batch_size']}, "
-            f"learning rate {_format(best['learning_rate'])}): val loss {_format(best['val_loss'])}."
+            f"learning rate {_format(best['learning_rate'])}): val loss {_format(best['val_loss'])}, "
+            f"BLEU {_format(best.get('bleu'))}."
         )
     if wall_time_s is not None and completed:
         trained = sum(r["training_time_s"] for r in rows if r.get("training_time_s") is not None)

@@ -13,7 +13,7 @@ import sentencepiece
 
 
 def train_sentencepiece(texts, vocab_size):
-    """A serialized unigram SentencePiece model trained on `texts`, laid out as T5 expects."""
+    """A serialized unigram SentencePiece model (at most `vocab_size` pieces) laid out as T5 expects."""
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
@@ -28,6 +28,7 @@ def train_sentencepiece(texts, vocab_size):
         pad_piece="<pad>",
         eos_piece="</s>",
         unk_piece="<unk>",
+        hard_vocab_limit=False,  # a small corpus gets a smaller vocabulary, not an error
         num_threads=1,  # one thread: the same corpus gives the same vocabulary
         minloglevel=2,
     )

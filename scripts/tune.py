@@ -6,7 +6,6 @@
     tensorboard --logdir logs                                 # HParams view: one row per trial
 """
 
-import argparse
 import os
 import pathlib
 import sys
@@ -14,14 +13,13 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout too
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from lora_keras.cli import OneLineErrorParser, exit_on_input_error, positive_int  # noqa: E402
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+from lora_keras.cli import (  # noqa: E402
+    OneLineErrorParser,
+    exit_on_input_error,
+    native_stderr_silenced,
+    positive_float,
+    positive_int,
+)
 
 
 def build_parser():
@@ -55,6 +53,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    with native_stderr_silenced():
+        import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
     with exit_on_input_error():
         from tuners.hypermodel import SearchSpace
         from tuners.sweep import SweepConfig, run_sweep

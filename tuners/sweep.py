@@ -20,13 +20,13 @@ from lora_keras import demo
 from lora_keras.corpus import read_pairs
 from lora_keras.data import make_dataset, tokenize_pairs
 from lora_keras.errors import InputError
-from lora_keras.lora import LoraConfig, check_rank
+from lora_keras.lora import TARGETS, LoraConfig, check_rank
 from lora_keras.models import load_base
 from lora_keras.report import results_table, write_results_csv, write_results_md
 from tuners.hparams import write_experiment
 from tuners.hypermodel import EVAL_BATCH_SIZE, LoraT5HyperModel, SearchSpace
 from tuners.strategies import STRATEGIES, make_oracle
-from tuners.sweep_tuner import LoraSweepTuner
+from tuners.sweep_tuner import LoraSweepTuner, ValidationTexts
 
 RUN_CONFIG_FILE = "run_config.json"
 HELD_OUT_FRACTION = 0.1
@@ -77,31 +77,28 @@ def _check_resumable(config):
         )
 
 
-def _task_pairs(config, base):
-    """(train pairs, val pairs, prefix) from the files given or the demo corpus."""
-    if config.train:
-        train = read_pairs(config.train, "--train")
+def _file_pairs(config):
+    """(train, val) pairs from the files given, or (None, None) for the demo corpus."""
+    if not config.train:
         if config.val:
-            val = read_pairs(config.val, "--val")
-        else:
-            shuffled = train[:]
-            random.Random(config.seed).shuffle(shuffled)
-            held_out = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
-            if len(shuffled) < 2:
-                raise InputError("--train: one pair cannot be split for validation; pass --val too")
-            val, train = shuffled[:held_out], shuffled[held_out:]
-    elif config.val:
-        raise InputError("--val given without --train; pass both, or neither for the demo corpus")
-    elif base.task is not None:
-        train = demo.adaptation_pairs("train", demo.TRAIN_EXAMPLES, config.seed)
-        val = demo.adaptation_pairs("val", demo.VAL_EXAMPLES, config.seed)
-    else:
+            raise InputError("--val given without --train; pass both, or neither for the demo corpus")
+        return None, None
+    train = read_pairs(config.train, "--train")
+    if config.val:
+        return train, read_pairs(config.val, "--val")
+    if len(train) < 2:
+        raise InputError("--train: one pair cannot be split for validation; pass --val too")
+    shuffled = train[:]
+    random.Random(config.seed).shuffle(shuffled)
+    held_out = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
+    return shuffled[held_out:], shuffled[:held_out]
+
+
+def _demo_pairs(config, base):
+    if base.task is None:
         raise InputError(f"--model {config.model} has no demo corpus; pass --train (and --val)")
-    if config.max_train_examples:
-        train = train[: config.max_train_examples]
-    if config.max_val_examples:
-        val = val[: config.max_val_examples]
-    return train, val, _prefix(config, base)
+    train = demo.adaptation_pairs("train", demo.TRAIN_EXAMPLES, config.seed)
+    return train, demo.adaptation_pairs("val", demo.VAL_EXAMPLES, config.seed)
 
 
 def _prefix(config, base):
@@ -115,14 +112,15 @@ def _prefix(config, base):
     return f"translate {source} to {target}: "
 
 
-def _baseline(base, val_tokens, path):
-    """Val loss of the unadapted base, so each trial can be read against doing nothing."""
+def _baseline(base, val_tokens, val_texts, path):
+    """Val loss and BLEU of the unadapted base, so each trial can be read against doing nothing."""
     if path.is_file():
         return json.loads(path.read_text())
     model = base.build_model()
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=[])
     val_loss = model.evaluate(make_dataset(val_tokens, EVAL_BATCH_SIZE), verbose=0)
-    baseline = {"val_loss": float(val_loss), "bleu": None}
+    scores, _ = val_texts.scores(model.backbone, base.tokenizer)
+    baseline = {"val_loss": float(val_loss), "bleu": scores["bleu"], "chrf": scores["chrf"]}
     path.write_text(json.dumps(baseline, indent=2))
     keras.backend.clear_session()
     return baseline
@@ -140,17 +138,32 @@ def run_sweep(config):
         shutil.rmtree(run_dir)
     _check_resumable(config)
 
+    unknown = sorted(set(config.space.targets) - set(TARGETS))
+    if unknown:
+        raise InputError(f"--targets: unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}")
+    train_pairs, val_pairs = _file_pairs(config)  # bad files fail before the model loads
     base = load_base(config.model, verbose=config.verbose)
-    for rank in config.space.ranks:  # fail on a bad rank or target before any training
-        check_rank(base.build_backbone(), LoraConfig(rank, config.space.lora_alpha, config.space.targets))
-    train_pairs, val_pairs, prefix = _task_pairs(config, base)
+    backbone = base.build_backbone()
+    for rank in config.space.ranks:  # a rank wider than a layer fails before any training
+        check_rank(backbone, LoraConfig(rank, config.space.lora_alpha, config.space.targets))
+    if train_pairs is None:
+        train_pairs, val_pairs = _demo_pairs(config, base)
+    if config.max_train_examples:
+        train_pairs = train_pairs[: config.max_train_examples]
+    if config.max_val_examples:
+        val_pairs = val_pairs[: config.max_val_examples]
+    prefix = _prefix(config, base)
     lengths = dict(max_source_length=config.max_source_length, max_target_length=config.max_target_length)
     train_tokens = tokenize_pairs(base.tokenizer, train_pairs, prefix, **lengths)
     val_tokens = tokenize_pairs(base.tokenizer, val_pairs, prefix, **lengths)
+    val_texts = ValidationTexts(
+        [prefix + source for source, _ in val_pairs], [target for _, target in val_pairs],
+        config.max_source_length, config.max_target_length,
+    )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_CONFIG_FILE).write_text(json.dumps(config.identity(), indent=2))
-    baseline = _baseline(base, val_tokens, run_dir / "baseline.json")
+    baseline = _baseline(base, val_tokens, val_texts, run_dir / "baseline.json")
     write_experiment(run_dir / "tensorboard", config.space)
 
     hypermodel = LoraT5HyperModel(base, config.space, epochs=config.epochs, seed=config.seed)
@@ -166,9 +179,12 @@ def run_sweep(config):
         return rows
 
     tuner = LoraSweepTuner(hypermodel, oracle, run_dir, verbose=config.verbose, on_trial_done=write_tables)
-    tuner.search(train_tokens, val_tokens)
+    tuner.search(train_tokens, val_tokens, val_texts)
     rows = write_tables(time.perf_counter() - started)
     if config.verbose:
         print(results_table(rows))
-        print(f"Unadapted base val loss {baseline['val_loss']:.4f}; results in {run_dir}")
+        print(
+            f"Unadapted base: val loss {baseline['val_loss']:.4f}, BLEU {baseline['bleu']:.1f}. "
+            f"Results in {run_dir}; view them with: tensorboard --logdir {config.logdir}"
+        )
     return rows

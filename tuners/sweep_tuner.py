@@ -1,5 +1,7 @@
 """The tuner that runs one LoRA trial: measure, log to TensorBoard, keep the adapter alone."""
 
+import dataclasses
+import gc
 import json
 import pathlib
 import shutil
@@ -13,10 +15,37 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
 
 from callbacks import EpochTimer, LossScalars, ParameterCount, PeakMemory
+from lora_keras.evaluation import translate, translation_scores
 from lora_keras.lora import load_adapter, save_adapter
 from tuners.hparams import trial_hparams
 
 MEASUREMENTS_FILE = "measurements.json"
+SAMPLE_TRANSLATIONS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationTexts:
+    """The validation set as text, for translation scores: prefixed sources and references."""
+
+    sources: list
+    references: list
+    max_source_length: int = 64
+    max_target_length: int = 64
+
+    def scores(self, backbone, tokenizer):
+        """`({"bleu", "chrf"}, translations)` of `backbone` on these sources."""
+        translations = translate(
+            backbone, tokenizer, self.sources, self.max_source_length, self.max_target_length
+        )
+        return translation_scores(translations, self.references), translations
+
+    def samples_markdown(self, translations):
+        rows = ["| source | translation | reference |", "|---|---|---|"]
+        for source, hypothesis, reference in list(
+            zip(self.sources, translations, self.references)
+        )[:SAMPLE_TRANSLATIONS]:
+            rows.append(f"| {source} | {hypothesis} | {reference} |")
+        return "\n".join(rows)
 
 
 class LoraSweepTuner(BaseTuner):
@@ -68,7 +97,7 @@ class LoraSweepTuner(BaseTuner):
     def measurements_path(self, trial_id):
         return pathlib.Path(self.get_trial_dir(trial_id)) / MEASUREMENTS_FILE
 
-    def run_trial(self, trial, train_tokens, val_tokens):
+    def run_trial(self, trial, train_tokens, val_tokens, val_texts):
         hp = trial.hyperparameters
         session_dir = self.tensorboard_dir / f"trial_{trial.trial_id}"
         shutil.rmtree(session_dir, ignore_errors=True)  # drop a killed attempt's events
@@ -91,14 +120,23 @@ class LoraSweepTuner(BaseTuner):
                 )
             writer.close()
             raise
-        writer.close()
         figures = {**hparams, "epochs": self.hypermodel.epochs}
         for measure in measures:
             figures.update(measure.results())
+        scores, translations = val_texts.scores(model.backbone, self.hypermodel.base.tokenizer)
+        figures.update(scores)
+        with writer.as_default():
+            step = self.hypermodel.epochs - 1
+            tf.summary.scalar("bleu", scores["bleu"], step=step)
+            tf.summary.scalar("chrf", scores["chrf"], step=step)
+            tf.summary.text("sample_translations", val_texts.samples_markdown(translations), step=step)
+        writer.close()
         self.save_model(trial.trial_id, model)
         with open(self.measurements_path(trial.trial_id), "w") as handle:
             json.dump(figures, handle, indent=2)
+        del model
         keras.backend.clear_session()  # the next trial starts from a clean graph
+        gc.collect()
         return {"val_loss": figures["val_loss"], "final_loss": figures["final_loss"]}
 
     def save_model(self, trial_id, model, step=0):

@@ -1,0 +1,130 @@
+"""`scripts/tune.py` end to end on a tiny preset: outputs, HParams read back, resume, bad input."""
+
+import csv
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import run_script
+from lora_keras.lora import LoraConfig, lora_parameter_count
+from lora_keras.models import load_preset
+from lora_keras.report import COLUMNS
+
+RANKS, BATCH_SIZES = (1, 2), (8, 16)
+METRICS = ("epoch_loss", "val_loss", "epoch_time_s", "tokens_per_s", "peak_memory_mb",
+           "trainable_params", "bleu")
+
+
+def sweep_args(tiny_preset, tiny_corpus, logdir, *extra):
+    train, val = tiny_corpus
+    return ["--model", tiny_preset, "--train", train, "--val", val, "--source-lang", "English",
+            "--target-lang", "Dravic", "--ranks", *RANKS, "--batch-sizes", *BATCH_SIZES,
+            "--epochs", "1", "--logdir", logdir, "--name", "tiny", "--max-target-length", "24",
+            "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_preset, tiny_corpus, tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("logs")
+    result = run_script("tune.py", *sweep_args(tiny_preset, tiny_corpus, logdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return logdir / "tiny", result
+
+
+def read_rows(run_dir):
+    with open(run_dir / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def plugin_content(path, tag):
+    accumulator = EventAccumulator(str(path), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")[tag]
+    return plugin_data_pb2.HParamsPluginData.FromString(content), accumulator
+
+
+def test_results_csv_has_every_column_and_combination(tiny_run, tiny_preset):
+    run_dir, result = tiny_run
+    with open(run_dir / "results.csv", newline="") as handle:
+        assert next(csv.reader(handle)) == list(COLUMNS)
+    rows = read_rows(run_dir)
+    combos = sorted((int(r["rank"]), int(r["batch_size"])) for r in rows)
+    assert combos == sorted(itertools.product(RANKS, BATCH_SIZES))
+    base = load_preset(tiny_preset)
+    base_params = sum(int(np.prod(w.shape)) for w in base.weights)
+    for row in rows:
+        rank = int(row["rank"])
+        assert row["status"] == "COMPLETED"
+        assert row["memory_kind"] == "host_rss" and float(row["peak_memory_mb"]) > 100
+        assert float(row["lora_alpha"]) == rank and int(row["epochs"]) == 1
+        lora = lora_parameter_count(base.build_backbone(), LoraConfig(rank, targets=("q", "v")))
+        assert int(row["trainable_params"]) == lora
+        assert int(row["total_params"]) == base_params + lora
+        assert math.isclose(float(row["trainable_percent"]), 100 * lora / (base_params + lora), rel_tol=1e-6)
+        assert float(row["training_time_s"]) >= float(row["mean_epoch_time_s"]) > 0
+        assert float(row["tokens_per_s"]) > 0
+        assert math.isfinite(float(row["final_loss"])) and math.isfinite(float(row["val_loss"]))
+        assert 0 <= float(row["bleu"]) <= 100 and 0 <= float(row["chrf"]) <= 100
+
+
+def test_report_baseline_and_adapters(tiny_run):
+    run_dir, result = tiny_run
+    baseline = json.loads((run_dir / "baseline.json").read_text())
+    assert math.isfinite(baseline["val_loss"]) and 0 <= baseline["bleu"] <= 100
+    table = (run_dir / "results.md").read_text()
+    assert "| rank | batch size | time (s) | final loss | val loss |" in table
+    assert f"val loss {baseline['val_loss']:.4g}" in table
+    assert "Best trial" in table and "overhead" in table
+    adapters = sorted((run_dir / "adapters").glob("*.safetensors"))
+    assert len(adapters) == 4 and all(p.stat().st_size < 64 * 1024 for p in adapters)
+    # keras-tuner's full-model checkpoints are replaced by the adapters.
+    assert not list(run_dir.rglob("*.weights.h5")) and not list(run_dir.rglob("checkpoint*"))
+
+
+def test_hparams_read_back_from_event_files(tiny_run):
+    run_dir, _ = tiny_run
+    experiment, _ = plugin_content(run_dir / "tensorboard", "_hparams_/experiment")
+    infos = {info.name: info for info in experiment.experiment.hparam_infos}
+    assert [v.number_value for v in infos["rank"].domain_discrete.values] == list(RANKS)
+    assert [v.number_value for v in infos["batch_size"].domain_discrete.values] == list(BATCH_SIZES)
+    assert {"learning_rate", "lora_alpha"} <= set(infos)
+    declared = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert set(METRICS) <= declared
+
+    rows = {r["trial_id"]: r for r in read_rows(run_dir)}
+    sessions = sorted((run_dir / "tensorboard").glob("trial_*"))
+    assert len(sessions) == 4
+    for session in sessions:
+        start, accumulator = plugin_content(session, "_hparams_/session_start_info")
+        hparams = {k: v.number_value for k, v in start.session_start_info.hparams.items()}
+        row = rows[session.name.removeprefix("trial_")]
+        assert hparams["rank"] == int(row["rank"]) and hparams["batch_size"] == int(row["batch_size"])
+        assert set(METRICS) <= set(accumulator.Tags()["tensors"])
+        last = lambda tag: float(tf.make_ndarray(accumulator.Tensors(tag)[-1].tensor_proto))  # noqa: E731
+        assert math.isclose(last("val_loss"), float(row["val_loss"]), rel_tol=1e-5)
+        assert math.isclose(last("bleu"), float(row["bleu"]), rel_tol=1e-5)
+        assert last("trainable_params") == int(row["trainable_params"])
+
+
+def test_rerun_resumes_without_repeating_a_trial(tiny_run, tiny_preset, tiny_corpus):
+    run_dir, _ = tiny_run
+    before = read_rows(run_dir)
+    result = run_script("tune.py", *sweep_args(tiny_preset, tiny_corpus, run_dir.parent))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Running Trial" not in result.stdout
+    assert read_rows(run_dir) == before
+
+
+def test_rerun_with_other_settings_is_refused(tiny_run, tiny_preset, tiny_corpus):
+    run_dir, _ = tiny_run
+    args = sweep_args(tiny_preset, tiny_corpus, run_dir.parent)
+    args[args.index("--ranks") + 1] = "4"
+    result = run_script("tune.py", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--overwrite" in result.stderr

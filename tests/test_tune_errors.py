@@ -1,0 +1,62 @@
+"""Bad arguments and inputs: one line on stderr naming the problem, exit 2, no traceback."""
+
+import importlib.util
+
+import pytest
+
+from conftest import ROOT, run_script
+
+
+def load_tune():
+    spec = importlib.util.spec_from_file_location("tune_script", ROOT / "scripts" / "tune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_one_line_exit_2(code, stderr, message):
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert message in lines[0] and "Traceback" not in stderr
+
+
+def test_usage_error_in_a_subprocess():
+    result = run_script("tune.py", "--ranks", "0")
+    assert_one_line_exit_2(result.returncode, result.stderr, "--ranks: must be at least 1, got 0")
+
+
+def test_missing_corpus_in_a_subprocess(tmp_path):
+    result = run_script("tune.py", "--train", tmp_path / "nope.tsv", "--logdir", tmp_path)
+    assert_one_line_exit_2(result.returncode, result.stderr, "--train: no such file")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, files, message",
+    [
+        (["--ranks", "64"], {}, "LoRA rank 64 is wider than layer"),
+        (["--targets", "q", "x"], {}, "--targets: unknown x"),
+        (["--strategy", "nope"], {}, "--strategy nope is not registered"),
+        (["--train", "{d}/empty.tsv"], {"empty.tsv": ""}, "holds no sentence pairs"),
+        (["--train", "{d}/bad.tsv"], {"bad.tsv": "one field only\n"}, "has 1 field(s)"),
+        (["--batch-sizes", "8", "abc"], {}, "--batch-sizes: must be a whole number"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, tiny_preset, tiny_corpus, extra, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    train, val = tiny_corpus
+    args = ["--model", str(tiny_preset), "--train", str(train), "--val", str(val),
+            "--source-lang", "English", "--target-lang", "Dravic", "--logdir", str(tmp_path), "--quiet"]
+    args += [a.format(d=tmp_path) for a in extra]
+    with pytest.raises(SystemExit) as caught:
+        load_tune().main(args)
+    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, message)
+    assert not list(tmp_path.glob("sweep/tuner/trial_*"))
+
+
+def test_model_that_is_not_a_preset(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        load_tune().main(["--model", str(tmp_path), "--logdir", str(tmp_path)])
+    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, "has no keras-hub preset")
