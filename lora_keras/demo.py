@@ -24,7 +24,7 @@ import time
 from lora_keras import demo_corpus
 
 TASK_FILE = "lora_keras_task.json"
-CORPUS_VERSION = 1  # bump when demo_corpus changes what it generates
+CORPUS_VERSION = 2  # bump when demo_corpus changes what it generates
 TRAIN_EXAMPLES = 3000
 VAL_EXAMPLES = 300
 

@@ -1,25 +1,24 @@
 """Offline, deterministic English -> invented-language parallel corpus for the LoRA demo.
 
 A small T5 learns the BASE task (English -> Velish) from scratch; LoRA then adapts it to
-English -> Dravic.  Both languages share one lexicon of stems (the same stem for each English
-word, with a fixed gender for every noun stem) and differ only in grammar:
+English -> Dravic.  Both languages share one lexicon and its inflections (the same word forms)
+and differ only in word order, so the adaptation is what attention LoRA is for: moving words.
 
 * Velish (base): SVO.  Articles/demonstratives/possessives agree with the noun
   (lo/la/los/las, un/una, esto/esta/..., mi/mis); the noun takes plural ``-i``; adjectives follow
   the noun and agree (``-o/-a/-os/-as``); numbers stand before the noun, tens first
   ("dua-ten tri" = 23); verbs take ``-et`` (past) / ``-an`` (present) or the auxiliary ``vor``
   (future), negation ``ne`` precedes the verb; PP and adverb follow the object.
-* Dravic (adaptation): SOV -- subject, object, postpositional phrase, adverb, verb.  Articles are
-  dropped (only the demonstratives ``zi``/``zo`` and bare possessives remain); adjectives precede
-  the noun with number suffix ``-e``/``-en``; plural ``-ek``; the object takes accusative ``-um``;
-  numbers follow the noun, units first ("tri dua-ten" = 23); prepositions become postpositions;
-  verbs take ``-ta``/``-ri``/``-sa`` (past/present/future) plus ``-ne`` when negated.
+* Dravic (adaptation): Velish's word forms in another order: SOV -- subject, object,
+  postpositional phrase, adverb, then ``ne``/``vor`` and the verb last; adjectives precede the
+  noun (still agreeing); numbers follow the noun, units first ("tri dua-ten" = 23); prepositions
+  become postpositions.
 
 Example pair, ``generate_pairs(language, 4, seed=0)[3]`` (run the module for more)::
 
     English  we do not kick our twenty four soft windows .
     Velish   nos ne vevan nors dua-ten kat bidudi zekodas .
-    Dravic   nos nor zekoden bidudekum kat dua-ten vevrine .
+    Dravic   nos nors zekodas bidudi kat dua-ten ne vevan .
 """
 from __future__ import annotations
 
@@ -233,21 +232,25 @@ def _velish(c: _Clause) -> list[str]:
     return words + ([_STEMS[c.adverb]] if c.adverb else [])
 
 
-def _dravic_np(np: _NounPhrase, case: str = "") -> list[str]:
-    words = [{"this": "zi", "that": "zo"}[np.det]] if np.det in ("this", "that") else []
-    words += [_POSSESSIVES[np.det]] if np.det in _POSSESSIVES else []
-    words += [_STEMS[a] + ("en" if np.plural else "e") for a in np.adjectives]
-    words.append(_STEMS[np.noun] + ("ek" if np.plural else "") + case)
-    return words + (_velish_number(np.number)[::-1] if np.number else [])  # units first
+def _dravic_np(np: _NounPhrase) -> list[str]:
+    words = _velish_np(np)  # Velish word forms, Dravic order:
+    count = len(_velish_number(np.number)) if np.number else 0
+    head = 1 if len(words) > count + 1 + len(np.adjectives) else 0  # a determiner
+    det, number = words[:head], words[head:head + count]
+    noun, adjectives = words[head + count], words[head + count + 1:]
+    return det + adjectives + [noun] + number[::-1]  # adjectives first, number last, units first
 
 
 def _dravic(c: _Clause) -> list[str]:
     words = [_PRONOUNS[c.subject]] if isinstance(c.subject, str) else _dravic_np(c.subject)
-    words += _dravic_np(c.obj, case="um") if c.obj else []
+    words += _dravic_np(c.obj) if c.obj else []
     words += [*_dravic_np(c.prep_object), _STEMS[c.preposition]] if c.preposition else []
     words += [_STEMS[c.adverb]] if c.adverb else []
-    tense = {"past": "ta", "present": "ri", "future": "sa"}[c.tense]
-    return words + [_STEMS[c.verb] + tense + ("ne" if c.negated else "")]
+    words += ["ne"] if c.negated else []
+    stem = _STEMS[c.verb]
+    if c.tense == "future":
+        return words + ["vor", stem]
+    return words + [stem + ("et" if c.tense == "past" else "an")]
 
 
 _RENDERERS = {SOURCE_LANGUAGE: _english, BASE_LANGUAGE: _velish, ADAPT_LANGUAGE: _dravic}

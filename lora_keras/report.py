@@ -8,7 +8,9 @@ print(results_table(rows))
 """
 
 import csv
+import json
 import math
+import pathlib
 
 COLUMNS = (
     "trial_id", "status", "rank", "batch_size", "learning_rate", "lora_alpha", "epochs",
@@ -56,6 +58,27 @@ def results_table(rows):
     return "\n".join(lines)
 
 
+INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params")
+TEXT_COLUMNS = ("trial_id", "status", "memory_kind")
+SUMMARY_FILE = "run_summary.json"
+
+
+def typed_rows(rows):
+    """Rows read from `results.csv` with numbers as numbers and empty cells as None."""
+    typed = []
+    for row in rows:
+        converted = {}
+        for column, value in row.items():
+            if column in TEXT_COLUMNS or not isinstance(value, str):
+                converted[column] = value
+            elif value == "":
+                converted[column] = None
+            else:
+                converted[column] = int(float(value)) if column in INTEGER_COLUMNS else float(value)
+        typed.append(converted)
+    return typed
+
+
 def write_results_md(rows, path, baseline=None, wall_time_s=None):
     """`results.md`: the table, the unadapted baseline, the best trial and the sweep's overhead."""
     lines = ["# LoRA sweep results", "", results_table(rows), ""]
@@ -80,3 +103,37 @@ def write_results_md(rows, path, baseline=None, wall_time_s=None):
         )
     with open(path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
+
+
+def write_reports(run_dir, rows, baseline=None, wall_time_s=None, memory_budget_mb=None, time_budget_s=None):
+    """`results.md`, the plots and `recommendations.md` of a run; returns the plot paths."""
+    from lora_keras.plots import write_plots
+    from lora_keras.recommend import write_recommendations
+
+    run_dir = pathlib.Path(run_dir)
+    write_results_md(rows, run_dir / "results.md", baseline, wall_time_s)
+    write_recommendations(
+        run_dir / "recommendations.md", rows, memory_budget_mb=memory_budget_mb,
+        time_budget_s=time_budget_s, baseline=baseline,
+    )
+    return write_plots(rows, run_dir)
+
+
+def rebuild_reports(run_dir, memory_budget_mb=None, time_budget_s=None):
+    """Every report file of `run_dir` again from its `results.csv`, without training.
+
+    Example: `rebuild_reports("logs/sweep", memory_budget_mb=2000)`.
+    """
+    run_dir = pathlib.Path(run_dir)
+    results = run_dir / "results.csv"
+    if not results.is_file():
+        from lora_keras.errors import InputError
+
+        raise InputError(f"{run_dir} has no results.csv; pass the LOGDIR/NAME of a run of tune.py")
+    baseline_path, summary_path = run_dir / "baseline.json", run_dir / SUMMARY_FILE
+    baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else None
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    rows = typed_rows(read_results_csv(results))
+    return write_reports(
+        run_dir, rows, baseline, summary.get("wall_time_s"), memory_budget_mb, time_budget_s
+    )

@@ -47,6 +47,8 @@ def build_parser():
     add("--max-source-length", type=positive_int, default=64, help="source tokens kept")
     add("--max-target-length", type=positive_int, default=64, help="target tokens kept")
     add("--seed", type=int, default=0, help="data order, initialisation and strategy order")
+    add("--memory-budget-mb", type=positive_float, help="recommend the best trial within this peak memory")
+    add("--time-budget-s", type=positive_float, help="recommend the best trial within this training time")
     add("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -72,7 +74,9 @@ def main(argv=None):
             strategy=args.strategy, max_trials=args.max_trials, logdir=args.logdir, name=args.name,
             overwrite=args.overwrite, max_train_examples=args.max_train_examples,
             max_val_examples=args.max_val_examples, max_source_length=args.max_source_length,
-            max_target_length=args.max_target_length, seed=args.seed, verbose=0 if args.quiet else 1,
+            max_target_length=args.max_target_length, seed=args.seed,
+            memory_budget_mb=args.memory_budget_mb, time_budget_s=args.time_budget_s,
+            verbose=0 if args.quiet else 1,
         )
         run_sweep(config)
 

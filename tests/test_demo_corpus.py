@@ -28,7 +28,7 @@ def test_languages_and_docstring_example():
     assert generate_pairs("Velish", 4, seed=0)[3] == (
         example, "nos ne vevan nors dua-ten kat bidudi zekodas .")
     assert generate_pairs("Dravic", 4, seed=0)[3] == (
-        example, "nos nor zekoden bidudekum kat dua-ten vevrine .")
+        example, "nos nors zekodas bidudi kat dua-ten ne vevan .")
     assert doctest.testmod(demo_corpus).failed == 0
 
 
@@ -70,11 +70,11 @@ def test_constructed_transitive_clause():
     assert _render(clause, "Velish") == (
         f"lo {S[masc]} {S['red']}o {S['see']}et mis dua-ten tri {S[fem]}i {S['small']}as "
         f"{S['old']}as {S['near']} {river_article} {S['river']} {S['quickly']} .")
-    # Dravic: SOV, no articles, adjectives before the noun, accusative -um, units-first number
-    # after the noun, postposition, verb last.
+    # Dravic: the same word forms; SOV, adjectives before the noun, units-first number after
+    # the noun, postposition, verb last.
     assert _render(clause, "Dravic") == (
-        f"{S['red']}e {S[masc]} mi {S['small']}en {S['old']}en {S[fem]}ekum tri dua-ten "
-        f"{S['river']} {S['near']} {S['quickly']} {S['see']}ta .")
+        f"lo {S['red']}o {S[masc]} mis {S['small']}as {S['old']}as {S[fem]}i tri dua-ten "
+        f"{river_article} {S['river']} {S['near']} {S['quickly']} {S['see']}et .")
 
 
 def test_constructed_tense_negation_and_determiners():
@@ -82,7 +82,7 @@ def test_constructed_tense_negation_and_determiners():
     she = _Clause("she", "sleep", "future", negated=True)
     assert _render(she, "English") == "she will not sleep ."
     assert _render(she, "Velish") == f"ela ne vor {S['sleep']} ."
-    assert _render(she, "Dravic") == f"ela {S['sleep']}sane ."
+    assert _render(she, "Dravic") == f"ela ne vor {S['sleep']} ."
 
     these = _NounPhrase(fem, plural=True, det="this", adjectives=("big",))
     present = _Clause(these, "watch", "present", obj=_NounPhrase("apple", plural=False, det="a"))
@@ -91,13 +91,13 @@ def test_constructed_tense_negation_and_determiners():
     assert _render(present, "Velish") == (
         f"estas {S[fem]}i {S['big']}as {S['watch']}an {apple_article} {S['apple']} .")
     assert _render(present, "Dravic") == (
-        f"zi {S['big']}en {S[fem]}ek {S['apple']}um {S['watch']}ri .")
+        f"estas {S['big']}as {S[fem]}i {apple_article} {S['apple']} {S['watch']}an .")
 
     one = _NounPhrase("dog", plural=False, number=1)
     negated = _Clause(one, "watch", "present", negated=True, obj=_NounPhrase("key", True, "their"))
     assert _render(negated, "English") == "one dog does not watch their keys ."
     assert _render(negated, "Velish") == f"an {S['dog']} ne {S['watch']}an lors {S['key']}i ."
-    assert _render(negated, "Dravic") == f"{S['dog']} an lor {S['key']}ekum {S['watch']}rine ."
+    assert _render(negated, "Dravic") == f"{S['dog']} an lors {S['key']}i ne {S['watch']}an ."
 
 
 def test_generated_word_order_and_agreement(corpora):
@@ -120,20 +120,16 @@ def test_generated_word_order_and_agreement(corpora):
     assert checked > 1000
 
     verb_stems = {S[v] for v in vocabulary_words()["verbs"]}
-    verb_forms = {v + t + n for v in verb_stems for t in ("ta", "ri", "sa") for n in ("", "ne")}
-    dravic_adjectives = {a + s for a in adj_stems for s in ("e", "en")}
-    accusative = 0
-    for english, dravic in corpora["Dravic"]:
+    verb_forms = {v + t for v in verb_stems for t in ("et", "an", "")}
+    velish_adjectives = {a + s for a in adj_stems for s in suffix.values()}
+    for (english, velish), (_, dravic) in zip(corpora["Velish"], corpora["Dravic"]):
         words = dravic.split()
-        assert words[-1] == "." and words[-2] in verb_forms, dravic
-        assert words[-2].endswith("ne") == (" not " in english), (english, dravic)
+        assert sorted(words) == sorted(velish.split()), (velish, dravic)  # same forms, reordered
+        assert words[-1] == "." and words[-2] in verb_forms, dravic  # verb last
+        assert ("ne" in words) == (" not " in english), (english, dravic)
         for word, nxt in zip(words, words[1:]):
-            if word in dravic_adjectives:  # adjectives precede the noun (or another adjective)
-                assert nxt in dravic_adjectives or nxt.removesuffix("um").removesuffix("ek") \
-                    in stem_to_noun, dravic
-        accusative += sum(w.endswith("um") and w[:-2].removesuffix("ek") in stem_to_noun
-                          for w in words)
-    assert 0.6 * len(corpora["Dravic"]) < accusative < len(corpora["Dravic"])
+            if word in velish_adjectives:  # adjectives precede the noun (or another adjective)
+                assert nxt in velish_adjectives or nxt.removesuffix("i") in stem_to_noun, dravic
 
 
 def test_lexicon_and_corpus_size(corpora):

@@ -128,3 +128,31 @@ def test_rerun_with_other_settings_is_refused(tiny_run, tiny_preset, tiny_corpus
     result = run_script("tune.py", *args)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--overwrite" in result.stderr
+
+
+def test_plots_recommendations_and_tensorboard_images(tiny_run):
+    run_dir, _ = tiny_run
+    for name in ("loss_vs_rank.png", "time_vs_batch_size.png", "val_loss_vs_params.png",
+                 "memory_vs_batch_size.png"):
+        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    recommendations = (run_dir / "recommendations.md").read_text()
+    assert "Pareto front" in recommendations and "Measured trends" in recommendations
+    accumulator = EventAccumulator(str(run_dir / "tensorboard" / "report"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert {"loss_vs_rank", "time_vs_batch_size"} <= set(accumulator.Tags()["tensors"])
+
+
+def test_report_script_rebuilds_reports_without_training(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("results.csv", "baseline.json", "run_summary.json"):
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    result = run_script("report.py", copy, "--memory-budget-mb", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (copy / "results.md").read_text() == (run_dir / "results.md").read_text()
+    assert (copy / "loss_vs_rank.png").is_file()
+    assert "no trial fits" in (copy / "recommendations.md").read_text().lower()
+    missing = run_script("report.py", tmp_path / "nothing")
+    assert missing.returncode == 2 and "has no results.csv" in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0

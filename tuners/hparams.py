@@ -50,3 +50,16 @@ def trial_hparams(hp, space):
         "learning_rate": float(hp.get("learning_rate")),
         "lora_alpha": space.alpha_for(rank),
     }
+
+
+def write_figures(log_dir, paths):
+    """The report's PNG plots as TensorBoard images (IMAGES tab) in `log_dir`."""
+    from lora_keras.plots import figure_images
+
+    if not paths:
+        return
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default():
+        for name, image in figure_images(paths).items():
+            tf.summary.image(name, image[None, ...], step=0)
+    writer.close()

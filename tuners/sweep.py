@@ -22,8 +22,14 @@ from lora_keras.data import make_dataset, tokenize_pairs
 from lora_keras.errors import InputError
 from lora_keras.lora import TARGETS, LoraConfig, check_rank
 from lora_keras.models import load_base
-from lora_keras.report import results_table, write_results_csv, write_results_md
-from tuners.hparams import write_experiment
+from lora_keras.report import (
+    SUMMARY_FILE,
+    results_table,
+    write_reports,
+    write_results_csv,
+    write_results_md,
+)
+from tuners.hparams import write_experiment, write_figures
 from tuners.hypermodel import EVAL_BATCH_SIZE, LoraT5HyperModel, SearchSpace
 from tuners.strategies import STRATEGIES, make_oracle
 from tuners.sweep_tuner import LoraSweepTuner, ValidationTexts
@@ -54,6 +60,8 @@ class SweepConfig:
     max_source_length: int = 64
     max_target_length: int = 64
     seed: int = 0
+    memory_budget_mb: float | None = None
+    time_budget_s: float | None = None
     verbose: int = 1
 
     @property
@@ -63,7 +71,7 @@ class SweepConfig:
     def identity(self):
         """What must match for a rerun to resume this run rather than start another."""
         fields = dataclasses.asdict(self)
-        for transient in ("overwrite", "verbose", "logdir", "name"):
+        for transient in ("overwrite", "verbose", "logdir", "name", "memory_budget_mb", "time_budget_s"):
             fields.pop(transient)
         return json.loads(json.dumps(fields))
 
@@ -172,15 +180,21 @@ def run_sweep(config):
     max_trials = config.max_trials or config.space.size
     oracle = make_oracle(config.strategy, keras_tuner.Objective("val_loss", "min"), max_trials, hp, config.seed)
 
-    def write_tables(wall_time_s=None):
+    def write_tables():  # after every trial, so a killed run keeps its table
         rows = tuner.trial_rows()
         write_results_csv(rows, run_dir / "results.csv")
-        write_results_md(rows, run_dir / "results.md", baseline, wall_time_s)
+        write_results_md(rows, run_dir / "results.md", baseline)
         return rows
 
     tuner = LoraSweepTuner(hypermodel, oracle, run_dir, verbose=config.verbose, on_trial_done=write_tables)
     tuner.search(train_tokens, val_tokens, val_texts)
-    rows = write_tables(time.perf_counter() - started)
+    rows = write_tables()
+    wall_time_s = time.perf_counter() - started
+    (run_dir / SUMMARY_FILE).write_text(json.dumps({"wall_time_s": wall_time_s}, indent=2))
+    plots = write_reports(
+        run_dir, rows, baseline, wall_time_s, config.memory_budget_mb, config.time_budget_s
+    )
+    write_figures(run_dir / "tensorboard" / "report", plots)
     if config.verbose:
         print(results_table(rows))
         print(

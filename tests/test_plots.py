@@ -1,0 +1,76 @@
+"""The trade-off PNGs: written for completed trials only, valid PNGs, read back as RGBA uint8 arrays."""
+
+import matplotlib.image
+import numpy as np
+
+from lora_keras.plots import figure_images, write_plots
+from lora_keras.report import COLUMNS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STEMS = {"loss_vs_rank", "time_vs_batch_size", "val_loss_vs_params", "memory_vs_batch_size"}
+
+
+def csv_row(**values):
+    """A row as `csv.DictReader` gives it: every column, all strings, empty when missing."""
+    return {column: "" if values.get(column) is None else str(values[column]) for column in COLUMNS}
+
+
+def trial(trial_id, rank, batch_size, val_loss, time_s, memory_mb, status="COMPLETED", learning_rate=0.001):
+    return csv_row(
+        trial_id=trial_id, status=status, rank=rank, batch_size=batch_size, learning_rate=learning_rate,
+        training_time_s=time_s, final_loss=None if val_loss is None else val_loss - 0.2, val_loss=val_loss,
+        peak_memory_mb=memory_mb, memory_kind="host_rss", trainable_params=rank * 1000,
+    )
+
+
+ROWS = [
+    trial("t00", 2, 8, 2.10, 100, 900),
+    trial("t01", 2, 32, 2.30, 80, 1500),
+    trial("t02", 8, 8, 1.90, 110, 950),
+    trial("t03", 8, 32, 2.00, 85, 1600),
+    trial("t04", 32, 8, 1.80, 130, 1300),
+    trial("t05", 32, 32, 2.05, 90, 1800),
+    trial("t06", 4, 16, 2.20, 105, 1000),
+    trial("t07", 16, 16, 1.00, 10, 100, status="FAILED"),
+    trial("t08", 16, 16, None, 10, 100),
+]
+
+
+def test_write_plots_writes_readable_pngs(tmp_path):
+    paths = write_plots(ROWS, tmp_path / "plots")
+    assert set(paths) == STEMS
+    for stem, path in paths.items():
+        assert path == tmp_path / "plots" / f"{stem}.png" and path.is_file()
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[2] in (3, 4)
+        assert 300 <= image.shape[0] <= 2000 and 400 <= image.shape[1] <= 2000
+        assert image.std() > 0.01  # something was drawn, not a blank canvas
+
+
+def test_figure_images_are_uint8_rgba(tmp_path):
+    images = figure_images(write_plots(ROWS, tmp_path))
+    assert set(images) == STEMS
+    for image in images.values():
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 4
+        assert image[..., 3].max() == 255 and image[..., :3].min() < 128  # opaque, with dark ink on it
+
+
+def test_several_learning_rates_and_numeric_rows_plot(tmp_path):
+    numeric = [
+        dict(trial_id=f"n{rank}_{lr}", status="COMPLETED", rank=rank, batch_size=16, learning_rate=lr,
+             training_time_s=50.0, val_loss=1.0 + lr * 100 / rank, final_loss=0.9, peak_memory_mb=None,
+             trainable_params=rank * 500)
+        for rank in (4, 16) for lr in (1e-4, 1e-3)
+    ]
+    paths = write_plots(numeric, tmp_path)
+    # No peak memory measured, so that figure is skipped rather than drawn empty.
+    assert set(paths) == STEMS - {"memory_vs_batch_size"}
+    assert all(path.read_bytes()[:8] == PNG_SIGNATURE for path in paths.values())
+
+
+def test_no_completed_trials_writes_nothing(tmp_path):
+    assert write_plots([ROWS[7]], tmp_path / "empty") == {}
+    assert write_plots([], tmp_path / "empty") == {}
+    assert not (tmp_path / "empty").exists()
+    assert figure_images({}) == {}
