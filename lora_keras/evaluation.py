@@ -11,15 +11,18 @@ import keras_hub
 import sacrebleu
 
 
-def translate(backbone, tokenizer, sources, max_source_length=64, max_new_tokens=64, batch_size=64):
-    """Greedy translations of `sources` (used as given: include any task prefix)."""
+def translate(
+    backbone, tokenizer, sources, max_source_length=64, max_new_tokens=64, batch_size=64, num_beams=1
+):
+    """Translations of `sources` (used as given: include any task prefix); greedy unless `num_beams` > 1."""
     preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(
         tokenizer=tokenizer,
         encoder_sequence_length=max_source_length,
         decoder_sequence_length=max_new_tokens,
     )
     model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
-    model.compile(sampler="greedy")
+    sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams) if num_beams > 1 else "greedy"
+    model.compile(sampler=sampler)
     translations = []
     for start in range(0, len(sources), batch_size):
         batch = list(sources[start : start + batch_size])

@@ -190,13 +190,13 @@ def save_adapter(backbone, path, config=None):
 
 def read_adapter(path):
     """`(LoraConfig, {name: array})` from a file written by `save_adapter`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
             weights = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (OSError, ValueError) as error:  # missing or not safetensors
+    except (OSError, SafetensorError) as error:  # missing, or not a safetensors file
         raise InputError(f"cannot read adapter {path}: {error}; pass a file written by lora-keras")
     if "lora_config" not in metadata:
         raise InputError(f"{path} has no lora_config metadata; pass a file written by lora-keras")

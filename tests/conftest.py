@@ -12,6 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lora_keras import demo_corpus  # noqa: E402
+from lora_keras.report import COLUMNS  # noqa: E402
 
 TINY_PREFIX = "translate English to Dravic: "
 
@@ -65,3 +66,42 @@ def run_script(script, *args, timeout=600, env=None):
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+def csv_row(**values):
+    """A row as `csv.DictReader` gives it: every column, all strings, empty when missing."""
+    return {column: "" if values.get(column) is None else str(values[column]) for column in COLUMNS}
+
+
+def trial(trial_id, rank, batch_size, val_loss, time_s, memory_mb, status="COMPLETED", learning_rate=0.001,
+          **extra):
+    """A finished trial's results.csv row (strings), for the report tests."""
+    return csv_row(
+        trial_id=trial_id, status=status, rank=rank, batch_size=batch_size, learning_rate=learning_rate,
+        lora_alpha=2 * rank, epochs=3, training_time_s=time_s, final_loss=val_loss - 0.2 if val_loss else None,
+        val_loss=val_loss, bleu=40 - 10 * val_loss if val_loss else None, peak_memory_mb=memory_mb,
+        memory_kind="gpu", trainable_params=rank * 1000, total_params=1_000_000, **extra,
+    )
+
+
+# (val loss, time s, peak MiB), all minimised.  Pareto front, best val loss first:
+#   t04 (1.80, 130, 1300): lowest val loss, nobody is <= on it.
+#   t02 (1.90, 110,  950): only t04 has a lower loss, and t04 is slower and bigger.
+#   t03 (2.00,  85, 1600): of t04/t02 (lower loss) both are slower; t01 is faster but worse on loss.
+#   t00 (2.10, 100,  900): least memory of all, so nobody is <= on memory.
+#   t01 (2.30,  80, 1500): fastest of all, so nobody is <= on time.
+# Dominated:
+#   t05 (2.05,  90, 1800) by t03 (2.00, 85, 1600): better on all three.
+#   t06 (2.20, 105, 1000) by t00 (2.10, 100, 900): better on all three.
+# Excluded: t07 FAILED and t08 without a val loss, although both would dominate everything.
+REPORT_ROWS = [
+    trial("t00", 2, 8, 2.10, 100, 900),
+    trial("t01", 2, 32, 2.30, 80, 1500),
+    trial("t02", 8, 8, 1.90, 110, 950),
+    trial("t03", 8, 32, 2.00, 85, 1600),
+    trial("t04", 32, 8, 1.80, 130, 1300),
+    trial("t05", 32, 32, 2.05, 90, 1800),
+    trial("t06", 4, 16, 2.20, 105, 1000),
+    trial("t07", 16, 16, 1.00, 10, 100, status="FAILED"),
+    trial("t08", 16, 16, None, 10, 100),
+]

@@ -150,3 +150,10 @@ def test_adapter_for_another_model_is_refused(tmp_path):
 def test_bad_configs_raise_input_error(config, message):
     with pytest.raises(InputError, match=message):
         add_lora(make_backbone(), config)
+
+
+def test_unreadable_adapter_files_raise_input_error(tmp_path):
+    (tmp_path / "text.safetensors").write_text("not an adapter")
+    for name in ("missing.safetensors", "text.safetensors"):
+        with pytest.raises(InputError, match="cannot read adapter"):
+            load_adapter(make_backbone(), tmp_path / name)

@@ -4,36 +4,13 @@ import matplotlib.image
 import numpy as np
 
 from lora_keras.plots import figure_images, write_plots
-from lora_keras.report import COLUMNS
+from conftest import REPORT_ROWS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEMS = {"loss_vs_rank", "time_vs_batch_size", "val_loss_vs_params", "memory_vs_batch_size"}
 
 
-def csv_row(**values):
-    """A row as `csv.DictReader` gives it: every column, all strings, empty when missing."""
-    return {column: "" if values.get(column) is None else str(values[column]) for column in COLUMNS}
-
-
-def trial(trial_id, rank, batch_size, val_loss, time_s, memory_mb, status="COMPLETED", learning_rate=0.001):
-    return csv_row(
-        trial_id=trial_id, status=status, rank=rank, batch_size=batch_size, learning_rate=learning_rate,
-        training_time_s=time_s, final_loss=None if val_loss is None else val_loss - 0.2, val_loss=val_loss,
-        peak_memory_mb=memory_mb, memory_kind="host_rss", trainable_params=rank * 1000,
-    )
-
-
-ROWS = [
-    trial("t00", 2, 8, 2.10, 100, 900),
-    trial("t01", 2, 32, 2.30, 80, 1500),
-    trial("t02", 8, 8, 1.90, 110, 950),
-    trial("t03", 8, 32, 2.00, 85, 1600),
-    trial("t04", 32, 8, 1.80, 130, 1300),
-    trial("t05", 32, 32, 2.05, 90, 1800),
-    trial("t06", 4, 16, 2.20, 105, 1000),
-    trial("t07", 16, 16, 1.00, 10, 100, status="FAILED"),
-    trial("t08", 16, 16, None, 10, 100),
-]
+ROWS = REPORT_ROWS
 
 
 def test_write_plots_writes_readable_pngs(tmp_path):

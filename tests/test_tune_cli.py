@@ -156,3 +156,54 @@ def test_report_script_rebuilds_reports_without_training(tiny_run, tmp_path):
     missing = run_script("report.py", tmp_path / "nothing")
     assert missing.returncode == 2 and "has no results.csv" in missing.stderr
     assert missing.stderr.strip().count("\n") == 0
+
+
+def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset, tiny_corpus, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    args = sweep_args(tiny_preset, tiny_corpus, tmp_path)
+    command = [sys.executable, str(ROOT / "scripts" / "tune.py"), *map(str, args)]
+    run_dir = tmp_path / "tiny"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 300
+    # Kill once the first trial is on disk and the second has started.
+    while not (run_dir / "tuner" / "trial_1").exists():
+        assert process.poll() is None and time.time() < deadline, "the sweep ended before it could be killed"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(read_rows(run_dir)) == 1  # the finished trial survived the kill
+
+    result = run_script("tune.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_rows(run_dir)
+    assert sorted((int(r["rank"]), int(r["batch_size"])) for r in rows) == sorted(
+        itertools.product(RANKS, BATCH_SIZES)
+    )
+    assert all(r["status"] == "COMPLETED" for r in rows) and len({r["trial_id"] for r in rows}) == 4
+    # The interrupted trial's TensorBoard session holds its rerun only.
+    start, _ = plugin_content(run_dir / "tensorboard" / "trial_1", "_hparams_/session_start_info")
+    assert start.session_start_info.hparams["rank"].number_value in RANKS
+    assert len(list((run_dir / "tensorboard" / "trial_1").glob("events.out.tfevents*"))) == 1
+
+
+def test_translate_script_with_a_trial_adapter(tiny_run, tiny_preset):
+    run_dir, _ = tiny_run
+    adapter = sorted((run_dir / "adapters").glob("*.safetensors"))[0]
+    lines = ["translate English to Dravic: the dog runs .", "translate English to Dravic: a cat ."]
+    result = run_script("translate.py", "--model", tiny_preset, "--adapter", adapter,
+                        "--max-new-tokens", "6", *lines)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.strip().splitlines()) == 2
+    beams = run_script("translate.py", "--model", tiny_preset, "--num-beams", "2", "--max-new-tokens", "6",
+                       lines[0])
+    assert beams.returncode == 0 and len(beams.stdout.strip().splitlines()) == 1, beams.stderr[-2000:]
+    missing = run_script("translate.py", "--model", tiny_preset, "--adapter", run_dir / "nope.safetensors", "x")
+    assert missing.returncode == 2 and "cannot read adapter" in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0
