@@ -59,7 +59,7 @@ def main(argv=None):
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
     with exit_on_input_error():
         from tuners.hypermodel import SearchSpace
-        from tuners.sweep import SweepConfig, run_sweep
+        from tuners.sweep import SweepConfig, SweepStopped, run_sweep
 
         space = SearchSpace(
             ranks=tuple(dict.fromkeys(args.ranks)),
@@ -78,7 +78,11 @@ def main(argv=None):
             memory_budget_mb=args.memory_budget_mb, time_budget_s=args.time_budget_s,
             verbose=0 if args.quiet else 1,
         )
-        run_sweep(config)
+        try:
+            run_sweep(config)
+        except SweepStopped as error:
+            sys.stderr.write(f"tune.py: error: {error}\n")
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ from tuners.strategies import STRATEGIES, make_oracle
 from tuners.sweep_tuner import LoraSweepTuner, ValidationTexts
 
 RUN_CONFIG_FILE = "run_config.json"
+
+
+class SweepStopped(RuntimeError):
+    """Too many trials failed in a row; finished trials are kept and a rerun resumes."""
 HELD_OUT_FRACTION = 0.1
 
 
@@ -187,7 +191,16 @@ def run_sweep(config):
         return rows
 
     tuner = LoraSweepTuner(hypermodel, oracle, run_dir, verbose=config.verbose, on_trial_done=write_tables)
-    tuner.search(train_tokens, val_tokens, val_texts)
+    try:
+        tuner.search(train_tokens, val_tokens, val_texts)
+    except RuntimeError as error:
+        if "consecutive failures" not in str(error):
+            raise
+        write_tables()
+        raise SweepStopped(
+            f"stopped after {oracle.max_consecutive_failed_trials} failed trials in a row "
+            f"(see the status column of {run_dir / 'results.csv'}); fix the cause and rerun to resume"
+        ) from None
     rows = write_tables()
     wall_time_s = time.perf_counter() - started
     (run_dir / SUMMARY_FILE).write_text(json.dumps({"wall_time_s": wall_time_s}, indent=2))

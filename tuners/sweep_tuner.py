@@ -3,12 +3,14 @@
 import dataclasses
 import gc
 import json
+import math
 import pathlib
 import shutil
 
 import keras
 import tensorflow as tf
 from keras_tuner.engine.base_tuner import BaseTuner
+from keras_tuner.errors import FailedTrialError
 from keras_tuner.engine.trial import TrialStatus
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.hparams import api_pb2
@@ -46,6 +48,21 @@ class ValidationTexts:
         )[:SAMPLE_TRANSLATIONS]:
             rows.append(f"| {source} | {hypothesis} | {reference} |")
         return "\n".join(rows)
+
+
+def failure_reason(message):
+    """`"ResourceExhaustedError: OOM when ..."` from a failed trial's traceback."""
+    last = (message or "unknown error").strip().splitlines()[-1]
+    name, _, text = last.partition(": ")
+    return f"{name.rsplit('.', 1)[-1]}: {text}" if text else last
+
+
+def _end_session(writer, status):
+    with writer.as_default():
+        tf.summary.experimental.write_raw_pb(
+            hparams_summary.session_end_pb(status).SerializeToString(), step=0
+        )
+    writer.flush()
 
 
 class LoraSweepTuner(BaseTuner):
@@ -109,17 +126,23 @@ class LoraSweepTuner(BaseTuner):
             ParameterCount(writer),
             LossScalars(writer),
         ]
-        callbacks = measures + [hparams_api.KerasCallback(writer, hparams, trial_id=f"trial_{trial.trial_id}")]
+        callbacks = measures + [keras.callbacks.TerminateOnNaN()]  # a diverged trial stops at once
+        with writer.as_default():  # the HParams session: its end says whether the trial succeeded
+            hparams_api.hparams(hparams, trial_id=f"trial_{trial.trial_id}")
         try:
             model = self.hypermodel.build(hp)
             self.hypermodel.fit(hp, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose)
-        except Exception:
-            with writer.as_default():
-                tf.summary.experimental.write_raw_pb(
-                    hparams_summary.session_end_pb(api_pb2.STATUS_FAILURE).SerializeToString(), step=0
+            losses = measures[-1].results()
+            if not all(value is not None and math.isfinite(value) for value in losses.values()):
+                raise FailedTrialError(
+                    f"loss diverged to {losses['final_loss']} (val {losses['val_loss']}); "
+                    "try a lower learning rate"
                 )
+        except Exception:
+            _end_session(writer, api_pb2.STATUS_FAILURE)
             writer.close()
             raise
+        _end_session(writer, api_pb2.STATUS_SUCCESS)
         figures = {**hparams, "epochs": self.hypermodel.epochs}
         for measure in measures:
             figures.update(measure.results())
@@ -168,7 +191,6 @@ class LoraSweepTuner(BaseTuner):
                 row.update(json.loads(path.read_text()))
                 row["status"] = "COMPLETED"
             else:
-                reason = (trial.message or "unknown error").strip().splitlines()[-1]
-                row["status"] = f"FAILED: {reason}"
+                row["status"] = f"FAILED: {failure_reason(trial.message)}"
             rows.append(row)
         return rows

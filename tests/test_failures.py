@@ -1,0 +1,71 @@
+"""A trial that fails (out of memory, NaN loss) is recorded FAILED and the sweep goes on."""
+
+import csv
+
+import keras
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+from tuners.hypermodel import LoraT5HyperModel, SearchSpace
+from tuners.sweep import SweepConfig, SweepStopped, run_sweep
+
+ORIGINAL_BUILD = LoraT5HyperModel.build
+
+
+def config(tiny_preset, tiny_corpus, logdir, ranks=(1, 2)):
+    train, val = tiny_corpus
+    return SweepConfig(
+        model=str(tiny_preset), train=str(train), val=str(val), source_lang="English", target_lang="Dravic",
+        space=SearchSpace(ranks=ranks, batch_sizes=(8, 16)), epochs=1, logdir=str(logdir), name="f",
+        max_train_examples=32, max_val_examples=8, max_target_length=16, verbose=0,
+    )
+
+
+def out_of_memory():
+    return tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[8,64]")
+
+
+def flaky_build(self, hp):
+    """Rank 2 batch 8 runs out of memory; rank 1 batch 16 diverges to NaN."""
+    if (hp.get("rank"), hp.get("batch_size")) == (2, 8):
+        raise out_of_memory()
+    model = ORIGINAL_BUILD(self, hp)
+    if (hp.get("rank"), hp.get("batch_size")) == (1, 16):
+        nan_loss = lambda y_true, y_pred: keras.ops.sum(y_pred) * float("nan")  # noqa: E731
+        model.compile(optimizer="adam", loss=nan_loss)
+    return model
+
+
+def read_status(run_dir):
+    with open(run_dir / "results.csv", newline="") as handle:
+        return {(int(r["rank"]), int(r["batch_size"])): r["status"] for r in csv.DictReader(handle)}
+
+
+def test_failed_trials_are_recorded_and_the_sweep_goes_on(tiny_preset, tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(LoraT5HyperModel, "build", flaky_build)
+    run_sweep(config(tiny_preset, tiny_corpus, tmp_path))
+    status = read_status(tmp_path / "f")
+    assert status[1, 8] == status[2, 16] == "COMPLETED"
+    assert status[2, 8] == "FAILED: ResourceExhaustedError: OOM when allocating tensor with shape[8,64]"
+    assert status[1, 16].startswith("FAILED: FailedTrialError: loss diverged to nan")
+    # TensorBoard marks the failed sessions as failed.
+    trial_id = {1: "1", 2: "2"}
+    for key in trial_id.values():
+        accumulator = EventAccumulator(str(tmp_path / "f" / "tensorboard" / f"trial_{key}"))
+        accumulator.Reload()
+        content = accumulator.PluginTagToContent("hparams")["_hparams_/session_end_info"]
+        end = plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info
+        assert end.status == api_pb2.STATUS_FAILURE
+
+
+def test_too_many_failures_in_a_row_stop_the_sweep(tiny_preset, tiny_corpus, tmp_path, monkeypatch):
+    def always_oom(self, hp):
+        raise out_of_memory()
+
+    monkeypatch.setattr(LoraT5HyperModel, "build", always_oom)
+    with pytest.raises(SweepStopped, match="stopped after 3 failed trials in a row"):
+        run_sweep(config(tiny_preset, tiny_corpus, tmp_path, ranks=(1, 2, 3)))
+    status = read_status(tmp_path / "f")
+    assert len(status) == 3 and all(s.startswith("FAILED: ResourceExhaustedError") for s in status.values())
