@@ -105,7 +105,9 @@ def test_hparams_read_back_from_event_files(tiny_run):
         hparams = {k: v.number_value for k, v in start.session_start_info.hparams.items()}
         row = rows[session.name.removeprefix("trial_")]
         assert hparams["rank"] == int(row["rank"]) and hparams["batch_size"] == int(row["batch_size"])
-        assert set(METRICS) <= set(accumulator.Tags()["tensors"])
+        assert set(METRICS) | {"chrf", "sample_translations"} <= set(accumulator.Tags()["tensors"])
+        samples = tf.make_ndarray(accumulator.Tensors("sample_translations")[-1].tensor_proto)
+        assert b"| source | translation | reference |" in samples.item()
         last = lambda tag: float(tf.make_ndarray(accumulator.Tensors(tag)[-1].tensor_proto))  # noqa: E731
         assert math.isclose(last("val_loss"), float(row["val_loss"]), rel_tol=1e-5)
         assert math.isclose(last("bleu"), float(row["bleu"]), rel_tol=1e-5)
