@@ -1,4 +1,4 @@
-"""A trial that fails (out of memory, NaN loss) is recorded FAILED and the sweep goes on."""
+"""In-process sweeps: failed trials (out of memory, NaN loss) are recorded FAILED and the sweep goes on; a non-grid strategy keeps its budget."""
 
 import csv
 
@@ -69,3 +69,11 @@ def test_too_many_failures_in_a_row_stop_the_sweep(tiny_preset, tiny_corpus, tmp
         run_sweep(config(tiny_preset, tiny_corpus, tmp_path, ranks=(1, 2, 3)))
     status = read_status(tmp_path / "f")
     assert len(status) == 3 and all(s.startswith("FAILED: ResourceExhaustedError") for s in status.values())
+
+
+def test_random_strategy_runs_its_trial_budget(tiny_preset, tiny_corpus, tmp_path):
+    sweep = config(tiny_preset, tiny_corpus, tmp_path)
+    sweep.strategy, sweep.max_trials = "random", 2
+    rows = run_sweep(sweep)
+    assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows)
+    assert len({(r["rank"], r["batch_size"]) for r in rows}) == 2  # no combination twice

@@ -1,6 +1,7 @@
 """TensorBoard HParams: the experiment (domains, metric columns) and one session per trial."""
 
 import pathlib
+import shutil
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
@@ -56,6 +57,7 @@ def write_figures(log_dir, paths):
     """The report's PNG plots as TensorBoard images (IMAGES tab) in `log_dir`."""
     from lora_keras.plots import figure_images
 
+    shutil.rmtree(log_dir, ignore_errors=True)  # a resumed run replaces, not repeats, its images
     if not paths:
         return
     writer = tf.summary.create_file_writer(str(log_dir))
