@@ -170,6 +170,7 @@ def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset
     from conftest import ROOT
 
     args = sweep_args(tiny_preset, tiny_corpus, tmp_path)
+    args[args.index("--batch-sizes") + 1: args.index("--batch-sizes") + 3] = [8]  # two trials suffice
     command = [sys.executable, str(ROOT / "scripts" / "tune.py"), *map(str, args)]
     run_dir = tmp_path / "tiny"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
@@ -185,10 +186,8 @@ def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset
     result = run_script("tune.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_rows(run_dir)
-    assert sorted((int(r["rank"]), int(r["batch_size"])) for r in rows) == sorted(
-        itertools.product(RANKS, BATCH_SIZES)
-    )
-    assert all(r["status"] == "COMPLETED" for r in rows) and len({r["trial_id"] for r in rows}) == 4
+    assert sorted((int(r["rank"]), int(r["batch_size"])) for r in rows) == [(rank, 8) for rank in RANKS]
+    assert all(r["status"] == "COMPLETED" for r in rows) and len({r["trial_id"] for r in rows}) == 2
     # The interrupted trial's TensorBoard session holds its rerun only.
     start, _ = plugin_content(run_dir / "tensorboard" / "trial_1", "_hparams_/session_start_info")
     assert start.session_start_info.hparams["rank"].number_value in RANKS
