@@ -114,6 +114,17 @@ def several_learning_rates(trials):
     return len({t["learning_rate"] for t in trials if t.get("learning_rate") is not None}) > 1
 
 
+def _pooled(fits, series, relation, verdict):
+    """The median exponent over several fitted series, as one sentence (none for a single series)."""
+    if len(fits) < 2:
+        return []
+    median = statistics.median(k for _, k, _ in fits)
+    return [
+        f"Pooled over {len(fits)} {series}, the median exponent of {relation} is {median:.2f}; "
+        + _folk_verdict(median, None, **verdict)
+    ]
+
+
 def _time_trends(trials):
     verdict = dict(
         law=FOLK_TIME_LAW,
@@ -127,13 +138,7 @@ def _time_trends(trials):
         + _folk_verdict(k, r2, **verdict)
         for (rank,), k, r2 in fits
     ]
-    if len(fits) > 1:
-        median = statistics.median(k for _, k, _ in fits)
-        sentences.append(
-            f"Pooled over {len(fits)} ranks, the median exponent of time vs batch size is {median:.2f}; "
-            + _folk_verdict(median, None, **verdict)
-        )
-    return sentences
+    return sentences + _pooled(fits, "ranks", "time vs batch size", verdict)
 
 
 def _loss_trends(trials):
@@ -152,13 +157,7 @@ def _loss_trends(trials):
         sentences.append(
             f"Val loss vs rank at {where}: loss ~ rank^{k:.2f} (R² {r2:.2f}); " + _folk_verdict(k, r2, **verdict)
         )
-    if len(fits) > 1:
-        median = statistics.median(k for _, k, _ in fits)
-        sentences.append(
-            f"Pooled over {len(fits)} series, the median exponent of val loss vs rank is {median:.2f}; "
-            + _folk_verdict(median, None, **verdict)
-        )
-    return sentences
+    return sentences + _pooled(fits, "series", "val loss vs rank", verdict)
 
 
 def memory_kind_label(trials):
