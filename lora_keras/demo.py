@@ -139,6 +139,7 @@ def _train_demo_base(config, directory, verbose):
         make_dataset(train, config.batch_size, shuffle=True, seed=config.seed),
         validation_data=make_dataset(val, config.batch_size),
         epochs=config.epochs,
+        shuffle=False,  # the dataset reshuffles itself each epoch
         verbose=verbose,
     )
     backbone.save_to_preset(str(directory))

@@ -88,6 +88,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
             make_dataset(train_tokens, hp.get("batch_size"), shuffle=True, seed=self.seed),
             validation_data=make_dataset(val_tokens, EVAL_BATCH_SIZE),
             epochs=self.epochs,
+            shuffle=False,  # the dataset reshuffles itself each epoch
             callbacks=callbacks,
             verbose=verbose,
             **kwargs,
