@@ -11,23 +11,41 @@ import keras_hub
 import sacrebleu
 
 
+class Translator:
+    """keras-hub's cached `generate` on one backbone, traced once and reused across calls.
+
+    It reads the backbone's variables at each call, so it follows training.
+
+    Example: `Translator(backbone, tokenizer)(["translate English to Dravic: the dog runs ."])`.
+    """
+
+    def __init__(self, backbone, tokenizer, max_source_length=64, max_new_tokens=64, num_beams=1):
+        self.backbone = backbone
+        self.max_new_tokens = max_new_tokens
+        preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(
+            tokenizer=tokenizer,
+            encoder_sequence_length=max_source_length,
+            decoder_sequence_length=max_new_tokens,
+        )
+        self.model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
+        sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams) if num_beams > 1 else "greedy"
+        self.model.compile(sampler=sampler)
+
+    def __call__(self, sources, batch_size=64):
+        translations = []
+        for start in range(0, len(sources), batch_size):
+            batch = list(sources[start : start + batch_size])
+            generated = self.model.generate(batch, max_length=self.max_new_tokens)
+            translations.extend(str(text).strip() for text in generated)
+        return translations
+
+
 def translate(
     backbone, tokenizer, sources, max_source_length=64, max_new_tokens=64, batch_size=64, num_beams=1
 ):
     """Translations of `sources` (used as given: include any task prefix); greedy unless `num_beams` > 1."""
-    preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(
-        tokenizer=tokenizer,
-        encoder_sequence_length=max_source_length,
-        decoder_sequence_length=max_new_tokens,
-    )
-    model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
-    sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams) if num_beams > 1 else "greedy"
-    model.compile(sampler=sampler)
-    translations = []
-    for start in range(0, len(sources), batch_size):
-        batch = list(sources[start : start + batch_size])
-        translations.extend(str(text).strip() for text in model.generate(batch, max_length=max_new_tokens))
-    return translations
+    translator = Translator(backbone, tokenizer, max_source_length, max_new_tokens, num_beams)
+    return translator(sources, batch_size)
 
 
 def translation_scores(hypotheses, references):

@@ -137,11 +137,27 @@ def add_lora(backbone, config, seed=None):
         dense.enable_lora(
             config.rank,
             lora_alpha=config.effective_alpha,
-            a_initializer=keras.initializers.HeUniform(
-                seed=None if seed is None else seed + offset
-            ),
+            a_initializer=_a_initializer(seed, offset),
         )
     return layers
+
+
+def _a_initializer(seed, offset):
+    return keras.initializers.HeUniform(seed=None if seed is None else seed + offset)
+
+
+def reset_lora(backbone, config, seed):
+    """Put the adapters of `add_lora(backbone, config, seed)` back to their initial values.
+
+    With the same integer `seed`, `A` gets the values `add_lora` drew and `B`
+    zero again, so a model can be trained afresh without being rebuilt.
+
+    Example: `reset_lora(backbone, LoraConfig(rank=4), seed=0)`.
+    """
+    for offset, dense in enumerate(target_layers(backbone, config.targets).values()):
+        shape = tuple(dense.lora_kernel_a.shape)
+        dense.lora_kernel_a.assign(_a_initializer(seed, offset)(shape))
+        dense.lora_kernel_b.assign(np.zeros(dense.lora_kernel_b.shape, "float32"))
 
 
 def lora_parameter_count(backbone, config):

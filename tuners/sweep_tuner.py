@@ -1,7 +1,6 @@
 """The tuner that runs one LoRA trial: measure, log to TensorBoard, keep the adapter alone."""
 
 import dataclasses
-import gc
 import json
 import math
 import pathlib
@@ -17,7 +16,7 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
 
 from callbacks import EpochTimer, LossScalars, ParameterCount, PeakMemory
-from lora_keras.evaluation import translate, translation_scores
+from lora_keras.evaluation import Translator, translation_scores
 from lora_keras.lora import load_adapter, save_adapter
 from tuners.hparams import trial_hparams
 
@@ -34,12 +33,20 @@ class ValidationTexts:
     max_source_length: int = 64
     max_target_length: int = 64
 
+    _translator: list = dataclasses.field(default_factory=list, compare=False, repr=False)
+
     def scores(self, backbone, tokenizer):
         """`({"bleu", "chrf"}, translations)` of `backbone` on these sources."""
-        translations = translate(
-            backbone, tokenizer, self.sources, self.max_source_length, self.max_target_length
-        )
+        translations = self.translator(backbone, tokenizer)(self.sources)
         return translation_scores(translations, self.references), translations
+
+    def translator(self, backbone, tokenizer):
+        """A `Translator` on `backbone`, kept while the backbone is: a reused model traces once."""
+        if not self._translator or self._translator[0].backbone is not backbone:
+            self._translator[:] = [
+                Translator(backbone, tokenizer, self.max_source_length, self.max_target_length)
+            ]
+        return self._translator[0]
 
     def samples_markdown(self, translations):
         rows = ["| source | translation | reference |", "|---|---|---|"]
@@ -158,8 +165,8 @@ class LoraSweepTuner(BaseTuner):
         with open(self.measurements_path(trial.trial_id), "w") as handle:
             json.dump(figures, handle, indent=2)
         del model
-        keras.backend.clear_session()  # the next trial starts from a clean graph
-        gc.collect()
+        if not self.hypermodel.reuse_models:
+            self.hypermodel.release()  # the next trial starts from a clean graph
         return {"val_loss": figures["val_loss"], "final_loss": figures["final_loss"]}
 
     def save_model(self, trial_id, model, step=0):

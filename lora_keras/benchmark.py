@@ -1,0 +1,225 @@
+"""Training throughput of one LoRA configuration: tokens/s, model-FLOP utilisation, overhead, memory.
+
+A trial's time splits into a fixed part (build the model, trace the train and
+eval steps, evaluate) and a part that scales with the data (steady-state
+training steps). This module measures both, without keras-tuner, for the
+reference config of the peer benchmark (`reference_backbone_config`) or any
+`BaseModel`, and converts steady-state throughput to achieved GFLOP/s with the
+same FLOP count as the peer (`training_flops_per_example`) so the two compare.
+
+Example:
+```python
+peak = matmul_peak_gflops()
+result = benchmark_training(build_model, reference_backbone_config(), reference_tokens(1024), 64)
+print(result.tokens_per_s, result.achieved_gflops / peak)
+```
+"""
+
+import dataclasses
+import math
+import resource
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lora_keras.data import PAD_ID, TokenizedPairs, make_dataset
+
+REFERENCE_SOURCE_LENGTH = 32
+REFERENCE_TARGET_LENGTH = 32
+REFERENCE_EXAMPLES = 1024
+REFERENCE_LEARNING_RATE = 1e-3  # the peer's Adam learning rate
+
+
+def reference_backbone_config():
+    """The peer benchmark's T5 (`../shared/bench/peft_peer.py` defaults) as `T5Backbone` kwargs."""
+    return dict(
+        vocabulary_size=8000, num_layers=4, num_heads=4, hidden_dim=256, intermediate_dim=512,
+        key_value_dim=64, dropout=0.1, activation="gelu", use_gated_activation=True,
+        tie_embedding_weights=False,
+    )
+
+
+def reference_base(seed=0, **overrides):
+    """A random-weight `BaseModel` of the reference shape (no tokenizer: it trains on ids)."""
+    import keras_hub
+
+    from lora_keras.models import BaseModel
+
+    keras.utils.set_random_seed(seed)
+    config = {**reference_backbone_config(), **overrides}
+    backbone = keras_hub.models.T5Backbone(**config)
+    return BaseModel("reference", backbone.get_config(), backbone.get_weights(), tokenizer=None)
+
+
+def reference_tokens(examples, source_length=REFERENCE_SOURCE_LENGTH,
+                     target_length=REFERENCE_TARGET_LENGTH, vocabulary_size=8000, seed=0):
+    """Random ids in [2, vocab) with no padding, as the peer draws them."""
+    rng = np.random.default_rng(seed)
+    return TokenizedPairs(
+        rng.integers(2, vocabulary_size, (examples, source_length), dtype=np.int32),
+        rng.integers(2, vocabulary_size, (examples, target_length), dtype=np.int32),
+    )
+
+
+def matmul_peak_gflops(size=2048, repeats=10):
+    """Best float32 `size`x`size` matmul rate, in GFLOP/s, of TensorFlow and NumPy on this machine."""
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).random((size, size), dtype=np.float32)
+    ta, tb = tf.constant(a), tf.constant(b)
+    best = math.inf
+    for run in (lambda: a @ b, lambda: tf.linalg.matmul(ta, tb).numpy()):
+        run()
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def training_flops_per_example(backbone_config, source_length, target_length):
+    """Matmul FLOPs of one training example with a frozen base, counted as the peer counts them.
+
+    Forward: 2 x parameters x the tokens each projection acts on, plus the
+    attention score and value products; training = 2 x forward (activation
+    gradients only: frozen weights need no weight gradient; LoRA's own are
+    negligible).
+    """
+    d = backbone_config["hidden_dim"]
+    heads = backbone_config["num_heads"]
+    inner = heads * (backbone_config.get("key_value_dim") or d // heads)
+    ff = backbone_config["intermediate_dim"]
+    layers = backbone_config["num_layers"]
+    ff_params = (3 if backbone_config.get("use_gated_activation", True) else 2) * d * ff
+    attention_params = 4 * d * inner
+    encoder = layers * (attention_params + ff_params) * source_length
+    decoder_self_and_ff = layers * (attention_params + ff_params + 2 * d * inner) * target_length
+    cross_key_value = layers * 2 * d * inner * source_length
+    head = backbone_config["vocabulary_size"] * d * target_length
+    scores = 4 * inner * layers * (
+        source_length**2 + target_length**2 + target_length * source_length
+    )
+    forward = 2 * (encoder + decoder_self_and_ff + cross_key_value + head) + scores
+    return 2 * forward
+
+
+def peak_rss_mb():
+    """This process's resident-set high-water mark, in MiB (what the peer reports)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    """One measured trial; times in seconds."""
+
+    batch_size: int
+    steps: int
+    tokens_per_s: float
+    achieved_gflops: float
+    build_s: float
+    trace_s: float
+    eval_s: float
+    epoch_s: float
+    peak_memory_mb: float
+    trainable_params: int
+    final_loss: float
+
+    @property
+    def overhead_s(self):
+        """What a trial pays whatever its length: build, first-step tracing, evaluation."""
+        return self.build_s + self.trace_s + self.eval_s
+
+
+class _EpochClock(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        tf.test.experimental.sync_devices()
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+def benchmark_training(build_model, backbone_config, train_tokens, batch_size, steps=None,
+                       evaluate=None, seed=0):
+    """Time one trial: `build_model()`, a warm-up epoch and a timed epoch of `steps` steps, `evaluate(model)`.
+
+    `tokens_per_s` counts the real (non-padding) tokens of the timed epoch;
+    `trace_s` is how much longer the warm-up epoch took than the timed one.
+
+    Example:
+    ```python
+    result = benchmark_training(build, reference_backbone_config(), reference_tokens(1024), 64)
+    ```
+    """
+    steps = steps or math.ceil(len(train_tokens) / batch_size)
+    started = time.perf_counter()
+    model = build_model()
+    build_s = time.perf_counter() - started
+
+    dataset = make_dataset(train_tokens, batch_size, shuffle=True, seed=seed).repeat()
+    clock = _EpochClock()
+    history = model.fit(
+        dataset, epochs=2, steps_per_epoch=steps, callbacks=[clock], verbose=0, shuffle=False
+    )
+    warm_s, epoch_s = clock.seconds
+
+    eval_s = 0.0
+    if evaluate is not None:
+        started = time.perf_counter()
+        evaluate(model)
+        eval_s = time.perf_counter() - started
+    source_length, target_length = mean_lengths(train_tokens)
+    flops = training_flops_per_example(backbone_config, source_length, target_length)
+    examples = steps * batch_size
+    return BenchmarkResult(
+        batch_size=batch_size, steps=steps,
+        tokens_per_s=(source_length + target_length) * examples / epoch_s,
+        achieved_gflops=flops * examples / epoch_s / 1e9, build_s=build_s,
+        trace_s=max(0.0, warm_s - epoch_s), eval_s=eval_s, epoch_s=epoch_s,
+        peak_memory_mb=peak_rss_mb(),
+        trainable_params=sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+        final_loss=float(history.history["loss"][-1]),
+    )
+
+
+def mean_lengths(tokens):
+    """Mean real (non-padding) source and target lengths; the full widths for unpadded data."""
+    return (float((tokens.source_ids != PAD_ID).sum(axis=1).mean()),
+            float((tokens.target_ids != PAD_ID).sum(axis=1).mean()))
+
+
+def peer_arguments(backbone_config, rank, batch_size, examples, source_length, target_length):
+    """`peft_peer.py` flags for the same model shape and work as ours."""
+    heads = backbone_config["num_heads"]
+    return [
+        "--rank", str(rank), "--batch", str(batch_size), "--n", str(examples),
+        "--enc-len", str(round(source_length)), "--dec-len", str(round(target_length)),
+        "--vocab", str(backbone_config["vocabulary_size"]),
+        "--d-model", str(backbone_config["hidden_dim"]),
+        "--d-kv", str(backbone_config.get("key_value_dim") or backbone_config["hidden_dim"] // heads),
+        "--d-ff", str(backbone_config["intermediate_dim"]),
+        "--layers", str(backbone_config["num_layers"]),
+        "--dec-layers", str(backbone_config["num_layers"]),
+        "--heads", str(heads), "--dropout", str(backbone_config.get("dropout", 0.1)),
+    ]
+
+
+def run_peer(python, script, arguments, timeout_s=1800):
+    """Run the Hugging Face + PEFT peer (`peft_peer.py`) and return its `RESULT` dict."""
+    import json
+    import subprocess
+
+    # Through a shell that forks it: a child forked straight from this process
+    # inherits our RSS high-water mark, and the peer reports ru_maxrss.
+    command = ["/bin/sh", "-c", '"$0" "$@"; exit $?', str(python), str(script), *arguments]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    for line in completed.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["no output"]
+    raise RuntimeError(f"the peer exited {completed.returncode} without a RESULT line: {tail[0]}")

@@ -1,0 +1,67 @@
+"""The benchmark counts FLOPs as the peer does, and `scripts/bench.py` runs and reports on a tiny setting."""
+
+import json
+import sys
+
+from conftest import run_script
+
+from lora_keras.benchmark import (
+    mean_lengths,
+    reference_backbone_config,
+    reference_tokens,
+    training_flops_per_example,
+)
+
+# The peer's flop_estimate (../shared/bench/peft_peer.py) for its default config,
+# by hand: projections 2,621,440 (encoder) + 3,145,728 (decoder, on target tokens)
+# + 524,288 (cross-attention k, v on source tokens) + 2,048,000 (head) acting on
+# 32 tokens each, plus 12,582,912 of attention products; training is 2 x forward.
+PEER_TRAIN_FLOPS_PER_EXAMPLE = 2 * (2 * 32 * (2_621_440 + 3_145_728 + 524_288 + 2_048_000) + 12_582_912)
+
+
+def test_flops_match_the_peers_count():
+    assert training_flops_per_example(reference_backbone_config(), 32, 32) == PEER_TRAIN_FLOPS_PER_EXAMPLE
+
+
+def test_reference_tokens_have_no_padding():
+    tokens = reference_tokens(16, 5, 7, vocabulary_size=50)
+    assert mean_lengths(tokens) == (5.0, 7.0)
+    assert tokens.source_ids.min() >= 2 and tokens.target_ids.max() < 50
+
+
+TINY_SHAPE = ["vocabulary_size=100", "num_layers=1", "num_heads=2", "hidden_dim=16", "intermediate_dim=32",
+              "key_value_dim=8"]
+FAKE_PEER = '''
+import json, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+print("peer log line")
+print("RESULT " + json.dumps({"tokens_per_s": 100.0, "achieved_gflops": 1.0, "warmup_epoch_s": 3.0,
+                              "epoch_s": 1.0, "peak_rss_mib": 50.0, "batch": int(args["--batch"])}))
+'''
+
+
+def test_bench_script_runs_and_compares_with_a_peer(tmp_path):
+    peer = tmp_path / "peer.py"
+    peer.write_text(FAKE_PEER)
+    result = run_script("bench.py", "--preset", "reference", "--shape", *TINY_SHAPE, "--examples", "16",
+                        "--batch-size", "4", "--rank", "2",
+                        "--vs-peer", "--peer-python", sys.executable, "--peer-script", peer)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    fields = dict(item.split("=") for item in lines[-1].split())
+    assert list(fields) == ["tokens_per_s", "mfu", "overhead_s", "peak_memory_mb"]
+    assert float(fields["tokens_per_s"]) > 0 and 0 < float(fields["mfu"]) < 1
+    assert float(fields["overhead_s"]) > 0 and float(fields["peak_memory_mb"]) > 100
+    ratio = next(line for line in lines if line.startswith("ratio"))
+    speedup = float(ratio.split("tokens/s ")[1].split("x")[0])
+    assert abs(speedup - float(fields["tokens_per_s"]) / 100.0) < 0.01 * speedup
+    assert any(line.startswith("| peer (transformers + PEFT) | 100 |") for line in lines)
+
+
+def test_bench_script_rejects_bad_input(tmp_path):
+    result = run_script("bench.py", "--vs-peer", "--peer-script", tmp_path / "none.py")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "peft_peer.py" in result.stderr
+    result = run_script("bench.py", "--shape", "layers=3")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "num_layers" in result.stderr

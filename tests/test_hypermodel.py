@@ -1,0 +1,57 @@
+"""The hypermodel reuses one compiled model across trials of one LoRA config, with results as if built anew."""
+
+import keras_tuner
+import numpy as np
+import pytest
+
+from lora_keras.benchmark import reference_base, reference_tokens
+from tuners.hypermodel import LoraT5HyperModel, SearchSpace
+
+SMALL = dict(vocabulary_size=200, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64,
+             key_value_dim=16, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return reference_base(0, **SMALL)
+
+
+def _hp(hypermodel, **values):
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    for name, value in values.items():
+        hp.values[name] = value
+    return hp
+
+
+def _train(hypermodel, tokens, **values):
+    hp = _hp(hypermodel, **values)
+    model = hypermodel.build(hp)
+    history = hypermodel.fit(hp, model, tokens, tokens, verbose=0)
+    return model, history.history["loss"] + history.history["val_loss"]
+
+
+def test_reused_model_trains_exactly_like_a_fresh_one(base):
+    tokens = reference_tokens(48, 6, 6, vocabulary_size=200)
+    space = SearchSpace(ranks=(2, 4), batch_sizes=(8, 16), learning_rates=(1e-3, 3e-3))
+    reusing = LoraT5HyperModel(base, space, epochs=2, seed=3)
+    first, losses = _train(reusing, tokens, rank=2, batch_size=8, learning_rate=1e-3)
+    other, other_losses = _train(reusing, tokens, rank=2, batch_size=16, learning_rate=3e-3)
+    again, again_losses = _train(reusing, tokens, rank=2, batch_size=8, learning_rate=1e-3)
+    assert other is first and again is first  # one model for the three trials
+    assert other_losses != losses
+    # The first trial ran on a freshly built model: the reset restores that state
+    # exactly, dropout seeds and optimizer included.
+    assert again_losses == losses
+    assert np.isfinite(losses).all()
+
+    wider = reusing.build(_hp(reusing, rank=4, batch_size=8, learning_rate=1e-3))
+    assert wider is not first  # another LoRA config needs another model
+    assert wider.backbone.encoder_transformer_layers[0].self_attention.query_projector.lora_rank == 4
+
+
+def test_without_reuse_every_trial_builds(base):
+    space = SearchSpace(ranks=(2,), batch_sizes=(8,), learning_rates=(1e-3,))
+    hypermodel = LoraT5HyperModel(base, space, reuse_models=False)
+    hp = _hp(hypermodel, rank=2, batch_size=8, learning_rate=1e-3)
+    assert hypermodel.build(hp) is not hypermodel.build(hp)
