@@ -44,6 +44,8 @@ def test_reused_model_trains_exactly_like_a_fresh_one(base):
     # exactly, dropout seeds and optimizer included.
     assert again_losses == losses
     assert np.isfinite(losses).all()
+    hp = _hp(reusing, rank=2, batch_size=8, learning_rate=1e-3)
+    assert reusing.trace(hp, again, tokens, tokens) == 0.0  # traced once, before the first trial's clock
 
     wider = reusing.build(_hp(reusing, rank=4, batch_size=8, learning_rate=1e-3))
     assert wider is not first  # another LoRA config needs another model
