@@ -48,6 +48,17 @@ def positive_float(text):
     return value
 
 
+def dropout_probability(text):
+    """argparse type: a number p with 0 <= p < 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
 @contextlib.contextmanager
 def exit_on_input_error(prog=None):
     """Turn an `InputError` into one line on stderr and exit status 2."""

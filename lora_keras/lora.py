@@ -5,7 +5,9 @@ Each adapted `Dense` computes `x @ (W + (alpha / rank) * A @ B)` with `W` frozen
 the base at step 0 and trains `rank * (d_in + d_out)` parameters per layer.
 The math is Keras's own `Dense.enable_lora`; this module picks the T5 layers
 (keras-hub's `Backbone.enable_lora()` defaults match none of them), freezes the
-base, counts, and saves / loads / merges the adapter weights alone.
+base, counts, and saves / loads / merges the adapter weights alone. With
+`dropout > 0` a layer trains as PEFT's `lora_dropout` does,
+`x @ W + (alpha / rank) * (dropout(x) @ A) @ B`, and infers exactly as above.
 
 Example:
 ```python
@@ -42,16 +44,18 @@ TARGETS = tuple(ATTENTION_TARGETS) + tuple(FEED_FORWARD_TARGETS)
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """What to adapt and how: PEFT's `r`, `lora_alpha`, `target_modules`.
+    """What to adapt and how: PEFT's `r`, `lora_alpha`, `target_modules`, `lora_dropout`.
 
-    `alpha=None` means alpha equal to rank (scale 1).
+    `alpha=None` means alpha equal to rank (scale 1); `dropout` drops inputs of
+    the LoRA branch only, in training only.
 
-    Example: `LoraConfig(rank=4, alpha=8, targets=("q", "v"))` scales by 2.
+    Example: `LoraConfig(rank=4, alpha=8, targets=("q", "v"), dropout=0.1)` scales by 2.
     """
 
     rank: int
     alpha: float | None = None
     targets: tuple[str, ...] = ("q", "v")
+    dropout: float = 0.0
 
     @property
     def effective_alpha(self):
@@ -66,6 +70,7 @@ class LoraConfig:
             "rank": self.rank,
             "alpha": self.effective_alpha,
             "targets": list(self.targets),
+            "dropout": float(self.dropout),
         }
 
 
@@ -109,11 +114,13 @@ def target_layers(backbone, targets):
 
 
 def check_rank(backbone, config):
-    """Raise `InputError` unless `config.rank` fits every targeted layer."""
+    """Raise `InputError` unless `config` is valid and its rank fits every targeted layer."""
     if not isinstance(config.rank, int) or config.rank < 1:
         raise InputError(f"LoRA rank must be a positive integer, got {config.rank}")
     if config.alpha is not None and config.alpha <= 0:
         raise InputError(f"LoRA alpha must be positive, got {config.alpha}")
+    if not 0 <= config.dropout < 1:
+        raise InputError(f"LoRA dropout must be at least 0 and below 1, got {config.dropout}")
     for path, dense in target_layers(backbone, config.targets).items():
         d_in, d_out = dense.kernel.shape
         if config.rank > min(d_in, d_out):
@@ -134,11 +141,14 @@ def add_lora(backbone, config, seed=None):
     for variable in backbone.weights:
         variable.trainable = False
     for offset, dense in enumerate(layers.values()):
+        layer_seed = None if seed is None else seed + offset
         dense.enable_lora(
             config.rank,
             lora_alpha=config.effective_alpha,
             a_initializer=_a_initializer(seed, offset),
         )
+        if config.dropout > 0:
+            _add_lora_dropout(dense, config.dropout, layer_seed)
     return layers
 
 
@@ -158,6 +168,37 @@ def reset_lora(backbone, config, seed):
         shape = tuple(dense.lora_kernel_a.shape)
         dense.lora_kernel_a.assign(_a_initializer(seed, offset)(shape))
         dense.lora_kernel_b.assign(np.zeros(dense.lora_kernel_b.shape, "float32"))
+        reset_dropout = dense.__dict__.get("_reset_lora_dropout")
+        if reset_dropout is not None:
+            reset_dropout()
+
+
+def _add_lora_dropout(dense, rate, seed):
+    """Train `dense` as `x @ W + scale * (dropout(x) @ A) @ B`; infer with Keras's merged path.
+
+    Keras's `Dense.enable_lora` has no dropout. Replacing the layer's `call`
+    keeps its weights, names and the adapter format as they are; the seed
+    generator lives in the closure because a built Keras layer takes no new state.
+    """
+    merged_call = dense.call
+    generator = keras.random.SeedGenerator(seed)
+
+    def call(inputs, training=None):
+        if not training:
+            return merged_call(inputs)
+        scale = dense.lora_alpha / dense.lora_rank
+        dropped = keras.random.dropout(inputs, rate, seed=generator)
+        lora = keras.ops.matmul(keras.ops.matmul(dropped, dense.lora_kernel_a), dense.lora_kernel_b)
+        outputs = keras.ops.matmul(inputs, dense._kernel) + scale * lora
+        if dense.bias is not None:
+            outputs = outputs + dense.bias
+        return dense.activation(outputs) if dense.activation is not None else outputs
+
+    dense.call = call
+    dense.lora_dropout = rate
+    initial_state = keras.ops.convert_to_numpy(generator.state)
+    # Outside Keras's attribute tracking, like the generator: `reset_lora` rewinds it.
+    object.__setattr__(dense, "_reset_lora_dropout", lambda: generator.state.assign(initial_state))
 
 
 def lora_parameter_count(backbone, config):
@@ -199,7 +240,7 @@ def save_adapter(backbone, path, config=None):
     first = next(iter(layers.values()))
     if config is None:
         targets = sorted({p.split("/")[-1].split("_")[0] for p in layers})
-        config = LoraConfig(first.lora_rank, first.lora_alpha, tuple(targets))
+        config = LoraConfig(first.lora_rank, first.lora_alpha, tuple(targets), getattr(first, "lora_dropout", 0.0))
     metadata = {"lora_config": json.dumps(config.to_dict())}
     save_file(adapter_weights(backbone), str(path), metadata=metadata)
 
@@ -217,7 +258,9 @@ def read_adapter(path):
     if "lora_config" not in metadata:
         raise InputError(f"{path} has no lora_config metadata; pass a file written by lora-keras")
     raw = json.loads(metadata["lora_config"])
-    config = LoraConfig(int(raw["rank"]), float(raw["alpha"]), tuple(raw["targets"]))
+    config = LoraConfig(
+        int(raw["rank"]), float(raw["alpha"]), tuple(raw["targets"]), float(raw.get("dropout", 0.0))
+    )
     return config, weights
 
 

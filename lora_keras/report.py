@@ -16,7 +16,12 @@ COLUMNS = (
     "trial_id", "status", "rank", "batch_size", "learning_rate", "lora_alpha", "epochs",
     "training_time_s", "mean_epoch_time_s", "tokens_per_s", "final_loss", "val_loss",
     "bleu", "chrf", "peak_memory_mb", "memory_kind", "trainable_params", "total_params",
-    "trainable_percent",
+    "trainable_percent", "targets", "lora_dropout", "initial_epoch", "parent_trial_id",
+)
+# Shown after batch size when they differ between trials (a sweep over them, or Hyperband's epochs).
+SWEPT_COLUMNS = (
+    ("learning_rate", "learning rate"), ("lora_alpha", "alpha"), ("targets", "targets"),
+    ("lora_dropout", "dropout"), ("epochs", "epochs"),
 )
 TABLE_COLUMNS = (
     ("rank", "rank"), ("batch_size", "batch size"), ("training_time_s", "time (s)"),
@@ -48,18 +53,33 @@ def read_results_csv(path):
         return list(csv.DictReader(handle))
 
 
+def _differs(rows, column):
+    if column == "lora_alpha":  # alpha = rank (scale 1) is the default setting, not a sweep
+        return any(
+            row.get("lora_alpha") not in (None, "") and row.get("rank") not in (None, "")
+            and float(row["lora_alpha"]) != float(row["rank"])
+            for row in rows
+        )
+    return len({_format(row.get(column)) for row in rows}) > 1
+
+
 def results_table(rows):
-    """A Markdown table of the trials: time, losses, memory, parameters, throughput."""
-    header = "| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
-    rule = "|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|"
+    """A Markdown table of the trials: time, losses, memory, parameters, throughput.
+
+    Learning rate, alpha, targets, dropout and epochs get a column when they differ between trials.
+    """
+    swept = [column for column in SWEPT_COLUMNS if _differs(rows, column[0])]
+    columns = TABLE_COLUMNS[:2] + tuple(swept) + TABLE_COLUMNS[2:]
+    header = "| " + " | ".join(title for _, title in columns) + " |"
+    rule = "|" + "|".join("---:" for _ in columns) + "|"
     lines = [header, rule]
     for row in rows:
-        lines.append("| " + " | ".join(_format(row.get(key)) for key, _ in TABLE_COLUMNS) + " |")
+        lines.append("| " + " | ".join(_format(row.get(key)) for key, _ in columns) + " |")
     return "\n".join(lines)
 
 
-INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params")
-TEXT_COLUMNS = ("trial_id", "status", "memory_kind")
+INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch")
+TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id")
 SUMMARY_FILE = "run_summary.json"
 
 

@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from lora_keras.cli import (  # noqa: E402
     OneLineErrorParser,
+    dropout_probability,
     exit_on_input_error,
     native_stderr_silenced,
     positive_float,
@@ -22,7 +23,29 @@ from lora_keras.cli import (  # noqa: E402
 )
 
 
-def build_parser():
+def target_sets(tokens):
+    """`q v` -> one set `(("q", "v"),)`; tokens with commas each name a set: `q,v q,k,v,o` -> two.
+
+    Returns `None` for an empty set (`,`), which the caller reports.
+    """
+    groups = [token.split(",") for token in tokens] if any("," in t for t in tokens) else [tokens]
+    sets = [tuple(dict.fromkeys(name for name in group if name)) for group in groups]
+    if not all(sets):
+        return None
+    unique = {}
+    for names in sets:  # q,v and v,q are one set
+        unique.setdefault(frozenset(names), names)
+    return tuple(unique.values())
+
+
+def strategy_names():
+    """The registered strategies, for --help (their modules load TensorFlow)."""
+    with native_stderr_silenced():
+        from tuners.strategies import STRATEGIES
+    return ", ".join(sorted(STRATEGIES))
+
+
+def build_parser(strategies="a registered name (--help lists them)"):
     parser = OneLineErrorParser(prog="tune.py", description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--model", default="tiny", help="'tiny' (offline demo base) or a local keras-hub T5 preset dir")
@@ -34,11 +57,16 @@ def build_parser():
     add("--ranks", type=positive_int, nargs="+", default=[1, 4, 16], help="LoRA ranks to sweep")
     add("--batch-sizes", type=positive_int, nargs="+", default=[8, 64, 128], help="batch sizes to sweep")
     add("--learning-rates", type=positive_float, nargs="+", default=[3e-3], help="learning rates to sweep")
-    add("--lora-alpha", type=positive_float, help="LoRA alpha (scale alpha/rank); default: equal to rank")
-    add("--targets", nargs="+", default=["q", "v"], help="projections to adapt, from q k v o wi wo")
-    add("--epochs", type=positive_int, default=2, help="epochs per trial")
-    add("--strategy", default="grid", help="search strategy: grid, random, bayesian")
-    add("--max-trials", type=positive_int, help="trial budget for non-grid strategies")
+    add("--lora-alpha", type=positive_float, nargs="+",
+        help="LoRA alpha(s) to sweep (scale alpha/rank); default: equal to rank")
+    add("--targets", nargs="+", default=["q", "v"],
+        help="projections to adapt, from q k v o wi wo: 'q v' is one set; to sweep sets, "
+             "write each with commas: 'q,v q,k,v,o' (a single projection: 'q,')")
+    add("--lora-dropouts", type=dropout_probability, nargs="+", default=[0.0],
+        help="LoRA dropout(s) to sweep, on the LoRA branch's input in training; 0 <= p < 1")
+    add("--epochs", type=positive_int, default=2, help="epochs per trial (hyperband: the most a trial gets)")
+    add("--strategy", default="grid", help=f"search strategy: {strategies}")
+    add("--max-trials", type=positive_int, help="trial budget (default: the number of combinations)")
     add("--logdir", default="logs", help="output root")
     add("--name", default="sweep", help="run name: output goes to LOGDIR/NAME")
     add("--overwrite", action="store_true", help="start again instead of resuming LOGDIR/NAME")
@@ -54,7 +82,12 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(strategy_names()) if {"-h", "--help"} & set(argv) else build_parser()
+    args = parser.parse_args(argv)
+    targets = target_sets(args.targets)
+    if targets is None:
+        parser.error("--targets: an empty set; name projections in each, e.g. --targets q,v q,k,v,o")
     with native_stderr_silenced():
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
     with exit_on_input_error():
@@ -65,8 +98,9 @@ def main(argv=None):
             ranks=tuple(dict.fromkeys(args.ranks)),
             batch_sizes=tuple(dict.fromkeys(args.batch_sizes)),
             learning_rates=tuple(dict.fromkeys(args.learning_rates)),
-            lora_alpha=args.lora_alpha,
-            targets=tuple(dict.fromkeys(args.targets)),
+            lora_alphas=tuple(dict.fromkeys(args.lora_alpha or ())),
+            target_sets=targets,
+            lora_dropouts=tuple(dict.fromkeys(args.lora_dropouts)),
         )
         config = SweepConfig(
             model=args.model, train=args.train, val=args.val, source_lang=args.source_lang,

@@ -5,7 +5,7 @@ import itertools
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
-from tuners.grid_oracle import GridOracle, grid_values
+from tuners.strategies.grid import GridOracle, grid_values
 from tuners.strategies import STRATEGIES, make_oracle
 
 
@@ -72,5 +72,6 @@ def test_resume_reruns_the_interrupted_trial_only(tmp_path):
 
 
 def test_registry_has_the_builtin_strategies():
-    assert {"grid", "random", "bayesian"} <= set(STRATEGIES)
-    assert isinstance(new_oracle_type := STRATEGIES["grid"](None, 1, space(), 0), GridOracle), new_oracle_type
+    assert {"grid", "random", "bayesian", "hyperband", "cost_aware"} <= set(STRATEGIES)
+    assert STRATEGIES["grid"] is GridOracle
+    assert isinstance(make_oracle("grid", None, 1, space(), 0), GridOracle)

@@ -4,6 +4,7 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import tiny_backbone_kwargs
 from lora_keras.errors import InputError
@@ -14,6 +15,7 @@ from lora_keras.lora import (
     load_adapter,
     lora_parameter_count,
     merge_lora,
+    read_adapter,
     save_adapter,
     target_layers,
 )
@@ -145,6 +147,7 @@ def test_adapter_for_another_model_is_refused(tmp_path):
         (LoraConfig(rank=33), "rank 33 is wider than layer"),
         (LoraConfig(rank=2, targets=("q", "x")), "unknown LoRA target"),
         (LoraConfig(rank=2, alpha=-1), "alpha must be positive"),
+        (LoraConfig(rank=2, dropout=1.0), "dropout must be at least 0 and below 1"),
     ],
 )
 def test_bad_configs_raise_input_error(config, message):
@@ -157,3 +160,68 @@ def test_unreadable_adapter_files_raise_input_error(tmp_path):
     for name in ("missing.safetensors", "text.safetensors"):
         with pytest.raises(InputError, match="cannot read adapter"):
             load_adapter(make_backbone(), tmp_path / name)
+
+
+def adapted_pair(dropout, seed=0):
+    """A backbone with LoRA (q, v, wo) at `dropout` and B set away from zero, and its inputs."""
+    backbone = make_backbone()
+    add_lora(backbone, LoraConfig(rank=2, alpha=4, targets=("q", "v", "wo"), dropout=dropout), seed=seed)
+    rng = np.random.default_rng(2)
+    for dense in adapted_layers(backbone).values():
+        dense.lora_kernel_b.assign(rng.normal(0, 0.5, dense.lora_kernel_b.shape).astype("float32"))
+    return backbone
+
+
+def training_output(backbone, inputs):
+    return keras.ops.convert_to_numpy(backbone(inputs, training=True)["decoder_sequence_output"])
+
+
+def test_lora_dropout_acts_in_training_only():
+    inputs = make_inputs()
+    dropped, plain = adapted_pair(0.5), adapted_pair(0.0)  # same seed: same A, same B
+    # Inference: dropout off, the exact merged path, equal to the adapter without dropout.
+    np.testing.assert_array_equal(decoder_output(dropped, inputs), decoder_output(plain, inputs))
+    # Training: each call draws a new mask on the LoRA branch, in eager and in a traced step alike.
+    first, second = training_output(dropped, inputs), training_output(dropped, inputs)
+    assert np.abs(first - second).max() > 1e-3
+    dense = adapted_layers(dropped)["decoder/1/cross_attention/v"]
+    traced = tf.function(lambda x: dense(x, training=True))
+    x = np.random.default_rng(4).normal(size=(8, 32)).astype("float32")
+    assert np.abs(traced(x).numpy() - traced(x).numpy()).max() > 1e-3
+    np.testing.assert_array_equal(training_output(plain, inputs), training_output(plain, inputs))
+    # Only the LoRA branch is dropped: with B = 0 training equals inference, the frozen base.
+    for dense in adapted_layers(dropped).values():
+        dense.lora_kernel_b.assign(np.zeros(dense.lora_kernel_b.shape, "float32"))
+    np.testing.assert_allclose(training_output(dropped, inputs), decoder_output(dropped, inputs), atol=1e-5)
+
+
+def test_lora_dropout_is_peft_s_formula_on_one_layer():
+    # Full rank (32 on a 32x32 projection) makes A and B invertible, so drop(x) can be read back.
+    backbone = make_backbone()
+    dense = add_lora(backbone, LoraConfig(rank=32, alpha=64, targets=("q",), dropout=0.25), seed=0)[
+        "encoder/0/self_attention/q"]
+    rng = np.random.default_rng(3)
+    dense.lora_kernel_b.assign(rng.normal(0, 0.2, dense.lora_kernel_b.shape).astype("float32"))
+    x = rng.normal(size=(16, 32)).astype("float32")
+    w, a, b = (keras.ops.convert_to_numpy(v).astype("float64") for v in
+               (dense._kernel, dense.lora_kernel_a, dense.lora_kernel_b))
+    y = keras.ops.convert_to_numpy(dense(x, training=True)).astype("float64")
+    # y = x W + (alpha / r) (drop(x) A) B, drop(x) keeping each entry as x / (1 - p) or zeroing it.
+    dropped = (y - x @ w) / 2 @ np.linalg.inv(b) @ np.linalg.inv(a)
+    kept = np.isclose(dropped, x / 0.75, atol=2e-3)
+    zeroed = np.isclose(dropped, 0, atol=2e-3)
+    assert np.all(kept | zeroed)
+    assert 0.15 < zeroed.mean() < 0.35  # about p of the entries
+
+
+def test_merge_with_dropout_is_still_exact_and_dropout_is_saved(tmp_path):
+    backbone = adapted_pair(0.3)
+    inputs = make_inputs()
+    adapted = decoder_output(backbone, inputs)
+    save_adapter(backbone, tmp_path / "a.safetensors")
+    config, _ = read_adapter(tmp_path / "a.safetensors")
+    assert config == LoraConfig(2, 4.0, ("q", "v", "wo"), 0.3)
+    merge_lora(backbone)
+    np.testing.assert_allclose(decoder_output(backbone, inputs), adapted, atol=1e-5)
+    # B is zero after merging: the dropped branch adds nothing, training equals inference.
+    np.testing.assert_allclose(training_output(backbone, inputs), decoder_output(backbone, inputs), atol=1e-5)

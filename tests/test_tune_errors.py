@@ -41,6 +41,11 @@ def test_missing_corpus_in_a_subprocess(tmp_path):
         (["--train", "{d}/empty.tsv"], {"empty.tsv": ""}, "holds no sentence pairs"),
         (["--train", "{d}/bad.tsv"], {"bad.tsv": "one field only\n"}, "has 1 field(s)"),
         (["--batch-sizes", "8", "abc"], {}, "--batch-sizes: must be a whole number"),
+        (["--lora-dropouts", "0", "1"], {}, "--lora-dropouts: must be at least 0 and below 1, got 1"),
+        (["--lora-alpha", "4", "0"], {}, "--lora-alpha: must be positive, got 0"),
+        (["--targets", "q,v", "q,x"], {}, "--targets: unknown x"),
+        (["--targets", ","], {}, "--targets: an empty set"),
+        (["--strategy", "hyperband", "--epochs", "1"], {}, "pass --epochs 2 or more"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, tiny_preset, tiny_corpus, extra, files, message):

@@ -6,6 +6,8 @@ import shutil
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
+from tuners.hypermodel import targets_name
+
 METRICS = (
     ("epoch_loss", "final loss"),
     ("val_loss", "val loss"),
@@ -17,40 +19,37 @@ METRICS = (
 )
 
 
-def experiment_hparams(space):
-    """`HParam`s with discrete domains for rank, batch_size, learning_rate, lora_alpha."""
+def experiment_hparams(space, max_epochs):
+    """`HParam`s: discrete domains for the six LoRA hyperparameters, epochs reached in 1..max."""
+    discrete = hparams_api.Discrete
     return [
-        hparams_api.HParam("rank", hparams_api.Discrete([int(r) for r in space.ranks])),
-        hparams_api.HParam("batch_size", hparams_api.Discrete([int(b) for b in space.batch_sizes])),
-        hparams_api.HParam(
-            "learning_rate", hparams_api.Discrete([float(lr) for lr in space.learning_rates])
-        ),
-        hparams_api.HParam("lora_alpha", hparams_api.Discrete([float(a) for a in space.alphas])),
+        hparams_api.HParam("rank", discrete([int(r) for r in space.ranks])),
+        hparams_api.HParam("batch_size", discrete([int(b) for b in space.batch_sizes])),
+        hparams_api.HParam("learning_rate", discrete([float(lr) for lr in space.learning_rates])),
+        hparams_api.HParam("lora_alpha", discrete(list(space.alphas))),
+        hparams_api.HParam("targets", discrete([targets_name(t) for t in space.target_sets])),
+        hparams_api.HParam("lora_dropout", discrete([float(p) for p in space.lora_dropouts])),
+        # Hyperband trials stop at fewer epochs than the maximum.
+        hparams_api.HParam("epochs", hparams_api.IntInterval(1, int(max_epochs))),
     ]
 
 
-def write_experiment(log_dir, space):
+def write_experiment(log_dir, space, max_epochs):
     """Declare the HParams experiment at the root of `log_dir` (once: a resumed run keeps it)."""
     if any(pathlib.Path(log_dir).glob("events.out.tfevents*")):
         return
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default():
         hparams_api.hparams_config(
-            hparams=experiment_hparams(space),
+            hparams=experiment_hparams(space, max_epochs),
             metrics=[hparams_api.Metric(tag, display_name=name) for tag, name in METRICS],
         )
     writer.close()
 
 
-def trial_hparams(hp, space):
-    """The HParams row of a trial: its tuned values plus the derived alpha."""
-    rank = int(hp.get("rank"))
-    return {
-        "rank": rank,
-        "batch_size": int(hp.get("batch_size")),
-        "learning_rate": float(hp.get("learning_rate")),
-        "lora_alpha": space.alpha_for(rank),
-    }
+def trial_hparams(hp, space, epochs):
+    """The HParams row of a trial: its six hyperparameters and the epochs it trains to."""
+    return {**space.trial_values(hp), "epochs": int(epochs)}
 
 
 def write_figures(log_dir, paths):

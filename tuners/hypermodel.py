@@ -14,29 +14,67 @@ from lora_keras.lora import LoraConfig, add_lora, reset_lora
 EVAL_BATCH_SIZE = 64
 
 
+def targets_name(targets):
+    """The name of a set of LoRA targets as HParams and results.csv show it: `("q", "v")` -> `"q,v"`."""
+    return ",".join(targets)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-    """The values each hyperparameter may take; `lora_alpha=None` means alpha = rank.
+    """The values each hyperparameter may take; no `lora_alphas` means alpha = rank (scale 1).
 
-    Example: `SearchSpace(ranks=(1, 4, 16), batch_sizes=(8, 64, 128), learning_rates=(3e-3,))`.
+    `target_sets` holds one or more sets of projections to adapt, each swept as one value.
+
+    Example: `SearchSpace(ranks=(1, 4, 16), batch_sizes=(8, 64, 128), learning_rates=(3e-3,),
+    lora_alphas=(8, 16), target_sets=(("q", "v"), ("q", "k", "v", "o")), lora_dropouts=(0.0, 0.1))`.
     """
 
     ranks: tuple = (1, 4, 16)
     batch_sizes: tuple = (8, 64, 128)
     learning_rates: tuple = (3e-3,)
-    lora_alpha: float | None = None
-    targets: tuple = ("q", "v")
-
-    def alpha_for(self, rank):
-        return float(rank if self.lora_alpha is None else self.lora_alpha)
+    lora_alphas: tuple = ()
+    target_sets: tuple = (("q", "v"),)
+    lora_dropouts: tuple = (0.0,)
 
     @property
     def alphas(self):
-        return tuple(sorted({self.alpha_for(rank) for rank in self.ranks}))
+        """Every alpha a trial may use: the given ones, else the ranks."""
+        return tuple(sorted({float(a) for a in (self.lora_alphas or self.ranks)}))
 
-    @property
-    def size(self):
-        return len(self.ranks) * len(self.batch_sizes) * len(self.learning_rates)
+    def declare(self, hp):
+        """Declare the searched hyperparameters on `hp` (a `keras_tuner.HyperParameters`).
+
+        Rank, batch size and learning rate always; alpha, targets and dropout
+        only when given several values: one value is a setting, not a dimension
+        to search (and keeps the search space, random draws included, as before).
+        """
+        hp.Choice("rank", list(self.ranks), ordered=True)
+        hp.Choice("batch_size", list(self.batch_sizes), ordered=True)
+        hp.Choice("learning_rate", list(self.learning_rates), ordered=True)
+        if len(self.lora_alphas) > 1:
+            hp.Choice("lora_alpha", [float(a) for a in self.lora_alphas], ordered=True)
+        if len(self.target_sets) > 1:
+            hp.Choice("targets", [targets_name(t) for t in self.target_sets], ordered=False)
+        if len(self.lora_dropouts) > 1:
+            hp.Choice("lora_dropout", [float(p) for p in self.lora_dropouts], ordered=True)
+
+    def trial_values(self, hp):
+        """A trial's six hyperparameters: searched ones from `hp`, the others fixed here.
+
+        Example: `{"rank": 4, "batch_size": 8, "learning_rate": 0.003, "lora_alpha": 4.0,
+        "targets": "q,v", "lora_dropout": 0.0}`.
+        """
+        values = hp.values
+        rank = int(values["rank"])
+        fixed_alpha = self.lora_alphas[0] if self.lora_alphas else rank
+        return {
+            "rank": rank,
+            "batch_size": int(values["batch_size"]),
+            "learning_rate": float(values["learning_rate"]),
+            "lora_alpha": float(values.get("lora_alpha", fixed_alpha)),
+            "targets": values.get("targets", targets_name(self.target_sets[0])),
+            "lora_dropout": float(values.get("lora_dropout", self.lora_dropouts[0])),
+        }
 
 
 class _TrialModel:
@@ -103,13 +141,17 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         self._current = None
 
     def declare_hyperparameters(self, hp):
-        hp.Choice("rank", list(self.space.ranks), ordered=True)
-        hp.Choice("batch_size", list(self.space.batch_sizes), ordered=True)
-        hp.Choice("learning_rate", list(self.space.learning_rates), ordered=True)
+        self.space.declare(hp)
 
     def lora_config(self, hp):
-        rank = hp.get("rank")
-        return LoraConfig(rank, self.space.alpha_for(rank), tuple(self.space.targets))
+        values = self.space.trial_values(hp)
+        return LoraConfig(
+            values["rank"], values["lora_alpha"], tuple(values["targets"].split(",")), values["lora_dropout"]
+        )
+
+    def trial_epochs(self, hp):
+        """`(initial_epoch, epochs)` of a trial: 0 to `self.epochs`, unless Hyperband set a budget."""
+        return int(hp.values.get("tuner/initial_epoch", 0)), int(hp.values.get("tuner/epochs", self.epochs))
 
     def build(self, hp):
         self.declare_hyperparameters(hp)
@@ -160,10 +202,12 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
 
     def fit(self, hp, model, train_tokens, val_tokens, callbacks=None, verbose=1, **kwargs):
         self.trace(hp, model, train_tokens, val_tokens)
+        initial_epoch, epochs = self.trial_epochs(hp)
         return model.fit(
             make_dataset(train_tokens, hp.get("batch_size"), shuffle=True, seed=self.seed),
             validation_data=make_dataset(val_tokens, EVAL_BATCH_SIZE),
-            epochs=self.epochs,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
             shuffle=False,  # the dataset reshuffles itself each epoch
             callbacks=callbacks,
             verbose=verbose,

@@ -7,6 +7,7 @@ rows = run_sweep(SweepConfig(space=SearchSpace(ranks=(1, 4), batch_sizes=(8,)), 
 """
 
 import dataclasses
+import itertools
 import json
 import pathlib
 import random
@@ -150,14 +151,25 @@ def run_sweep(config):
         shutil.rmtree(run_dir)
     _check_resumable(config)
 
-    unknown = sorted(set(config.space.targets) - set(TARGETS))
+    space = config.space
+    unknown = sorted(set().union(*space.target_sets) - set(TARGETS))
     if unknown:
         raise InputError(f"--targets: unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}")
+    hp = keras_tuner.HyperParameters()
+    space.declare(hp)
+    # The oracle before the model loads: a strategy that cannot run this sweep says so at once.
+    oracle = make_oracle(
+        config.strategy, keras_tuner.Objective("val_loss", "min"), config.max_trials, hp, config.seed,
+        max_epochs=config.epochs,
+    )
     train_pairs, val_pairs = _file_pairs(config)  # bad files fail before the model loads
     base = load_base(config.model, verbose=config.verbose)
     backbone = base.build_backbone()
-    for rank in config.space.ranks:  # a rank wider than a layer fails before any training
-        check_rank(backbone, LoraConfig(rank, config.space.lora_alpha, config.space.targets))
+    # A rank wider than a layer, a bad alpha or dropout fails before any training.
+    for rank, alpha, targets, dropout in itertools.product(
+        space.ranks, space.lora_alphas or (None,), space.target_sets, space.lora_dropouts
+    ):
+        check_rank(backbone, LoraConfig(rank, alpha, targets, dropout))
     if train_pairs is None:
         train_pairs, val_pairs = _demo_pairs(config, base)
     if config.max_train_examples:
@@ -176,13 +188,9 @@ def run_sweep(config):
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_CONFIG_FILE).write_text(json.dumps(config.identity(), indent=2))
     baseline = _baseline(base, val_tokens, val_texts, run_dir / "baseline.json")
-    write_experiment(run_dir / "tensorboard", config.space)
+    write_experiment(run_dir / "tensorboard", space, config.epochs)
 
-    hypermodel = LoraT5HyperModel(base, config.space, epochs=config.epochs, seed=config.seed)
-    hp = keras_tuner.HyperParameters()
-    hypermodel.declare_hyperparameters(hp)
-    max_trials = config.max_trials or config.space.size
-    oracle = make_oracle(config.strategy, keras_tuner.Objective("val_loss", "min"), max_trials, hp, config.seed)
+    hypermodel = LoraT5HyperModel(base, space, epochs=config.epochs, seed=config.seed)
 
     def write_tables():  # after every trial, so a killed run keeps its table
         rows = tuner.trial_rows()
@@ -190,7 +198,10 @@ def run_sweep(config):
         write_results_md(rows, run_dir / "results.md", baseline)
         return rows
 
-    tuner = LoraSweepTuner(hypermodel, oracle, run_dir, verbose=config.verbose, on_trial_done=write_tables)
+    tuner = LoraSweepTuner(
+        hypermodel, oracle, run_dir, verbose=config.verbose, on_trial_done=write_tables,
+        baseline_val_loss=baseline["val_loss"],
+    )
     try:
         tuner.search(train_tokens, val_tokens, val_texts)
     except RuntimeError as error:

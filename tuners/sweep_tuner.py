@@ -78,7 +78,11 @@ class LoraSweepTuner(BaseTuner):
     Per trial: a TensorBoard HParams session in `<run_dir>/tensorboard/trial_<id>/`
     with the measurement callbacks' scalars, the LoRA weights alone in
     `<run_dir>/adapters/trial_<id>.safetensors` (no full-model checkpoint), and
-    every figure in the trial's `measurements.json`.
+    every figure in the trial's `measurements.json`. The oracle gets `val_loss`,
+    `final_loss`, `training_time_s`, `peak_memory_mb` and `baseline_val_loss`
+    (when given), so a strategy can weigh loss against cost. A Hyperband trial
+    (`tuner/epochs`, `tuner/initial_epoch`, `tuner/trial_id`) trains from its
+    parent trial's adapter to its epoch budget.
 
     Example:
     ```python
@@ -88,10 +92,13 @@ class LoraSweepTuner(BaseTuner):
     ```
     """
 
-    def __init__(self, hypermodel, oracle, run_dir, overwrite=False, verbose=1, on_trial_done=None):
+    def __init__(
+        self, hypermodel, oracle, run_dir, overwrite=False, verbose=1, on_trial_done=None, baseline_val_loss=None
+    ):
         self.run_dir = pathlib.Path(run_dir)
         self.verbose = verbose
         self.on_trial_done = on_trial_done
+        self.baseline_val_loss = baseline_val_loss
         super().__init__(
             oracle=oracle,
             hypermodel=hypermodel,
@@ -126,7 +133,9 @@ class LoraSweepTuner(BaseTuner):
         session_dir = self.tensorboard_dir / f"trial_{trial.trial_id}"
         shutil.rmtree(session_dir, ignore_errors=True)  # drop a killed attempt's events
         writer = tf.summary.create_file_writer(str(session_dir))
-        hparams = trial_hparams(hp, self.hypermodel.space)
+        initial_epoch, epochs = self.hypermodel.trial_epochs(hp)
+        parent = hp.values.get("tuner/trial_id")
+        hparams = trial_hparams(hp, self.hypermodel.space, epochs)
         measures = [
             EpochTimer(train_tokens.token_count, writer),
             PeakMemory(writer),
@@ -138,6 +147,10 @@ class LoraSweepTuner(BaseTuner):
             hparams_api.hparams(hparams, trial_id=f"trial_{trial.trial_id}")
         try:
             model = self.hypermodel.build(hp)
+            # Trace before the clock starts (and before a parent's adapter: tracing resets).
+            self.hypermodel.trace(hp, model, train_tokens, val_tokens)
+            if parent is not None:  # Hyperband continues the parent trial's training
+                load_adapter(model.backbone, self.adapter_path(parent))
             self.hypermodel.fit(hp, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose)
             losses = measures[-1].results()
             if not all(value is not None and math.isfinite(value) for value in losses.values()):
@@ -150,28 +163,31 @@ class LoraSweepTuner(BaseTuner):
             writer.close()
             raise
         _end_session(writer, api_pb2.STATUS_SUCCESS)
-        figures = {**hparams, "epochs": self.hypermodel.epochs}
+        figures = {**hparams, "initial_epoch": initial_epoch, "parent_trial_id": parent}
         for measure in measures:
             figures.update(measure.results())
         scores, translations = val_texts.scores(model.backbone, self.hypermodel.base.tokenizer)
         figures.update(scores)
         with writer.as_default():
-            step = self.hypermodel.epochs - 1
+            step = epochs - 1
             tf.summary.scalar("bleu", scores["bleu"], step=step)
             tf.summary.scalar("chrf", scores["chrf"], step=step)
             tf.summary.text("sample_translations", val_texts.samples_markdown(translations), step=step)
         writer.close()
-        self.save_model(trial.trial_id, model)
+        self.save_model(trial.trial_id, model, config=self.hypermodel.lora_config(hp))
         with open(self.measurements_path(trial.trial_id), "w") as handle:
             json.dump(figures, handle, indent=2)
         del model
         if not self.hypermodel.reuse_models:
             self.hypermodel.release()  # the next trial starts from a clean graph
-        return {"val_loss": figures["val_loss"], "final_loss": figures["final_loss"]}
+        metrics = {name: figures[name] for name in ("val_loss", "final_loss", "training_time_s", "peak_memory_mb")}
+        if self.baseline_val_loss is not None:
+            metrics["baseline_val_loss"] = self.baseline_val_loss
+        return metrics
 
-    def save_model(self, trial_id, model, step=0):
+    def save_model(self, trial_id, model, step=0, config=None):
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
-        save_adapter(model.backbone, self.adapter_path(trial_id))
+        save_adapter(model.backbone, self.adapter_path(trial_id), config)
 
     def load_model(self, trial):
         """The trial's adapted model: the base rebuilt plus the saved adapter."""
@@ -191,8 +207,12 @@ class LoraSweepTuner(BaseTuner):
             trial = self.oracle.trials[trial_id]
             if trial.status == TrialStatus.RUNNING:
                 continue
-            row = {"trial_id": trial_id, **trial_hparams(trial.hyperparameters, self.hypermodel.space)}
-            row["epochs"] = self.hypermodel.epochs
+            hp = trial.hyperparameters
+            initial_epoch, epochs = self.hypermodel.trial_epochs(hp)
+            row = {
+                "trial_id": trial_id, **trial_hparams(hp, self.hypermodel.space, epochs),
+                "initial_epoch": initial_epoch, "parent_trial_id": hp.values.get("tuner/trial_id"),
+            }
             path = self.measurements_path(trial_id)
             if trial.status == TrialStatus.COMPLETED and path.is_file():
                 row.update(json.loads(path.read_text()))

@@ -9,6 +9,8 @@ import itertools
 import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
+from tuners.strategies import register
+
 
 def grid_values(hyperparameters):
     """Every combination of the space's `Choice`/`Fixed` values, in declaration order."""
@@ -31,3 +33,6 @@ class GridOracle(keras_tuner.Oracle):
             if not any(all(done.get(k) == v for k, v in values.items()) for done in taken):
                 return {"status": trial_module.TrialStatus.RUNNING, "values": values}
         return {"status": trial_module.TrialStatus.STOPPED}
+
+
+register("grid", GridOracle)

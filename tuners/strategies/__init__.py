@@ -1,0 +1,60 @@
+"""Search strategies by name: each a keras-tuner `Oracle` subclass in its own module here.
+
+Adding one is one file in this package: the `Oracle` subclass (its heart is
+`populate_space`) and one registration line. Every module here is imported
+below, so `--strategy NAME` finds it with nothing else changed:
+```python
+class MySearchOracle(keras_tuner.Oracle):
+    def populate_space(self, trial_id):
+        ...
+
+register("my_search", MySearchOracle)
+```
+"""
+
+import importlib
+import inspect
+import math
+import pkgutil
+
+STRATEGIES = {}
+# keras-tuner reads seed 0 as "no seed" and draws one at random (`seed or randint`),
+# which would make `--seed 0`, the default, give a different order on every run.
+SEED_FOR_ZERO = 104_729
+
+
+def register(name, oracle_class=None):
+    """Make `oracle_class` the strategy `name`; without a class, a class decorator.
+
+    Example: `register("cost_aware", CostAwareOracle)`.
+    """
+    if oracle_class is None:
+        return lambda cls: register(name, cls)
+    STRATEGIES[name] = oracle_class
+    return oracle_class
+
+
+def make_oracle(name, objective, max_trials, hyperparameters, seed, max_epochs=1):
+    """The oracle of strategy `name` over `hyperparameters`; `KeyError` if none is registered.
+
+    Oracles that budget in epochs (their constructor takes `max_epochs`, as
+    Hyperband's does) get `max_epochs` and set their own number of trials, which
+    `max_trials` only caps; for the others `max_trials=None` means one trial per
+    combination of the space.
+
+    Example: `make_oracle("grid", keras_tuner.Objective("val_loss", "min"), 9, hp, seed=0)`.
+    """
+    oracle_class = STRATEGIES[name]
+    kwargs = dict(
+        objective=objective, max_trials=max_trials, hyperparameters=hyperparameters,
+        seed=seed if seed else SEED_FOR_ZERO, allow_new_entries=False, tune_new_entries=False,
+    )
+    if "max_epochs" in inspect.signature(oracle_class).parameters:
+        kwargs["max_epochs"] = max_epochs
+    elif max_trials is None:
+        kwargs["max_trials"] = math.prod(len(getattr(hp, "values", [None])) for hp in hyperparameters.space)
+    return oracle_class(**kwargs)
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
