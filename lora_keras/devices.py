@@ -74,3 +74,14 @@ def mirrored_strategy(spec):
                     "choose the devices before building any model"
                 ) from None
     return tf.distribute.MirroredStrategy(names)
+
+
+def strategy_gpus(strategy):
+    """The GPUs a strategy's replicas run on, as `["GPU:2", "GPU:3"]`; None without GPUs.
+
+    Example: `PeakMemory(writer, gpus=strategy_gpus(strategy))`.
+    """
+    if strategy is None:
+        return None
+    names = [device.rsplit("device:", 1)[-1] for device in strategy.extended.worker_devices]
+    return [name for name in names if name.upper().startswith("GPU")] or None

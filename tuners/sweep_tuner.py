@@ -18,6 +18,7 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
 
 from callbacks import EpochTimer, LossScalars, ParameterCount, PeakMemory
+from lora_keras.devices import strategy_gpus
 from lora_keras.evaluation import translate, translation_scores
 from lora_keras.lora import load_adapter, save_adapter
 from tuners.cluster import is_worker
@@ -134,7 +135,7 @@ class LoraSweepTuner(BaseTuner):
         hparams = trial_hparams(hp, self.hypermodel.space)
         measures = [
             EpochTimer(train_tokens.token_count, writer),
-            PeakMemory(writer),
+            PeakMemory(writer, gpus=strategy_gpus(self.strategy)),
             ParameterCount(writer),
             LossScalars(writer),
         ]
