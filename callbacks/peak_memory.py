@@ -69,7 +69,8 @@ class _RssSampler:
 class PeakMemory(keras.callbacks.Callback):
     """Peak memory during ``fit``, reset at ``on_train_begin``.
 
-    With a GPU visible: TF's allocator peak on ``GPU:0``
+    With a GPU visible: TF's allocator peak on ``GPU:0``, or the highest
+    peak among ``gpus`` (those a mirrored model trains on)
     (``memory_kind="gpu"``). Otherwise the process's host RSS high-water
     (``memory_kind="host_rss"``), via VmHWM after resetting it through
     ``/proc/self/clear_refs``; if that cannot be written, a daemon thread
@@ -84,11 +85,12 @@ class PeakMemory(keras.callbacks.Callback):
         mem.results()  # {"peak_memory_mb": 1234.5, "memory_kind": "gpu"}
     """
 
-    def __init__(self, writer=None, force_sampling=False, sample_interval_s=0.02):
+    def __init__(self, writer=None, force_sampling=False, sample_interval_s=0.02, gpus=None):
         super().__init__()
         self.writer = writer
         self.force_sampling = force_sampling
         self.sample_interval_s = sample_interval_s
+        self.gpus = tuple(gpus or ("GPU:0",))
         self.memory_kind = None
         self.peak_memory_mb = 0.0
         self.method = None  # "gpu" | "vmhwm" | "sampling"
@@ -102,7 +104,8 @@ class PeakMemory(keras.callbacks.Callback):
         self.method = None
         if tf.config.list_logical_devices("GPU"):
             try:
-                tf.config.experimental.reset_memory_stats("GPU:0")
+                for gpu in self.gpus:
+                    tf.config.experimental.reset_memory_stats(gpu)
                 self.method = self.memory_kind = "gpu"
             except (ValueError, RuntimeError):
                 pass  # stats not tracked for this device: measure host RSS
@@ -120,7 +123,7 @@ class PeakMemory(keras.callbacks.Callback):
 
     def _measure(self):
         if self.method == "gpu":
-            peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / MIB
+            peak = max(tf.config.experimental.get_memory_info(gpu)["peak"] for gpu in self.gpus) / MIB
         elif self.method == "vmhwm":
             peak = _read_hwm_mb() or 0.0
         else:

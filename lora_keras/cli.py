@@ -59,6 +59,14 @@ def dropout_probability(text):
     return value
 
 
+def host_port(text):
+    """argparse type: `HOST:PORT` (`[::1]:PORT` for IPv6) -> `(host, port)`."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port from 1 to 65535, got {text!r}")
+    return host, int(port)
+
+
 @contextlib.contextmanager
 def exit_on_input_error(prog=None):
     """Turn an `InputError` into one line on stderr and exit status 2."""

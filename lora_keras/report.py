@@ -89,7 +89,7 @@ def typed_rows(rows):
     for row in rows:
         converted = {}
         for column, value in row.items():
-            if column in TEXT_COLUMNS or not isinstance(value, str):
+            if column in TEXT_COLUMNS or column not in COLUMNS or not isinstance(value, str):
                 converted[column] = value
             elif value == "":
                 converted[column] = None
@@ -117,10 +117,16 @@ def write_results_md(rows, path, baseline=None, wall_time_s=None):
         )
     if wall_time_s is not None and completed:
         trained = sum(r["training_time_s"] for r in rows if r.get("training_time_s") is not None)
-        lines.append(
-            f"Sweep wall time {wall_time_s:.0f} s, of which trial training {trained:.0f} s; "
-            f"overhead (loading, tokenizing, building, baseline, reports) {wall_time_s - trained:.0f} s."
-        )
+        if trained <= wall_time_s:
+            lines.append(
+                f"Sweep wall time {wall_time_s:.0f} s, of which trial training {trained:.0f} s; "
+                f"overhead (loading, tokenizing, building, baseline, reports) {wall_time_s - trained:.0f} s."
+            )
+        else:
+            lines.append(
+                f"Sweep wall time {wall_time_s:.0f} s; trial training {trained:.0f} s in all, more than the "
+                "wall time: trials ran side by side (distributed) or in earlier sessions (resumed)."
+            )
     with open(path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
 

@@ -4,6 +4,8 @@
     python scripts/tune.py --model DIR --train train.tsv --val val.tsv \\
         --source-lang English --target-lang French --ranks 1 4 16 --batch-sizes 8 64 128
     tensorboard --logdir logs                                 # HParams view: one row per trial
+    python scripts/tune.py --distributed chief --oracle-address 0.0.0.0:8000 ...   # on one machine,
+    python scripts/tune.py --distributed worker --oracle-address CHIEF_HOST:8000 ...  # then workers
 """
 
 import os
@@ -17,10 +19,12 @@ from lora_keras.cli import (  # noqa: E402
     OneLineErrorParser,
     dropout_probability,
     exit_on_input_error,
+    host_port,
     native_stderr_silenced,
     positive_float,
     positive_int,
 )
+from lora_keras.devices import HELP as DEVICES_HELP  # noqa: E402
 
 
 def target_sets(tokens):
@@ -78,19 +82,46 @@ def build_parser(strategies="a registered name (--help lists them)"):
     add("--memory-budget-mb", type=positive_float, help="recommend the best trial within this peak memory")
     add("--time-budget-s", type=positive_float, help="recommend the best trial within this training time")
     add("--quiet", action="store_true", help="no progress bars")
+    add("--devices", help=f"train each trial data-parallel over several devices: {DEVICES_HELP}")
+    add("--distributed", choices=("chief", "worker"),
+        help="share one run among processes: one chief serves the trials, workers run them")
+    add("--oracle-address", type=host_port, help="HOST:PORT the chief listens on and the workers call")
+    add("--worker-id", help="a worker's id, distinct per worker; default: worker-<host>-<pid>")
+    add("--chief-timeout", type=positive_float, default=300.0,
+        help="seconds a worker waits for an unreachable chief before it gives up")
     return parser
+
+
+def distributed_conflict(args):
+    """The first flag that contradicts --distributed, as an argparse error message, or None."""
+    if args.distributed is None:
+        extra = "--oracle-address" if args.oracle_address else "--worker-id" if args.worker_id else None
+        return extra and f"{extra} needs --distributed chief or --distributed worker"
+    if args.oracle_address is None:
+        return f"--distributed {args.distributed} needs --oracle-address HOST:PORT (the chief's)"
+    if args.distributed == "chief":
+        for flag, given in (("--worker-id", args.worker_id), ("--devices", args.devices)):
+            if given:
+                return f"{flag} is for workers; the chief trains nothing"
+    elif args.overwrite:
+        return "--overwrite is for the chief only, which owns the run directory"
+    return None
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(strategy_names()) if {"-h", "--help"} & set(argv) else build_parser()
     args = parser.parse_args(argv)
+    conflict = distributed_conflict(args)
+    if conflict:
+        parser.error(conflict)
     targets = target_sets(args.targets)
     if targets is None:
         parser.error("--targets: an empty set; name projections in each, e.g. --targets q,v q,k,v,o")
     with native_stderr_silenced():
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
     with exit_on_input_error():
+        from tuners.cluster import Cluster
         from tuners.hypermodel import SearchSpace
         from tuners.sweep import SweepConfig, SweepStopped, run_sweep
 
@@ -110,8 +141,10 @@ def main(argv=None):
             max_val_examples=args.max_val_examples, max_source_length=args.max_source_length,
             max_target_length=args.max_target_length, seed=args.seed,
             memory_budget_mb=args.memory_budget_mb, time_budget_s=args.time_budget_s,
-            verbose=0 if args.quiet else 1,
+            verbose=0 if args.quiet else 1, devices=args.devices,
         )
+        if args.distributed:
+            config.cluster = Cluster(args.distributed, *args.oracle_address, args.worker_id, args.chief_timeout)
         try:
             run_sweep(config)
         except SweepStopped as error:

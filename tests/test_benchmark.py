@@ -1,6 +1,5 @@
 """The benchmark counts FLOPs as the peer does, and `scripts/bench.py` runs and reports on a tiny setting."""
 
-import json
 import sys
 
 from conftest import run_script

@@ -14,12 +14,13 @@ import random
 import shutil
 import time
 
-import keras
+import grpc
 import keras_tuner
 
 from lora_keras import demo
 from lora_keras.corpus import read_pairs
-from lora_keras.data import make_dataset, tokenize_pairs
+from lora_keras.data import tokenize_pairs
+from lora_keras.devices import mirrored_strategy
 from lora_keras.errors import InputError
 from lora_keras.lora import TARGETS, LoraConfig, check_rank
 from lora_keras.models import load_base
@@ -30,8 +31,11 @@ from lora_keras.report import (
     write_results_csv,
     write_results_md,
 )
+from tuners.baseline import measure_baseline, read_baseline
+from tuners.cluster import CHIEF, Cluster
 from tuners.hparams import write_experiment, write_figures
-from tuners.hypermodel import EVAL_BATCH_SIZE, LoraT5HyperModel, SearchSpace
+from tuners.hypermodel import LoraT5HyperModel, SearchSpace
+from tuners.oracle_server import serve_oracle
 from tuners.strategies import STRATEGIES, make_oracle
 from tuners.sweep_tuner import LoraSweepTuner, ValidationTexts
 
@@ -39,7 +43,9 @@ RUN_CONFIG_FILE = "run_config.json"
 
 
 class SweepStopped(RuntimeError):
-    """Too many trials failed in a row; finished trials are kept and a rerun resumes."""
+    """The sweep stopped early (too many failures in a row, chief lost); a rerun resumes."""
+
+
 HELD_OUT_FRACTION = 0.1
 
 
@@ -68,6 +74,8 @@ class SweepConfig:
     memory_budget_mb: float | None = None
     time_budget_s: float | None = None
     verbose: int = 1
+    devices: str | None = None  # `lora_keras.devices.mirrored_strategy` spec: data parallel per trial
+    cluster: Cluster | None = None  # this process's part in a distributed sweep
 
     @property
     def run_dir(self):
@@ -76,7 +84,8 @@ class SweepConfig:
     def identity(self):
         """What must match for a rerun to resume this run rather than start another."""
         fields = dataclasses.asdict(self)
-        for transient in ("overwrite", "verbose", "logdir", "name", "memory_budget_mb", "time_budget_s"):
+        for transient in ("overwrite", "verbose", "logdir", "name", "memory_budget_mb", "time_budget_s",
+                          "devices", "cluster"):
             fields.pop(transient)
         return json.loads(json.dumps(fields))
 
@@ -125,43 +134,133 @@ def _prefix(config, base):
     return f"translate {source} to {target}: "
 
 
-def _baseline(base, val_tokens, val_texts, path):
-    """Val loss and BLEU of the unadapted base, so each trial can be read against doing nothing."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    model = base.build_model()
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=[])
-    val_loss = model.evaluate(make_dataset(val_tokens, EVAL_BATCH_SIZE), verbose=0)
-    scores, _ = val_texts.scores(model.backbone, base.tokenizer)
-    baseline = {"val_loss": float(val_loss), "bleu": scores["bleu"], "chrf": scores["chrf"]}
-    path.write_text(json.dumps(baseline, indent=2))
-    keras.backend.clear_session()
-    return baseline
+def _check_worker(config):
+    """A worker joins its chief's run: same settings, same run directory (a shared filesystem)."""
+    path = config.run_dir / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise InputError(
+            f"{path} not found: the chief writes it before serving; give workers the chief's "
+            "--logdir (on a filesystem they share) and --name"
+        )
+    if json.loads(path.read_text()) != config.identity():
+        raise InputError(
+            f"{config.run_dir} is the chief's run with other settings; give workers the chief's settings"
+        )
+
+
+def _claim_run_dir(config):
+    """Start again (`--overwrite`) or check that the run there has these settings."""
+    if config.overwrite and config.run_dir.exists():
+        shutil.rmtree(config.run_dir)
+    _check_resumable(config)
+
+
+def _write_run_files(config):
+    """The run's settings and its HParams experiment, written by its only writer (chief or local)."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    (config.run_dir / RUN_CONFIG_FILE).write_text(json.dumps(config.identity(), indent=2))
+    write_experiment(config.run_dir / "tensorboard", config.space, config.epochs)
+
+
+def _make_oracle(config):
+    hp = keras_tuner.HyperParameters()
+    config.space.declare(hp)
+    return make_oracle(
+        config.strategy, keras_tuner.Objective("val_loss", "min"), config.max_trials, hp, config.seed,
+        max_epochs=config.epochs,
+    )
+
+
+def _make_tuner(config, hypermodel, oracle, **kwargs):
+    return LoraSweepTuner(hypermodel, oracle, config.run_dir, verbose=config.verbose, **kwargs)
+
+
+def _write_tables(tuner):
+    """`results.csv` and `results.md` from the oracle's trials (after every trial: a kill keeps them)."""
+    rows = tuner.trial_rows()
+    baseline_path = tuner.run_dir / "baseline.json"
+    baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else None
+    write_results_csv(rows, tuner.run_dir / "results.csv")
+    write_results_md(rows, tuner.run_dir / "results.md", baseline)
+    return rows
+
+
+def _stopped(tuner):
+    _write_tables(tuner)
+    return SweepStopped(
+        f"stopped after {tuner.oracle.max_consecutive_failed_trials} failed trials in a row "
+        f"(see the status column of {tuner.run_dir / 'results.csv'}); fix the cause and rerun to resume"
+    )
+
+
+def _serve_as_chief(config, started, oracle):
+    """The chief: hold the oracle for the workers, keep the tables, write the reports at the end."""
+    _claim_run_dir(config)
+    _write_run_files(config)
+    # The chief builds no model: the hypermodel only declares the space and names the columns.
+    tuner = _make_tuner(config, LoraT5HyperModel(None, config.space, epochs=config.epochs, seed=config.seed), oracle)
+    tuner.save()
+    if config.verbose:
+        print(f"Chief of {config.run_dir}: serving trials at {config.cluster.address}", flush=True)
+    try:
+        serve_oracle(tuner.oracle, config.cluster.host, config.cluster.port, lambda: _write_tables(tuner))
+    except RuntimeError as error:
+        if "consecutive failures" not in str(error):
+            raise
+        raise _stopped(tuner) from None
+    return _finish(config, tuner, started)
+
+
+def _finish(config, tuner, started):
+    """The whole tables and the reports once every trial has ended."""
+    run_dir = config.run_dir
+    rows = _write_tables(tuner)
+    baseline = read_baseline(run_dir)
+    wall_time_s = time.perf_counter() - started
+    (run_dir / SUMMARY_FILE).write_text(json.dumps({"wall_time_s": wall_time_s}, indent=2))
+    plots = write_reports(
+        run_dir, rows, baseline, wall_time_s, config.memory_budget_mb, config.time_budget_s
+    )
+    write_figures(run_dir / "tensorboard" / "report", plots)
+    if config.verbose:
+        print(results_table(rows))
+        against = f"val loss {baseline['val_loss']:.4f}, BLEU {baseline['bleu']:.1f}" if baseline else "not measured"
+        print(f"Unadapted base: {against}. Results in {run_dir}; view them with: tensorboard --logdir {config.logdir}")
+    return rows
 
 
 def run_sweep(config):
-    """Run (or resume) the sweep described by `config`; returns one row per trial."""
+    """Run (or resume) the sweep described by `config`; returns one row per trial.
+
+    With `config.cluster`, this process is the chief (serves the trials, writes the tables and
+    reports; returns the rows) or a worker (runs trials the chief hands out; returns no rows).
+    """
     started = time.perf_counter()
     if config.strategy not in STRATEGIES:
         raise InputError(
             f"--strategy {config.strategy} is not registered; choose from {', '.join(sorted(STRATEGIES))}"
         )
-    run_dir = config.run_dir
-    if config.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    _check_resumable(config)
-
     space = config.space
     unknown = sorted(set().union(*space.target_sets) - set(TARGETS))
     if unknown:
         raise InputError(f"--targets: unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}")
-    hp = keras_tuner.HyperParameters()
-    space.declare(hp)
     # The oracle before the model loads: a strategy that cannot run this sweep says so at once.
-    oracle = make_oracle(
-        config.strategy, keras_tuner.Objective("val_loss", "min"), config.max_trials, hp, config.seed,
-        max_epochs=config.epochs,
-    )
+    oracle = _make_oracle(config)
+    cluster = config.cluster
+    if cluster is not None:
+        cluster.export()  # keras-tuner reads its part from the environment
+        if cluster.role == CHIEF:
+            if config.devices:
+                raise InputError("--devices: the chief trains nothing; give --devices to the workers")
+            return _serve_as_chief(config, started, oracle)
+        if config.overwrite:
+            raise InputError("--overwrite: give it to the chief only, which owns the run directory")
+        cluster.wait_for_chief()
+        _check_worker(config)
+    else:
+        _claim_run_dir(config)
+    strategy = mirrored_strategy(config.devices)  # before any model: TensorFlow fixes devices at start
+
     train_pairs, val_pairs = _file_pairs(config)  # bad files fail before the model loads
     base = load_base(config.model, verbose=config.verbose)
     backbone = base.build_backbone()
@@ -185,44 +284,42 @@ def run_sweep(config):
         config.max_source_length, config.max_target_length,
     )
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_CONFIG_FILE).write_text(json.dumps(config.identity(), indent=2))
-    baseline = _baseline(base, val_tokens, val_texts, run_dir / "baseline.json")
-    write_experiment(run_dir / "tensorboard", space, config.epochs)
-
+    if cluster is None:
+        _write_run_files(config)
+    # One worker measures the baseline; the others go on without it.
+    baseline = measure_baseline(base, val_tokens, val_texts, config.run_dir)
     hypermodel = LoraT5HyperModel(base, space, epochs=config.epochs, seed=config.seed)
-
-    def write_tables():  # after every trial, so a killed run keeps its table
-        rows = tuner.trial_rows()
-        write_results_csv(rows, run_dir / "results.csv")
-        write_results_md(rows, run_dir / "results.md", baseline)
-        return rows
-
-    tuner = LoraSweepTuner(
-        hypermodel, oracle, run_dir, verbose=config.verbose, on_trial_done=write_tables,
-        baseline_val_loss=baseline["val_loss"],
+    # A worker leaves the tables to the chief, whose oracle knows every trial.
+    on_trial_done = None if cluster else (lambda: _write_tables(tuner))
+    tuner = _make_tuner(
+        config, hypermodel, oracle, on_trial_done=on_trial_done, strategy=strategy,
+        baseline_val_loss=baseline["val_loss"] if baseline else None,
     )
     try:
         tuner.search(train_tokens, val_tokens, val_texts)
     except RuntimeError as error:
         if "consecutive failures" not in str(error):
             raise
-        write_tables()
-        raise SweepStopped(
-            f"stopped after {oracle.max_consecutive_failed_trials} failed trials in a row "
-            f"(see the status column of {run_dir / 'results.csv'}); fix the cause and rerun to resume"
-        ) from None
-    rows = write_tables()
-    wall_time_s = time.perf_counter() - started
-    (run_dir / SUMMARY_FILE).write_text(json.dumps({"wall_time_s": wall_time_s}, indent=2))
-    plots = write_reports(
-        run_dir, rows, baseline, wall_time_s, config.memory_budget_mb, config.time_budget_s
+        raise _stopped(tuner) from None
+    except grpc.RpcError as error:  # only a worker calls a chief
+        raise chief_error(cluster, error) from None
+    if cluster is not None:
+        if config.verbose:
+            ran = ", ".join(tuner.trials_run) or "none"
+            print(f"Worker {cluster.worker_id} ran trial(s) {ran}; the chief writes {config.run_dir}/results.csv")
+        return []
+    return _finish(config, tuner, started)
+
+
+def chief_error(cluster, error):
+    """A worker's one-line `SweepStopped` for a failed call to its chief.
+
+    Example: `raise chief_error(cluster, rpc_error) from None`.
+    """
+    details = error.details() or ""
+    if "consecutive failures" in details:
+        return SweepStopped(f"the chief stopped the sweep: {details.splitlines()[0]}; fix the cause and rerun")
+    return SweepStopped(
+        f"lost the chief at {cluster.address} ({error.code().name}); finished trials are kept: "
+        "restart the chief, then the workers, to resume"
     )
-    write_figures(run_dir / "tensorboard" / "report", plots)
-    if config.verbose:
-        print(results_table(rows))
-        print(
-            f"Unadapted base: val loss {baseline['val_loss']:.4f}, BLEU {baseline['bleu']:.1f}. "
-            f"Results in {run_dir}; view them with: tensorboard --logdir {config.logdir}"
-        )
-    return rows

@@ -1,5 +1,6 @@
 """The tuner that runs one LoRA trial: measure, log to TensorBoard, keep the adapter alone."""
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,8 +17,10 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
 
 from callbacks import EpochTimer, LossScalars, ParameterCount, PeakMemory
+from lora_keras.devices import strategy_gpus
 from lora_keras.evaluation import Translator, translation_scores
 from lora_keras.lora import load_adapter, save_adapter
+from tuners.cluster import is_worker
 from tuners.hparams import trial_hparams
 
 MEASUREMENTS_FILE = "measurements.json"
@@ -83,6 +86,9 @@ class LoraSweepTuner(BaseTuner):
     (when given), so a strategy can weigh loss against cost. A Hyperband trial
     (`tuner/epochs`, `tuner/initial_epoch`, `tuner/trial_id`) trains from its
     parent trial's adapter to its epoch budget.
+    Each trial's `measurements.json` also records the `tuner_id` that ran it and its
+    `num_replicas`. With a `strategy` (a `tf.distribute.MirroredStrategy`), each trial builds
+    and trains its model in the strategy's scope: the batch size is the global batch.
 
     Example:
     ```python
@@ -93,12 +99,15 @@ class LoraSweepTuner(BaseTuner):
     """
 
     def __init__(
-        self, hypermodel, oracle, run_dir, overwrite=False, verbose=1, on_trial_done=None, baseline_val_loss=None
+        self, hypermodel, oracle, run_dir, overwrite=False, verbose=1, on_trial_done=None,
+        baseline_val_loss=None, strategy=None,
     ):
         self.run_dir = pathlib.Path(run_dir)
         self.verbose = verbose
         self.on_trial_done = on_trial_done
         self.baseline_val_loss = baseline_val_loss
+        self.strategy = strategy
+        self.trials_run = []
         super().__init__(
             oracle=oracle,
             hypermodel=hypermodel,
@@ -116,6 +125,11 @@ class LoraSweepTuner(BaseTuner):
         return self.run_dir / "adapters"
 
     def _populate_initial_space(self):
+        # keras-tuner reloads a run only when this tuner id's own file exists (`tuner0.json`
+        # locally, `chief.json` for a chief): a run resumed in the other mode must keep its trials.
+        if not is_worker() and (self.run_dir / "tuner" / "oracle.json").is_file():
+            self.oracle.reload()
+            return
         # keras-tuner's default builds a whole model to discover the space;
         # ours is declared up front, so declaring is enough.
         hp = self.oracle.get_space()
@@ -138,20 +152,22 @@ class LoraSweepTuner(BaseTuner):
         hparams = trial_hparams(hp, self.hypermodel.space, epochs)
         measures = [
             EpochTimer(train_tokens.token_count, writer),
-            PeakMemory(writer),
+            PeakMemory(writer, gpus=strategy_gpus(self.strategy)),
             ParameterCount(writer),
             LossScalars(writer),
         ]
         callbacks = measures + [keras.callbacks.TerminateOnNaN()]  # a diverged trial stops at once
         with writer.as_default():  # the HParams session: its end says whether the trial succeeded
             hparams_api.hparams(hparams, trial_id=f"trial_{trial.trial_id}")
+        self.trials_run.append(trial.trial_id)
         try:
-            model = self.hypermodel.build(hp)
-            # Trace before the clock starts (and before a parent's adapter: tracing resets).
-            self.hypermodel.trace(hp, model, train_tokens, val_tokens)
-            if parent is not None:  # Hyperband continues the parent trial's training
-                load_adapter(model.backbone, self.adapter_path(parent))
-            self.hypermodel.fit(hp, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose)
+            with self.strategy.scope() if self.strategy else contextlib.nullcontext():
+                model = self.hypermodel.build(hp)
+                # Trace before the clock starts (and before a parent's adapter: tracing resets).
+                self.hypermodel.trace(hp, model, train_tokens, val_tokens)
+                if parent is not None:  # Hyperband continues the parent trial's training
+                    load_adapter(model.backbone, self.adapter_path(parent))
+                self.hypermodel.fit(hp, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose)
             losses = measures[-1].results()
             if not all(value is not None and math.isfinite(value) for value in losses.values()):
                 raise FailedTrialError(
@@ -163,7 +179,8 @@ class LoraSweepTuner(BaseTuner):
             writer.close()
             raise
         _end_session(writer, api_pb2.STATUS_SUCCESS)
-        figures = {**hparams, "initial_epoch": initial_epoch, "parent_trial_id": parent}
+        figures = {**hparams, "initial_epoch": initial_epoch, "parent_trial_id": parent, "tuner_id": self.tuner_id,
+                   "num_replicas": self.strategy.num_replicas_in_sync if self.strategy else 1}
         for measure in measures:
             figures.update(measure.results())
         scores, translations = val_texts.scores(model.backbone, self.hypermodel.base.tokenizer)
@@ -194,6 +211,10 @@ class LoraSweepTuner(BaseTuner):
         backbone = self.hypermodel.base.build_backbone()
         load_adapter(backbone, self.adapter_path(trial.trial_id))
         return self.hypermodel.base.build_model(backbone)
+
+    def save(self):
+        if not is_worker():  # a worker keeps no state: the chief's oracle holds the run
+            super().save()
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)

@@ -1,0 +1,265 @@
+"""Distributed sweeps: a chief and two workers on 127.0.0.1 share one run; `--devices` mirrors a trial."""
+
+import csv
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import threading
+
+import keras_tuner
+import pytest
+from keras_tuner.src.distribute import oracle_client
+
+from conftest import ROOT
+from lora_keras.devices import device_names
+from lora_keras.errors import InputError
+from test_tune_errors import assert_one_line_exit_2, load_tune
+from tuners.cluster import Cluster
+from tuners.hypermodel import LoraT5HyperModel, SearchSpace
+from tuners.oracle_server import serve_oracle
+from tuners.strategies import make_oracle
+from tuners.sweep import SweepStopped, chief_error
+from tuners.sweep_tuner import LoraSweepTuner
+
+RANKS, BATCH_SIZES = (1, 2), (8, 16)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def sweep_args(tiny_preset, tiny_corpus, logdir):
+    train, val = tiny_corpus
+    return ["--model", tiny_preset, "--train", train, "--val", val, "--source-lang", "English",
+            "--target-lang", "Dravic", "--ranks", *RANKS, "--batch-sizes", *BATCH_SIZES, "--epochs", "1",
+            "--logdir", logdir, "--name", "shared", "--max-train-examples", "8", "--max-val-examples", "4",
+            "--max-target-length", "12", "--quiet"]
+
+
+def read_rows(run_dir):
+    with open(run_dir / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def shared_run(tiny_preset, tiny_corpus, tmp_path_factory):
+    """A chief and two workers, w1 mirroring each trial over two CPU devices; their exit codes and run dir."""
+    logdir = tmp_path_factory.mktemp("distributed")
+    address = f"127.0.0.1:{free_port()}"
+    args = [str(a) for a in sweep_args(tiny_preset, tiny_corpus, logdir)]
+    roles = {
+        "chief": ["--distributed", "chief", "--oracle-address", address],
+        "w1": ["--distributed", "worker", "--oracle-address", address, "--worker-id", "w1", "--devices", "cpu:2"],
+        "w2": ["--distributed", "worker", "--oracle-address", address, "--worker-id", "w2"],
+    }
+    processes = {}
+    for name, role in roles.items():
+        with open(logdir / f"{name}.out", "w") as out, open(logdir / f"{name}.err", "w") as err:
+            processes[name] = subprocess.Popen(
+                [sys.executable, str(ROOT / "scripts" / "tune.py"), *args, *role, "--chief-timeout", "120"],
+                stdout=out, stderr=err, cwd=ROOT,
+            )
+    codes = {name: process.wait(timeout=900) for name, process in processes.items()}
+    errors = {name: (logdir / f"{name}.err").read_text()[-2000:] for name in roles}
+    return codes, errors, logdir / "shared"
+
+
+def test_chief_and_two_workers_run_each_combination_once(shared_run):
+    codes, errors, run_dir = shared_run
+    assert codes == {"chief": 0, "w1": 0, "w2": 0}, errors
+    rows = read_rows(run_dir)
+    assert sorted((int(r["rank"]), int(r["batch_size"])) for r in rows) == sorted(itertools.product(RANKS, BATCH_SIZES))
+    assert all(r["status"] == "COMPLETED" for r in rows) and len({r["trial_id"] for r in rows}) == 4
+    # The chief saved its oracle after the last trial: a rerun sees no trial still running.
+    assert json.loads((run_dir / "tuner" / "oracle.json").read_text())["ongoing_trials"] == {}
+
+
+def test_both_workers_ran_trials_and_w1_mirrored_them_over_two_devices(shared_run):
+    _, _, run_dir = shared_run
+    ran = {}
+    for row in read_rows(run_dir):
+        measured = json.loads((run_dir / "tuner" / f"trial_{row['trial_id']}" / "measurements.json").read_text())
+        ran.setdefault(measured["tuner_id"], []).append(measured["num_replicas"])
+    assert set(ran) == {"w1", "w2"}
+    assert set(ran["w1"]) == {2} and set(ran["w2"]) == {1}
+
+
+def test_shared_run_dir_holds_every_trial_output_once(shared_run):
+    _, _, run_dir = shared_run
+    assert len(list((run_dir / "tensorboard").glob("trial_*"))) == 4
+    assert len(list((run_dir / "adapters").glob("trial_*.safetensors"))) == 4
+    baseline = json.loads((run_dir / "baseline.json").read_text())
+    table = (run_dir / "results.md").read_text()
+    assert f"val loss {baseline['val_loss']:.4g}" in table and "Best trial" in table
+    assert (run_dir / "recommendations.md").is_file() and (run_dir / "loss_vs_rank.png").is_file()
+    assert not list((run_dir / "tuner").glob("w*.json"))  # workers keep no tuner state of their own
+
+
+def test_local_rerun_of_a_distributed_run_repeats_no_trial(shared_run, tiny_preset, tiny_corpus, capsys):
+    codes, _, run_dir = shared_run
+    before = read_rows(run_dir)
+    load_tune().main([str(a) for a in sweep_args(tiny_preset, tiny_corpus, run_dir.parent)])
+    assert "Running Trial" not in capsys.readouterr().out
+    assert read_rows(run_dir) == before
+
+
+def test_worker_without_a_chief_gives_up_with_one_line(tmp_path, capsys, monkeypatch):
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.setenv(name, "")  # restored (unset) after the test: export() sets them
+    monkeypatch.setattr(oracle_client, "TIMEOUT", oracle_client.TIMEOUT)
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit) as caught:
+        load_tune().main(["--logdir", str(tmp_path), "--distributed", "worker", "--oracle-address", address,
+                          "--chief-timeout", "1"])
+    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, f"no chief answered at {address} within 1 s")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--distributed", "worker", "--oracle-address", "chief-host"], "must be HOST:PORT"),
+        (["--distributed", "worker"], "--distributed worker needs --oracle-address"),
+        (["--oracle-address", "h:1"], "--oracle-address needs --distributed"),
+        (["--distributed", "chief", "--oracle-address", "h:1", "--devices", "2"], "--devices is for workers"),
+        (["--distributed", "worker", "--oracle-address", "h:1", "--overwrite"], "--overwrite is for the chief"),
+        (["--distributed", "worker", "--oracle-address", "h:1", "--worker-id", "chief2"], "not the word 'chief'"),
+    ],
+)
+def test_bad_distributed_flags_exit_2_with_one_line(extra, message, capsys):
+    with pytest.raises(SystemExit) as caught:
+        load_tune().main(extra)
+    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, message)
+
+
+def test_device_names():
+    assert device_names("cpu:2", 0) == ["/cpu:0", "/cpu:1"]
+    assert device_names("2", 4) == ["/gpu:0", "/gpu:1"]
+    assert device_names("gpu:1,/device:GPU:3", 4) == ["/gpu:1", "/gpu:3"]
+    for spec, gpus, message in [("2", 0, "this machine has no GPU"), ("gpu:2", 2, "only 2 GPU"),
+                                ("gpu:0,gpu:0", 2, "named twice"), ("tpu:1", 2, "not understood"),
+                                ("0", 1, "1 or more GPUs")]:
+        with pytest.raises(InputError, match=message):
+            device_names(spec, gpus)
+
+
+def chief_tuner(run_dir, ranks, max_failures=3):
+    """A chief's tuner over a grid of `ranks`, as `run_sweep` builds it (no model)."""
+    space = SearchSpace(ranks=ranks, batch_sizes=(8,))
+    hypermodel = LoraT5HyperModel(None, space, epochs=1)
+    hp = keras_tuner.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    oracle = make_oracle("grid", keras_tuner.Objective("val_loss", "min"), space.size, hp, 0)
+    oracle.max_consecutive_failed_trials = max_failures
+    return LoraSweepTuner(hypermodel, oracle, run_dir, verbose=0)
+
+
+def serve_in_thread(tuner, port, on_trial_end):
+    outcome = {}
+
+    def serve():
+        try:
+            serve_oracle(tuner.oracle, "127.0.0.1", port, on_trial_end)
+        except Exception as error:  # handed to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def clients(monkeypatch, oracle, port, *tuner_ids):
+    """keras-tuner's own worker-side clients, one per tuner id."""
+    monkeypatch.setattr(oracle_client, "TIMEOUT", 30)
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
+    made = []
+    for tuner_id in tuner_ids:
+        monkeypatch.setenv("KERASTUNER_TUNER_ID", tuner_id)
+        made.append(oracle_client.OracleClient(oracle))
+    return made
+
+
+def end(client, trial, status, val_loss=None):
+    if val_loss is not None:
+        client.update_trial(trial.trial_id, {"val_loss": val_loss})
+    trial.status = status
+    client.end_trial(trial)
+
+
+def test_oracle_server_hands_each_trial_out_once_and_calls_back(tmp_path, monkeypatch):
+    tuner = chief_tuner(tmp_path, ranks=(1, 2, 3))
+    port, ended = free_port(), []
+    thread, outcome = serve_in_thread(tuner, port, lambda: ended.append(len(tuner.trial_rows())))
+    a, b = clients(monkeypatch, tuner.oracle, port, "a", "b")
+    first, second = a.create_trial("a"), b.create_trial("b")
+    end(a, first, "COMPLETED", 1.0)
+    third = a.create_trial("a")
+    end(b, second, "COMPLETED", 2.0)
+    assert b.create_trial("b").status == "STOPPED"
+    end(a, third, "COMPLETED", 3.0)
+    assert a.create_trial("a").status == "STOPPED"
+    thread.join(timeout=10)
+    assert not thread.is_alive() and outcome == {}
+    assert [t.hyperparameters.get("rank") for t in (first, second, third)] == [1, 2, 3]
+    assert ended == [1, 2, 3]  # the tables after each trial saw every ended trial
+    assert json.loads((tmp_path / "tuner" / "oracle.json").read_text())["ongoing_trials"] == {}
+
+
+def test_oracle_server_stops_everyone_after_too_many_failures(tmp_path, monkeypatch):
+    import grpc
+
+    tuner = chief_tuner(tmp_path, ranks=(1, 2, 3), max_failures=2)
+    port = free_port()
+    thread, outcome = serve_in_thread(tuner, port, lambda: None)
+    a, b = clients(monkeypatch, tuner.oracle, port, "a", "b")
+    first, second = a.create_trial("a"), b.create_trial("b")
+    end(a, first, "FAILED")
+    with pytest.raises(grpc.RpcError) as stopped:
+        end(b, second, "FAILED")
+    assert stopped.value.code() == grpc.StatusCode.ABORTED and "consecutive failures" in stopped.value.details()
+    with pytest.raises(grpc.RpcError, match="consecutive failures"):
+        a.create_trial("a")  # no new trial once the sweep stops
+    thread.join(timeout=10)
+    assert not thread.is_alive() and "consecutive failures" in str(outcome["error"])
+    # What the worker says: one line.
+    said = chief_error(Cluster("worker", "127.0.0.1", port, "b"), stopped.value)
+    assert isinstance(said, SweepStopped) and "\n" not in str(said)
+    assert str(said).startswith("the chief stopped the sweep: Number of consecutive failures exceeded the limit of 2")
+
+
+def test_worker_that_loses_its_chief_says_so(monkeypatch):
+    import grpc
+
+    port = free_port()  # nobody serves here
+    (client,) = clients(monkeypatch, None, port, "w")
+    monkeypatch.setattr(oracle_client, "TIMEOUT", 1)
+    with pytest.raises(grpc.RpcError) as lost:
+        client.create_trial("w")
+    said = str(chief_error(Cluster("worker", "127.0.0.1", port, "w"), lost.value))
+    assert said.startswith(f"lost the chief at 127.0.0.1:{port} (DEADLINE_EXCEEDED)") and "\n" not in said
+
+
+def test_second_chief_on_a_busy_port_is_refused(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        tuner = chief_tuner(tmp_path, ranks=(1,))
+        with pytest.raises(InputError, match="cannot listen there"):
+            serve_oracle(tuner.oracle, "127.0.0.1", busy.getsockname()[1])
+
+
+def test_cluster_exports_keras_tuner_environment(monkeypatch):
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setattr(oracle_client, "TIMEOUT", oracle_client.TIMEOUT)
+    Cluster("worker", "10.0.0.5", 8000, chief_timeout_s=7).export()
+    import os
+
+    assert os.environ["KERASTUNER_ORACLE_IP"] == "10.0.0.5" and os.environ["KERASTUNER_ORACLE_PORT"] == "8000"
+    assert os.environ["KERASTUNER_TUNER_ID"].startswith("worker-") and oracle_client.TIMEOUT == 7
+    Cluster("chief", "0.0.0.0", 8000).export()
+    assert os.environ["KERASTUNER_TUNER_ID"] == "chief"

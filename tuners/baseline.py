@@ -1,0 +1,72 @@
+"""The unadapted base on the validation set (`baseline.json`): measured once per run, by one process.
+
+In a distributed sweep every worker may ask; the first takes an advisory lock and measures, the
+others go on to their trials, and the chief reads the file at the end (waiting for the lock).
+The lock is the kernel's (`flock`), so a killed process never leaves it held.
+
+Example:
+```python
+baseline = measure_baseline(base, val_tokens, val_texts, run_dir)  # None while another measures
+baseline = read_baseline(run_dir)                                   # waits for a measurement underway
+```
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+
+import keras
+
+from lora_keras.data import make_dataset
+from tuners.hypermodel import EVAL_BATCH_SIZE
+
+BASELINE_FILE = "baseline.json"
+LOCK_FILE = ".baseline.lock"
+
+
+@contextlib.contextmanager
+def _locked(run_dir, wait):
+    """Hold the run's baseline lock; yields False, holding nothing, if busy and not `wait`."""
+    with open(run_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read(run_dir):
+    path = run_dir / BASELINE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def measure_baseline(base, val_tokens, val_texts, run_dir):
+    """Val loss, BLEU and chrF of the unadapted base, from `baseline.json` or measured into it.
+
+    Returns None when another process is measuring it now.
+    """
+    with _locked(run_dir, wait=False) as mine:
+        baseline = _read(run_dir)
+        if baseline is not None or not mine:
+            return baseline
+        model = base.build_model()
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=[])
+        val_loss = model.evaluate(make_dataset(val_tokens, EVAL_BATCH_SIZE), verbose=0)
+        scores, _ = val_texts.scores(model.backbone, base.tokenizer)
+        baseline = {"val_loss": float(val_loss), "bleu": scores["bleu"], "chrf": scores["chrf"]}
+        partial = run_dir / (BASELINE_FILE + ".partial")
+        partial.write_text(json.dumps(baseline, indent=2))
+        os.replace(partial, run_dir / BASELINE_FILE)  # readers without the lock see all or nothing
+        keras.backend.clear_session()
+        return baseline
+
+
+def read_baseline(run_dir):
+    """`baseline.json` of the run, once no process is measuring it; None if nobody has."""
+    with _locked(run_dir, wait=True):
+        return _read(run_dir)
