@@ -152,7 +152,7 @@ def chief_tuner(run_dir, ranks, max_failures=3):
     hypermodel = LoraT5HyperModel(None, space, epochs=1)
     hp = keras_tuner.HyperParameters()
     hypermodel.declare_hyperparameters(hp)
-    oracle = make_oracle("grid", keras_tuner.Objective("val_loss", "min"), space.size, hp, 0)
+    oracle = make_oracle("grid", keras_tuner.Objective("val_loss", "min"), len(ranks), hp, 0)
     oracle.max_consecutive_failed_trials = max_failures
     return LoraSweepTuner(hypermodel, oracle, run_dir, verbose=0)
 

@@ -7,6 +7,7 @@ import time
 import keras
 import keras_tuner
 import numpy as np
+import tensorflow as tf
 
 from lora_keras.data import TokenizedPairs, make_dataset
 from lora_keras.lora import LoraConfig, add_lora, reset_lora
@@ -178,7 +179,8 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         if self._current is None:
             return
         self._current = None
-        keras.backend.clear_session()
+        if not tf.distribute.has_strategy():  # inside a strategy's scope, clearing breaks the scope
+            keras.backend.clear_session()
         gc.collect()
 
     def trace(self, hp, model, train_tokens, val_tokens):
