@@ -68,15 +68,24 @@ def read_config(path):
 
 
 def feed_forward(config, where):
-    """`(keras activation, gated)` for a config's `feed_forward_proj`, as transformers reads it."""
+    """`(keras activation, gated)` of a config's feed-forward, read as transformers reads it.
+
+    `feed_forward_proj` is `ACT` or `gated-ACT` (`gated-gelu` means tanh GELU); an explicit
+    `dense_act_fn` / `is_gated_act` in config.json wins, as in transformers 5.
+    """
     proj = config["feed_forward_proj"]
     parts = proj.split("-")
-    gated = parts[0] == "gated" and len(parts) == 2
-    act = "gelu_new" if proj == "gated-gelu" else parts[-1]  # transformers' special case
-    if (len(parts) > 1 and not gated) or act not in ACTIVATIONS:
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
         raise InputError(
-            f"{where}: feed_forward_proj {proj!r} is not one keras-hub's T5Backbone can run; "
-            f"pass a checkpoint using {', '.join(sorted(ACTIVATIONS))} (gated or not)"
+            f"{where}: feed_forward_proj {proj!r} is neither 'ACT' nor 'gated-ACT'; "
+            "pass a T5 checkpoint (relu, gated-gelu, ...)"
+        )
+    act = config.get("dense_act_fn") or ("gelu_new" if proj == "gated-gelu" else parts[-1])
+    gated = bool(config.get("is_gated_act", parts[0] == "gated"))
+    if act not in ACTIVATIONS:
+        raise InputError(
+            f"{where}: activation {act!r} (feed_forward_proj {proj!r}) is not one keras-hub's T5Backbone "
+            f"runs; pass a checkpoint using {', '.join(sorted(ACTIVATIONS))}, gated or not"
         )
     return keras.saving.get_registered_object(ACTIVATIONS[act]) or ACTIVATIONS[act], gated
 
@@ -268,7 +277,8 @@ def hf_config(backbone):
     if activation not in hf_act:
         raise InputError(f"the backbone's activation {activation!r} has no transformers T5 equivalent")
     act = hf_act[activation]
-    proj = ("gated-gelu" if act == "gelu_new" else f"gated-{act}") if backbone.use_gated_activation else act
+    # "gated-gelu" is tanh GELU to transformers; dense_act_fn below says which GELU it is.
+    proj = f"gated-{'gelu' if act == 'gelu_new' else act}" if backbone.use_gated_activation else act
     return {
         "architectures": ["T5ForConditionalGeneration"],
         "model_type": "t5",

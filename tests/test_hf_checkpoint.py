@@ -49,15 +49,16 @@ def variant(request, hf_t5):
     return request.param, hf_t5(request.param)
 
 
-def keras_logits(base, ids, mask, decoder):
-    model = base.build_model()
+def keras_logits(backbone, ids, mask, decoder):
+    """Logits of a `T5Seq2SeqLM` on `backbone` (no new backbone: building one takes seconds here)."""
+    model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=None)
     inputs = {"encoder_token_ids": ids, "encoder_padding_mask": mask,
               "decoder_token_ids": decoder, "decoder_padding_mask": np.ones_like(decoder)}
     return keras.ops.convert_to_numpy(model(inputs))
 
 
-def keras_greedy(base, ids, mask, max_new_tokens):
-    model = keras_hub.models.T5Seq2SeqLM(backbone=base.build_backbone(), preprocessor=None)
+def keras_greedy(backbone, ids, mask, max_new_tokens):
+    model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=None)
     model.compile(sampler="greedy")
     decoder = np.zeros((len(ids), max_new_tokens + 1), np.int32)
     padding = np.zeros_like(decoder)
@@ -79,13 +80,14 @@ def test_logits_and_greedy_ids_match_transformers(variant):
     ids, mask, decoder = model_inputs(base.tokenizer, SOURCES)
     assert mask.min() == 0  # one row is padded
 
-    ours = keras_logits(base, ids, mask, decoder)
+    backbone = base.build_backbone()
+    ours = keras_logits(backbone, ids, mask, decoder)
     theirs = reference_logits(reference, ids, mask, decoder)
     difference = float(np.abs(ours - theirs).max())
     print(f"\n{name}: max abs logit difference {difference:.3g} (logits up to {np.abs(theirs).max():.3g})")
     assert ours.shape == theirs.shape and difference < 1e-4
 
-    generated = keras_greedy(base, ids, mask, MAX_NEW_TOKENS)
+    generated = keras_greedy(backbone, ids, mask, MAX_NEW_TOKENS)
     expected = reference_greedy(reference, ids, mask, MAX_NEW_TOKENS)
     assert generated == expected
     assert len({tuple(row) for row in expected}) > 1 or len(set(expected[0])) > 1  # not one token repeated
@@ -123,8 +125,8 @@ def test_pytorch_model_bin_loads_like_safetensors(hf_t5, tmp_path, tiny_proto):
     "change, message",
     [
         ({"num_decoder_layers": 1}, "num_decoder_layers 1 != num_layers 2"),
-        ({"feed_forward_proj": "gated-mish"}, "feed_forward_proj 'gated-mish' is not one"),
-        ({"feed_forward_proj": "gelu-relu-x"}, "feed_forward_proj 'gelu-relu-x' is not one"),
+        ({"feed_forward_proj": "gated-mish", "dense_act_fn": "mish"}, "activation 'mish' (feed_forward_proj"),
+        ({"feed_forward_proj": "gelu-relu-x"}, "feed_forward_proj 'gelu-relu-x' is neither"),
         ({"relative_attention_num_buckets": 16}, "relative_attention_num_buckets 16 is not keras-hub's fixed 32"),
         ({"model_type": "bart"}, "neither a keras-hub preset nor a Hugging Face T5 config"),
         ({"d_model": 48}, "config.json implies"),
@@ -135,6 +137,6 @@ def test_what_keras_hub_cannot_represent_is_refused(hf_t5, tmp_path, change, mes
     shutil.copytree(hf_t5("flan"), directory)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, **change}))
-    with pytest.raises(InputError, match=None) as caught:
+    with pytest.raises(InputError) as caught:
         load_base(str(directory))
     assert message in str(caught.value) and "\n" not in str(caught.value)
