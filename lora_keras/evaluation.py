@@ -9,13 +9,28 @@ scores = translation_scores(hypotheses, ["dog runri ."])   # {"bleu": ..., "chrf
 
 import keras_hub
 import sacrebleu
+from keras import ops
+
+
+class _SpellablePreprocessor(keras_hub.models.T5Seq2SeqLMPreprocessor):
+    """Drops generated ids past the tokenizer's pieces before detokenizing.
+
+    Hugging Face T5 models have more rows than SentencePiece pieces (T5's sentinels
+    `<extra_id_N>` and padding rows); SentencePiece cannot spell those ids and would fail.
+    """
+
+    def generate_postprocess(self, x):
+        ids = x["decoder_token_ids"]
+        spellable = ops.less(ids, self.tokenizer.vocabulary_size())
+        mask = ops.logical_and(ops.cast(x["decoder_padding_mask"], "bool"), spellable)
+        return super().generate_postprocess({"decoder_token_ids": ids, "decoder_padding_mask": mask})
 
 
 def translate(
     backbone, tokenizer, sources, max_source_length=64, max_new_tokens=64, batch_size=64, num_beams=1
 ):
     """Translations of `sources` (used as given: include any task prefix); greedy unless `num_beams` > 1."""
-    preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(
+    preprocessor = _SpellablePreprocessor(
         tokenizer=tokenizer,
         encoder_sequence_length=max_source_length,
         decoder_sequence_length=max_new_tokens,
