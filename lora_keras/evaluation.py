@@ -30,10 +30,11 @@ def translate(
     backbone, tokenizer, sources, max_source_length=64, max_new_tokens=64, batch_size=64, num_beams=1
 ):
     """Translations of `sources` (used as given: include any task prefix); greedy unless `num_beams` > 1."""
+    decoder_length = max_new_tokens + 1  # the start token takes the first place
     preprocessor = _SpellablePreprocessor(
         tokenizer=tokenizer,
         encoder_sequence_length=max_source_length,
-        decoder_sequence_length=max_new_tokens,
+        decoder_sequence_length=decoder_length,
     )
     model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
     sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams) if num_beams > 1 else "greedy"
@@ -41,7 +42,7 @@ def translate(
     translations = []
     for start in range(0, len(sources), batch_size):
         batch = list(sources[start : start + batch_size])
-        translations.extend(str(text).strip() for text in model.generate(batch, max_length=max_new_tokens))
+        translations.extend(str(text).strip() for text in model.generate(batch, max_length=decoder_length))
     return translations
 
 

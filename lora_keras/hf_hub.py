@@ -41,10 +41,11 @@ def download(repo_id):
             "check the id, or pass a local checkpoint directory"
         ) from None
     except Exception as error:  # noqa: BLE001  offline, no route, proxy, timeout: all mean "not from here"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = (str(error).strip().splitlines() or [""])[0]
+        reason = reason if len(reason) <= 100 else reason[:100].rsplit(" ", 1)[0] + " ..."
         raise InputError(
             f"--model {repo_id}: cannot download from the Hugging Face hub ({type(error).__name__}"
-            f"{': ' + reason[:120] if reason else ''}); download it where the network allows "
+            f"{': ' + reason if reason else ''}); download it where the network allows "
             "and pass the local directory"
         ) from None
     return path

@@ -140,3 +140,21 @@ def test_what_keras_hub_cannot_represent_is_refused(hf_t5, tmp_path, change, mes
     with pytest.raises(InputError) as caught:
         load_base(str(directory))
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_hub_id_loads_from_the_hub_cache(hf_t5, tmp_path, monkeypatch):
+    """`owner/name` goes through huggingface_hub: here offline, from a cache holding the snapshot."""
+    import huggingface_hub
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-t5" / "snapshots" / ("0" * 40)
+    shutil.copytree(hf_t5("flan"), snapshot)
+    (tmp_path / "hub" / "models--someone--tiny-t5" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-t5" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    base = load_base("someone/tiny-t5")
+    assert base.name == "someone/tiny-t5"
+    for ours, theirs in zip(base.weights, load_hf_checkpoint(hf_t5("flan")).weights):
+        np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(InputError, match="someone/other: cannot download from the Hugging Face hub"):
+        load_base("someone/other")
