@@ -111,14 +111,29 @@ def test_tokenizer_ids_match_transformers(hf_t5, tmp_path):
     assert [list(np.asarray(converted(text))) for text in SENTENCES] == expected
 
 
-def test_pytorch_model_bin_loads_like_safetensors(hf_t5, tmp_path, tiny_proto):
+def test_pytorch_model_bin_and_sharded_safetensors_load_like_safetensors(hf_t5, tmp_path, tiny_proto):
+    from safetensors.numpy import load_file, save_file
+
     bin_dir = save_hf_t5(tmp_path / "bin", "flan", tiny_proto, weights="bin")
     assert (bin_dir / "pytorch_model.bin").is_file() and not (bin_dir / "model.safetensors").exists()
-    from_bin = load_base(str(bin_dir))
-    from_safetensors = load_base(str(hf_t5("flan")))
-    assert len(from_bin.weights) == len(from_safetensors.weights)
-    for a, b in zip(from_bin.weights, from_safetensors.weights):
-        np.testing.assert_array_equal(a, b)
+    sharded = tmp_path / "sharded"
+    shutil.copytree(hf_t5("flan"), sharded)
+    state = load_file(str(sharded / "model.safetensors"))
+    (sharded / "model.safetensors").unlink()
+    names = sorted(state)
+    weight_map = {}
+    for number, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+        file = f"model-{number + 1:05d}-of-00002.safetensors"
+        save_file({name: state[name] for name in part}, str(sharded / file))
+        weight_map.update(dict.fromkeys(part, file))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+    expected = load_base(str(hf_t5("flan"))).weights
+    for directory in (bin_dir, sharded):
+        weights = load_base(str(directory)).weights
+        assert len(weights) == len(expected)
+        for a, b in zip(weights, expected):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(
