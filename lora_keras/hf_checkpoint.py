@@ -187,9 +187,10 @@ def read_state_dict(path):
 
 
 def _read_safetensors(file):
+    import ml_dtypes  # noqa: F401  (comes with TensorFlow; lets numpy read bfloat16 checkpoints)
     from safetensors import safe_open
 
-    with safe_open(str(file), framework="numpy") as handle:  # bf16 arrives as ml_dtypes.bfloat16
+    with safe_open(str(file), framework="numpy") as handle:
         return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (a handle, not a dict)
 
 
@@ -227,6 +228,7 @@ def load_hf_checkpoint(path, name=None):
     path = pathlib.Path(path)
     where = f"--model {path}"
     config = read_config(path)
+    kwargs = backbone_kwargs(config, False, where)  # refuse what cannot be represented before reading weights
     state = read_state_dict(path)
     shared = state.get("shared.weight")
     if shared is None:
@@ -242,7 +244,7 @@ def load_hf_checkpoint(path, name=None):
     tied = scale and (head is None or np.array_equal(head, shared))
     tokenizer = read_tokenizer(path)  # bad tokenizers fail before the model is built
 
-    backbone = keras_hub.models.T5Backbone(**backbone_kwargs(config, tied, where))
+    backbone = keras_hub.models.T5Backbone(**{**kwargs, "tie_embedding_weights": tied})
     mapping = weight_map(backbone)
     unknown = sorted(set(state) - set(mapping) - set(IGNORED) - {"lm_head.weight"})
     if unknown:

@@ -111,7 +111,7 @@ def test_tokenizer_ids_match_transformers(hf_t5, tmp_path):
     assert [list(np.asarray(converted(text))) for text in SENTENCES] == expected
 
 
-def test_pytorch_model_bin_and_sharded_safetensors_load_like_safetensors(hf_t5, tmp_path, tiny_proto):
+def test_pytorch_bin_sharded_and_bfloat16_checkpoints_load_like_safetensors(hf_t5, tmp_path, tiny_proto):
     from safetensors.numpy import load_file, save_file
 
     bin_dir = save_hf_t5(tmp_path / "bin", "flan", tiny_proto, weights="bin")
@@ -128,12 +128,23 @@ def test_pytorch_model_bin_and_sharded_safetensors_load_like_safetensors(hf_t5, 
         weight_map.update(dict.fromkeys(part, file))
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
+    bfloat16 = tmp_path / "bfloat16"
+    shutil.copytree(hf_t5("flan"), bfloat16)
+    from safetensors.torch import save_file as save_torch
+
+    save_torch({name: torch.from_numpy(value).to(torch.bfloat16) for name, value in state.items()},
+               str(bfloat16 / "model.safetensors"))
+
     expected = load_base(str(hf_t5("flan"))).weights
-    for directory in (bin_dir, sharded):
+    for directory in (bin_dir, sharded, bfloat16):
         weights = load_base(str(directory)).weights
         assert len(weights) == len(expected)
         for a, b in zip(weights, expected):
-            np.testing.assert_array_equal(a, b)
+            if directory == bfloat16:  # 8 significant bits
+                assert a.dtype == np.float32
+                np.testing.assert_allclose(a, b, rtol=2**-8, atol=0)
+            else:
+                np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(
