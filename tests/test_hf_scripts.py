@@ -1,12 +1,13 @@
 """The scripts on Hugging Face checkpoints: tune -> adapter -> export -> transformers; translate; refusals."""
 
 import csv
+import importlib.util
 import json
 import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_PREFIX, run_script
+from conftest import ROOT, TINY_PREFIX, run_script
 from hf_models import load_reference, model_inputs, reference_logits
 from test_hf_checkpoint import SOURCES, keras_logits
 from test_tune_errors import assert_one_line_exit_2
@@ -71,13 +72,17 @@ def test_translate_script_matches_transformers_greedy(hf_t5):
     assert result.stdout.splitlines() == expected
 
 
-def test_what_keras_hub_cannot_represent_exits_2_in_one_line(hf_t5, tmp_path):
+def test_what_keras_hub_cannot_represent_exits_2_in_one_line(hf_t5, tmp_path, capsys):
     directory = tmp_path / "asymmetric"
     shutil.copytree(hf_t5("flan"), directory)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, "num_decoder_layers": 1}))
-    result = run_script("translate.py", "--model", directory, "hello")
-    assert_one_line_exit_2(result.returncode, result.stderr, "num_decoder_layers 1 != num_layers 2")
+    spec = importlib.util.spec_from_file_location("translate_script", ROOT / "scripts" / "translate.py")
+    translate_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(translate_script)
+    with pytest.raises(SystemExit) as caught:
+        translate_script.main(["--model", str(directory), "hello"])
+    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, "num_decoder_layers 1 != num_layers 2")
 
 
 def test_hub_id_offline_exits_2_telling_to_pass_a_directory(tmp_path):
