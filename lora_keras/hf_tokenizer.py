@@ -124,6 +124,9 @@ def write_tokenizer_files(proto, directory, extra_ids):
         "unk_token": "<unk>",
         "model_max_length": 512,
     }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    # transformers converts spiece.model itself and writes the files its version reads best.
+    config_file = directory / "tokenizer_config.json"
+    config_file.write_text(json.dumps(config, indent=2))
+    # transformers converts spiece.model into tokenizer.json itself; its own tokenizer_config.json
+    # (transformers 5: "extra_special_tokens": []) trips transformers 4, so ours stays.
     transformers.T5Tokenizer.from_pretrained(str(directory)).save_pretrained(str(directory))
+    config_file.write_text(json.dumps(config, indent=2))
