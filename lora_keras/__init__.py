@@ -24,6 +24,10 @@ _EXPORTS = {
     "save_adapter": "lora_keras.lora",
     "BaseModel": "lora_keras.models",
     "load_base": "lora_keras.models",
+    "load_hf_checkpoint": "lora_keras.hf_checkpoint",
+    "export_hf": "lora_keras.export",
+    "export_keras_hub": "lora_keras.export",
+    "merged_backbone": "lora_keras.export",
 }
 __all__ = sorted(_EXPORTS)
 

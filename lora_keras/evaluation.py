@@ -9,6 +9,21 @@ scores = translation_scores(hypotheses, ["dog runri ."])   # {"bleu": ..., "chrf
 
 import keras_hub
 import sacrebleu
+from keras import ops
+
+
+class _SpellablePreprocessor(keras_hub.models.T5Seq2SeqLMPreprocessor):
+    """Drops generated ids past the tokenizer's pieces before detokenizing.
+
+    Hugging Face T5 models have more rows than SentencePiece pieces (T5's sentinels
+    `<extra_id_N>` and padding rows); SentencePiece cannot spell those ids and would fail.
+    """
+
+    def generate_postprocess(self, x):
+        ids = x["decoder_token_ids"]
+        spellable = ops.less(ids, self.tokenizer.vocabulary_size())
+        mask = ops.logical_and(ops.cast(x["decoder_padding_mask"], "bool"), spellable)
+        return super().generate_postprocess({"decoder_token_ids": ids, "decoder_padding_mask": mask})
 
 
 class Translator:
@@ -21,11 +36,11 @@ class Translator:
 
     def __init__(self, backbone, tokenizer, max_source_length=64, max_new_tokens=64, num_beams=1):
         self.backbone = backbone
-        self.max_new_tokens = max_new_tokens
-        preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(
+        self.decoder_length = max_new_tokens + 1  # the start token takes the first place
+        preprocessor = _SpellablePreprocessor(
             tokenizer=tokenizer,
             encoder_sequence_length=max_source_length,
-            decoder_sequence_length=max_new_tokens,
+            decoder_sequence_length=self.decoder_length,
         )
         self.model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
         sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams) if num_beams > 1 else "greedy"
@@ -35,7 +50,7 @@ class Translator:
         translations = []
         for start in range(0, len(sources), batch_size):
             batch = list(sources[start : start + batch_size])
-            generated = self.model.generate(batch, max_length=self.max_new_tokens)
+            generated = self.model.generate(batch, max_length=self.decoder_length)
             translations.extend(str(text).strip() for text in generated)
         return translations
 

@@ -292,13 +292,10 @@ def load_adapter(backbone, path, seed=None):
 def merge_lora(backbone):
     """Fold every adapter into its kernel (`W += scale * A @ B`) and zero `B`.
 
-    The model's outputs are unchanged; exporting the kernels then needs no LoRA.
+    The merged kernel is the one Keras computes on each adapted call, bit for bit, so the
+    model's outputs are unchanged; exporting the kernels then needs no LoRA.
     """
     for dense in adapted_layers(backbone).values():
-        scale = dense.lora_alpha / dense.lora_rank
-        delta = scale * np.matmul(
-            keras.ops.convert_to_numpy(dense.lora_kernel_a),
-            keras.ops.convert_to_numpy(dense.lora_kernel_b),
-        )
-        dense._kernel.assign(keras.ops.convert_to_numpy(dense._kernel) + delta)
+        merged = keras.ops.convert_to_numpy(dense.kernel)  # Keras's own W + (alpha / rank) A @ B
+        dense._kernel.assign(merged)
         dense.lora_kernel_b.assign(np.zeros(dense.lora_kernel_b.shape, "float32"))

@@ -1,11 +1,12 @@
-"""Base T5 models from a model spec: `tiny` (the offline demo) or a keras-hub preset dir.
+"""Base T5 models from a model spec: `tiny` (the offline demo), a keras-hub preset dir,
+a Hugging Face T5 checkpoint dir, or a hub id such as `google/flan-t5-small`.
 
 The base is read once per run and kept as a config plus weights, so each trial
 builds a fresh `T5Seq2SeqLM` without touching the disk.
 
 Example:
 ```python
-base = load_base("path/to/keras_hub_preset")
+base = load_base("path/to/flan-t5-small")     # or "tiny", or a keras-hub preset dir
 model = base.build_model()                 # keras_hub.models.T5Seq2SeqLM, no preprocessor
 ids = base.tokenizer(["translate English to German: hello ."])
 ```
@@ -54,16 +55,6 @@ def _is_keras_hub_preset(path):
     return (path / "metadata.json").is_file() and (path / "config.json").is_file()
 
 
-def _is_hugging_face_checkpoint(path):
-    config = path / "config.json"
-    if not config.is_file() or _is_keras_hub_preset(path):
-        return False
-    try:
-        return json.loads(config.read_text()).get("model_type") == "t5"
-    except json.JSONDecodeError:
-        return False
-
-
 def load_preset(path, name=None, task=None):
     """Read a keras-hub T5 preset directory into a `BaseModel`."""
     path = pathlib.Path(path)
@@ -85,27 +76,35 @@ def load_preset(path, name=None, task=None):
 
 
 def load_base(spec, cache_root=None, verbose=1):
-    """The base model named by `spec`: `tiny` or a local keras-hub preset dir."""
+    """The base model named by `spec`: `tiny`, a local keras-hub preset or HF T5 checkpoint dir, or a hub id.
+
+    Example: `load_base("google/flan-t5-small")` (downloads where the network allows).
+    """
+    from lora_keras import hf_checkpoint, hf_hub
+
     if spec == "tiny":
         from lora_keras import demo
 
         preset = demo.ensure_demo_base(demo.DemoConfig(), cache_root, verbose=verbose)
         return load_preset(preset, name="tiny", task=demo.read_task(preset))
     path = pathlib.Path(spec)
+    if hf_hub.is_hub_id(spec):
+        path = hf_hub.download(spec)
     if not path.is_dir():
         raise InputError(
-            f"--model: {spec} is neither 'tiny' nor a directory; "
-            "pass 'tiny' or a local keras-hub preset directory"
+            f"--model: {spec} is neither 'tiny' nor a directory; pass 'tiny', a local keras-hub "
+            "preset or Hugging Face T5 checkpoint directory, or a hub id such as google/flan-t5-small"
         )
     if _is_keras_hub_preset(path):
-        return load_preset(path)
-    if _is_hugging_face_checkpoint(path):
+        return load_preset(path, name=spec)
+    if hf_checkpoint.is_hf_checkpoint(path):
+        return hf_checkpoint.load_hf_checkpoint(path, name=spec)
+    if (path / "config.json").is_file():
         raise InputError(
-            f"--model: {spec} is a Hugging Face checkpoint, which this version cannot read yet; "
-            "convert it to a keras-hub preset directory"
+            f"--model: {spec} holds a config.json that is neither a keras-hub preset nor a Hugging Face "
+            "T5 config (model_type t5); pass a T5 or FLAN-T5 checkpoint directory"
         )
     raise InputError(
-        f"--model: {spec} has no keras-hub preset (metadata.json, config.json); "
-        "pass 'tiny' or a keras-hub T5 preset directory"
+        f"--model: {spec} has no keras-hub preset (metadata.json, config.json) nor Hugging Face "
+        "checkpoint (config.json); pass 'tiny', a keras-hub T5 preset or a T5 checkpoint directory"
     )
-

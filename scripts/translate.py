@@ -26,7 +26,8 @@ from lora_keras.cli import (  # noqa: E402
 def main(argv=None):
     parser = OneLineErrorParser(prog="translate.py", description=__doc__.splitlines()[0])
     parser.add_argument("text", nargs="*", help="sentences to translate; default: lines of stdin")
-    parser.add_argument("--model", default="tiny", help="'tiny' or a local keras-hub T5 preset dir")
+    parser.add_argument("--model", default="tiny", help="'tiny', a keras-hub T5 preset dir, a Hugging Face "
+                        "T5 checkpoint dir, or a hub id such as google/flan-t5-small")
     parser.add_argument("--adapter", help="a LoRA adapter file written by tune.py (adapters/*.safetensors)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest translation")
     parser.add_argument("--num-beams", type=positive_int, default=1, help="beam width; 1 is greedy")

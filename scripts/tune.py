@@ -52,7 +52,8 @@ def strategy_names():
 def build_parser(strategies="a registered name (--help lists them)"):
     parser = OneLineErrorParser(prog="tune.py", description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--model", default="tiny", help="'tiny' (offline demo base) or a local keras-hub T5 preset dir")
+    add("--model", default="tiny", help="'tiny' (offline demo base), a keras-hub T5 preset dir, a Hugging "
+        "Face T5 checkpoint dir (config.json, model.safetensors, spiece.model) or a hub id")
     add("--train", help="training pairs: TSV (source<TAB>target), CSV or JSONL; default: the demo corpus")
     add("--val", help="validation pairs, same formats; default: 10%% held out of --train")
     add("--source-lang", help="source language for the task prefix")

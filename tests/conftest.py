@@ -105,3 +105,28 @@ REPORT_ROWS = [
     trial("t07", 16, 16, 1.00, 10, 100, status="FAILED"),
     trial("t08", 16, 16, None, 10, 100),
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_proto():
+    """The tiny SentencePiece vocabulary (pad 0, eos 1, unk 2) of `tiny_preset`, serialized."""
+    from lora_keras.tokenizer import train_sentencepiece
+
+    pairs = demo_corpus.generate_pairs("Dravic", 400, seed=1)
+    return train_sentencepiece([TINY_PREFIX + s for s, _ in pairs] + [t for _, t in pairs], 300)
+
+
+@pytest.fixture(scope="session")
+def hf_t5(tmp_path_factory, tiny_proto):
+    """`hf_t5(variant)`: the dir of a tiny random Hugging Face T5 checkpoint (see `hf_models.VARIANTS`)."""
+    pytest.importorskip("torch")
+    from hf_models import save_hf_t5
+
+    made = {}
+
+    def make(variant):
+        if variant not in made:
+            made[variant] = save_hf_t5(tmp_path_factory.mktemp(f"hf_{variant}"), variant, tiny_proto)
+        return made[variant]
+
+    return make

@@ -1,0 +1,132 @@
+"""T5 tokenizers of Hugging Face checkpoints as keras-hub `T5Tokenizer`s, and back.
+
+A checkpoint's `spiece.model` is read as is. A checkpoint with only `tokenizer.json`
+(a `tokenizers` Unigram model) is turned back into the SentencePiece model it came from:
+same pieces, scores and normalization, T5's sentinels `<extra_id_N>` as user-defined pieces.
+
+Example:
+```python
+tokenizer = read_tokenizer("path/to/flan-t5-small")      # keras_hub.models.T5Tokenizer
+write_tokenizer_files(tokenizer.proto, "export_dir", extra_ids=100)
+```
+"""
+
+import base64
+import json
+import pathlib
+import re
+
+from lora_keras.errors import InputError
+
+SPIECE = "spiece.model"
+TOKENIZER_JSON = "tokenizer.json"
+SENTINEL = re.compile(r"<extra_id_\d+>")
+T5_SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2, as keras-hub's T5Tokenizer expects
+
+
+def read_tokenizer(path, flag="--model"):
+    """A keras-hub `T5Tokenizer` from a checkpoint dir's `spiece.model` or `tokenizer.json`."""
+    import keras_hub
+
+    path = pathlib.Path(path)
+    if (path / SPIECE).is_file():
+        proto = (path / SPIECE).read_bytes()
+    elif (path / TOKENIZER_JSON).is_file():
+        proto = proto_from_tokenizer_json(path / TOKENIZER_JSON, flag)
+    else:
+        raise InputError(
+            f"{flag} {path}: no tokenizer ({SPIECE} or {TOKENIZER_JSON}); "
+            "copy the checkpoint's tokenizer files into that directory"
+        )
+    _check_special_pieces(proto, path, flag)
+    return keras_hub.models.T5Tokenizer(proto=proto)
+
+
+def _check_special_pieces(proto, path, flag):
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    found = tuple(processor.id_to_piece(i) for i in range(min(3, processor.get_piece_size())))
+    if found != T5_SPECIAL_PIECES:
+        raise InputError(
+            f"{flag} {path}: the tokenizer's first pieces are {' '.join(found)}, T5 needs "
+            f"{' '.join(T5_SPECIAL_PIECES)} (pad 0, eos 1, unk 2); pass a T5 checkpoint"
+        )
+
+
+def proto_from_tokenizer_json(path, flag="--model"):
+    """The serialized SentencePiece model behind a T5 `tokenizer.json` (Unigram)."""
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    spec = json.loads(pathlib.Path(path).read_text())
+    model = spec.get("model") or {}
+    if model.get("type") != "Unigram":
+        raise InputError(
+            f"{flag}: {path} holds a {model.get('type')} tokenizer, not T5's Unigram; "
+            f"add the checkpoint's {SPIECE}"
+        )
+    pieces = model_pb2.ModelProto.SentencePiece
+    proto = model_pb2.ModelProto()
+    unk_id = model.get("unk_id", 2)
+    for index, (piece, score) in enumerate(model["vocab"]):
+        if index == unk_id:
+            kind = pieces.UNKNOWN
+        elif piece in T5_SPECIAL_PIECES:
+            kind = pieces.CONTROL
+        elif SENTINEL.fullmatch(piece):
+            kind = pieces.USER_DEFINED  # matched whole, as transformers treats added tokens
+        else:
+            kind = pieces.NORMAL
+        proto.pieces.add(piece=piece, score=score, type=kind)
+    proto.trainer_spec.model_type = model_pb2.TrainerSpec.UNIGRAM
+    proto.trainer_spec.vocab_size = len(model["vocab"])
+    proto.trainer_spec.unk_id, proto.trainer_spec.eos_id = unk_id, 1
+    proto.trainer_spec.pad_id, proto.trainer_spec.bos_id = 0, -1
+    charsmap = _precompiled_charsmap(spec.get("normalizer"))
+    normalizer = proto.normalizer_spec
+    normalizer.name = "nmt_nfkc" if charsmap else "identity"
+    normalizer.precompiled_charsmap = charsmap
+    normalizer.add_dummy_prefix = True
+    normalizer.remove_extra_whitespaces = True
+    normalizer.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def _precompiled_charsmap(normalizer):
+    """The SentencePiece normalization table kept in a `tokenizers` normalizer, else b""."""
+    if not normalizer:
+        return b""
+    if normalizer.get("type") == "Precompiled":
+        return base64.b64decode(normalizer.get("precompiled_charsmap") or "")
+    for inner in normalizer.get("normalizers", ()):
+        found = _precompiled_charsmap(inner)
+        if found:
+            return found
+    return b""
+
+
+def write_tokenizer_files(proto, directory, extra_ids):
+    """Write `spiece.model` and transformers' own tokenizer files (`tokenizer.json`, config).
+
+    `extra_ids` sentinels `<extra_id_N>` follow the SentencePiece pieces, as in T5 checkpoints.
+    Example: `write_tokenizer_files(tokenizer.proto, "out", extra_ids=100)`.
+    """
+    import transformers
+
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SPIECE).write_bytes(proto)
+    config = {
+        "tokenizer_class": "T5Tokenizer",
+        "extra_ids": extra_ids,
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "model_max_length": 512,
+    }
+    config_file = directory / "tokenizer_config.json"
+    config_file.write_text(json.dumps(config, indent=2))
+    # transformers converts spiece.model into tokenizer.json itself; its own tokenizer_config.json
+    # (transformers 5: "extra_special_tokens": []) trips transformers 4, so ours stays.
+    transformers.T5Tokenizer.from_pretrained(str(directory)).save_pretrained(str(directory))
+    config_file.write_text(json.dumps(config, indent=2))

@@ -1,0 +1,92 @@
+"""The scripts on Hugging Face checkpoints: tune -> adapter -> export -> transformers; translate; refusals."""
+
+import csv
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY_PREFIX, run_script
+from hf_models import load_reference, model_inputs, reference_logits
+from test_hf_checkpoint import SOURCES, keras_logits
+from test_tune_errors import assert_one_line_exit_2
+
+from lora_keras.lora import load_adapter, read_adapter
+from lora_keras.models import load_base
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tuned(hf_t5, tiny_corpus, tmp_path_factory):
+    """One tiny trial of tune.py on the FLAN-like checkpoint dir."""
+    logdir = tmp_path_factory.mktemp("logs")
+    train, val = tiny_corpus
+    result = run_script(
+        "tune.py", "--model", hf_t5("flan"), "--train", train, "--val", val, "--source-lang", "English",
+        "--target-lang", "Dravic", "--ranks", "2", "--batch-sizes", "8", "--epochs", "1",
+        "--max-train-examples", "32", "--max-val-examples", "8", "--max-target-length", "16",
+        "--logdir", logdir, "--name", "hf", "--quiet",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return logdir / "hf"
+
+
+def test_tune_runs_a_trial_on_a_hugging_face_checkpoint(tuned):
+    with open(tuned / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["status"] for row in rows] == ["COMPLETED"]
+    assert np.isfinite(float(rows[0]["val_loss"])) and int(rows[0]["trainable_params"]) > 0
+    assert np.isfinite(json.loads((tuned / "baseline.json").read_text())["val_loss"])
+
+
+def test_export_script_merges_the_trial_adapter_for_transformers(tuned, hf_t5, tmp_path):
+    (adapter,) = (tuned / "adapters").glob("*.safetensors")
+    out = tmp_path / "exported"
+    result = run_script("export.py", "--model", hf_t5("flan"), "--adapter", adapter, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, weights = read_adapter(adapter)
+    assert any(np.any(value) for name, value in weights.items() if name.endswith("lora_b"))  # B trained
+    base = load_base(str(hf_t5("flan")))
+    backbone = base.build_backbone()
+    load_adapter(backbone, adapter)
+    inputs = model_inputs(base.tokenizer, SOURCES)
+    ours = keras_logits(backbone, *inputs)
+    assert np.abs(reference_logits(load_reference(out), *inputs) - ours).max() < 1e-4
+
+
+def test_translate_script_matches_transformers_greedy(hf_t5):
+    import torch
+    import transformers
+
+    directory = hf_t5("flan")
+    lines = [TINY_PREFIX + "the red dog saw a small cat .", TINY_PREFIX + "we will not sell the house ."]
+    result = run_script("translate.py", "--model", directory, "--max-new-tokens", "8", *lines)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    batch = tokenizer(lines, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ids = load_reference(directory).generate(**batch, max_new_tokens=8, do_sample=False, num_beams=1)
+    expected = [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    assert result.stdout.splitlines() == expected
+
+
+def test_what_keras_hub_cannot_represent_exits_2_in_one_line(hf_t5, tmp_path, capsys):
+    directory = tmp_path / "asymmetric"
+    shutil.copytree(hf_t5("flan"), directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "num_decoder_layers": 1}))
+    spec = importlib.util.spec_from_file_location("translate_script", ROOT / "scripts" / "translate.py")
+    translate_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(translate_script)
+    with pytest.raises(SystemExit) as caught:
+        translate_script.main(["--model", str(directory), "hello"])
+    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, "num_decoder_layers 1 != num_layers 2")
+
+
+def test_hub_id_offline_exits_2_telling_to_pass_a_directory(tmp_path):
+    result = run_script("translate.py", "--model", "google/flan-t5-small", "hello",
+                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")})
+    assert_one_line_exit_2(result.returncode, result.stderr, "cannot download from the Hugging Face hub")
+    assert "pass the local directory" in result.stderr
