@@ -33,7 +33,7 @@ def _train(hypermodel, tokens, **values):
 
 def test_reused_model_trains_exactly_like_a_fresh_one(base):
     tokens = reference_tokens(48, 6, 6, vocabulary_size=200)
-    space = SearchSpace(ranks=(2, 4), batch_sizes=(8, 16), learning_rates=(1e-3, 3e-3))
+    space = SearchSpace(ranks=(2, 4), batch_sizes=(8, 16), learning_rates=(1e-3, 3e-3), lora_dropouts=(0.2,))
     reusing = LoraT5HyperModel(base, space, epochs=2, seed=3)
     first, losses = _train(reusing, tokens, rank=2, batch_size=8, learning_rate=1e-3)
     other, other_losses = _train(reusing, tokens, rank=2, batch_size=16, learning_rate=3e-3)
