@@ -117,7 +117,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     Every hyperparameter is declared up front (`declare_hyperparameters`), so
     the first trial logs them all and the tuner never builds a model just to
     discover the space. With `reuse_models` (the default), consecutive trials
-    with the same LoRA config (rank, alpha, targets) share one compiled model,
+    with the same LoRA config (rank, alpha, targets, dropout) share one compiled model,
     reset to its freshly built state, so only the first of them pays for
     building and tracing; results are identical to building anew.
 
