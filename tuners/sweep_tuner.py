@@ -43,6 +43,10 @@ class ValidationTexts:
         translations = self.translator(backbone, tokenizer)(self.sources)
         return translation_scores(translations, self.references), translations
 
+    def forget_translator(self):
+        """Drop the kept `Translator`, and with it the backbone it holds."""
+        self._translator.clear()
+
     def translator(self, backbone, tokenizer):
         """A `Translator` on `backbone`, kept while the backbone is: a reused model traces once."""
         if not self._translator or self._translator[0].backbone is not backbone:
