@@ -147,8 +147,7 @@ def add_lora(backbone, config, seed=None):
             lora_alpha=config.effective_alpha,
             a_initializer=_a_initializer(seed, offset),
         )
-        if config.dropout > 0:
-            _add_lora_dropout(dense, config.dropout, layer_seed)
+        _train_unmerged(dense, config.dropout, layer_seed)
     return layers
 
 
@@ -173,32 +172,38 @@ def reset_lora(backbone, config, seed):
             reset_dropout()
 
 
-def _add_lora_dropout(dense, rate, seed):
+def _train_unmerged(dense, dropout, seed):
     """Train `dense` as `x @ W + scale * (dropout(x) @ A) @ B`; infer with Keras's merged path.
 
-    Keras's `Dense.enable_lora` has no dropout. Replacing the layer's `call`
-    keeps its weights, names and the adapter format as they are; the seed
-    generator lives in the closure because a built Keras layer takes no new state.
+    Keras's `Dense.enable_lora` merges `W + scale * A @ B` on every call, so
+    training forms the full `d_in x d_out` gradient of the merged kernel (one
+    more matmul as large as the layer's own) only to project it onto `A` and
+    `B`; the unmerged sum needs the input gradient and the two thin products
+    alone, as PEFT computes it. It also carries PEFT's dropout on the LoRA
+    branch, which Keras lacks. Replacing the layer's `call` keeps its weights,
+    names and the adapter format as they are; the seed generator lives in the
+    closure because a built Keras layer takes no new state.
     """
     merged_call = dense.call
-    generator = keras.random.SeedGenerator(seed)
+    generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
 
     def call(inputs, training=None):
         if not training:
             return merged_call(inputs)
         scale = dense.lora_alpha / dense.lora_rank
-        dropped = keras.random.dropout(inputs, rate, seed=generator)
-        lora = keras.ops.matmul(keras.ops.matmul(dropped, dense.lora_kernel_a), dense.lora_kernel_b)
+        lora_inputs = inputs if generator is None else keras.random.dropout(inputs, dropout, seed=generator)
+        lora = keras.ops.matmul(keras.ops.matmul(lora_inputs, dense.lora_kernel_a), dense.lora_kernel_b)
         outputs = keras.ops.matmul(inputs, dense._kernel) + scale * lora
         if dense.bias is not None:
             outputs = outputs + dense.bias
         return dense.activation(outputs) if dense.activation is not None else outputs
 
     dense.call = call
-    dense.lora_dropout = rate
-    initial_state = keras.ops.convert_to_numpy(generator.state)
-    # Outside Keras's attribute tracking, like the generator: `reset_lora` rewinds it.
-    object.__setattr__(dense, "_reset_lora_dropout", lambda: generator.state.assign(initial_state))
+    dense.lora_dropout = dropout
+    if generator is not None:
+        initial_state = keras.ops.convert_to_numpy(generator.state)
+        # Outside Keras's attribute tracking, like the generator: `reset_lora` rewinds it.
+        object.__setattr__(dense, "_reset_lora_dropout", lambda: generator.state.assign(initial_state))
 
 
 def lora_parameter_count(backbone, config):
@@ -299,3 +304,19 @@ def merge_lora(backbone):
         merged = keras.ops.convert_to_numpy(dense.kernel)  # Keras's own W + (alpha / rank) A @ B
         dense._kernel.assign(merged)
         dense.lora_kernel_b.assign(np.zeros(dense.lora_kernel_b.shape, "float32"))
+
+
+def merged_weights(backbone):
+    """`backbone`'s weights with each adapter folded in, in an unadapted backbone's `weights` order.
+
+    Each adapted kernel is the one Keras computes on an adapted call, so an
+    unadapted copy given these weights (`copy.set_weights(merged_weights(b))`)
+    computes what `b` does in inference, bit for bit.
+    """
+    adapted = {id(dense._kernel): dense for dense in adapted_layers(backbone).values()}
+    adapters = {id(v) for dense in adapted.values() for v in (dense.lora_kernel_a, dense.lora_kernel_b)}
+    return [
+        keras.ops.convert_to_numpy(adapted[id(v)].kernel if id(v) in adapted else v)
+        for v in backbone.weights
+        if id(v) not in adapters
+    ]
