@@ -55,6 +55,36 @@ class Translator:
         return translations
 
 
+class MergedTranslator:
+    """Decodes for any adapted backbone of one shape with a single traced `generate`.
+
+    A `Translator` traces `generate` for its backbone, and a new LoRA config
+    means a new backbone: seconds of tracing per config. This one decodes with
+    an unadapted copy of the backbone into which each call folds the current
+    adapters (`merged_weights`), so a sweep traces `generate` once, for the
+    baseline and every trial; the outputs are the adapted backbone's, bit for bit.
+
+    Example: `MergedTranslator(tokenizer)(model.backbone, ["translate English to Dravic: the dog runs ."])`.
+    """
+
+    def __init__(self, tokenizer, max_source_length=64, max_new_tokens=64):
+        self.tokenizer = tokenizer
+        self.lengths = (max_source_length, max_new_tokens)
+        self._config = None
+        self._translator = None
+
+    def __call__(self, backbone, sources, batch_size=64):
+        from lora_keras.lora import merged_weights
+
+        config = backbone.get_config()
+        if config != self._config:
+            copy = type(backbone).from_config(config)
+            self._translator = Translator(copy, self.tokenizer, *self.lengths)
+            self._config = config
+        self._translator.backbone.set_weights(merged_weights(backbone))
+        return self._translator(sources, batch_size)
+
+
 def translate(
     backbone, tokenizer, sources, max_source_length=64, max_new_tokens=64, batch_size=64, num_beams=1
 ):

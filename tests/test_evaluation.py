@@ -1,9 +1,11 @@
 """Translation scores equal sacrebleu's, and batched decoding returns one line per input."""
 
+import numpy as np
 import pytest
 import sacrebleu
 
-from lora_keras.evaluation import translate, translation_scores
+from lora_keras.evaluation import MergedTranslator, translate, translation_scores
+from lora_keras.lora import LoraConfig, adapted_layers, add_lora
 from lora_keras.models import load_preset
 
 HYPOTHESES = ["the cat sat on the mat .", "a dog runs in the park ."]
@@ -24,3 +26,22 @@ def test_translate_batches_in_order(tiny_preset):
     assert len(translations) == 3 and all(isinstance(t, str) for t in translations)
     alone = translate(base.build_backbone(), base.tokenizer, sources[2:], max_new_tokens=8)
     assert translations[2] == alone[0]  # batching does not change a translation
+
+
+def test_merged_translator_decodes_every_lora_config_with_one_trace(tiny_preset):
+    base = load_preset(tiny_preset)
+    sources = [f"translate English to Dravic: the {n} dogs run ." for n in ("two", "three", "four")]
+    unadapted = translate(base.build_backbone(), base.tokenizer, sources, max_new_tokens=8)
+    merged = MergedTranslator(base.tokenizer, max_new_tokens=8)
+    assert merged(base.build_backbone(), sources) == unadapted
+    translator = merged._translator
+    rng = np.random.default_rng(0)
+    for rank, targets in ((1, ("q", "v")), (4, ("q", "k", "v", "o"))):
+        backbone = base.build_backbone()
+        add_lora(backbone, LoraConfig(rank, targets=targets), seed=0)
+        for dense in adapted_layers(backbone).values():  # as if trained
+            dense.lora_kernel_b.assign(rng.normal(0, 1.0, dense.lora_kernel_b.shape).astype("float32"))
+        adapted = translate(backbone, base.tokenizer, sources, max_new_tokens=8)
+        assert adapted != unadapted  # the adapters change the translations ...
+        assert merged(backbone, sources) == adapted  # ... and the merged copy decodes them exactly
+        assert merged._translator is translator  # with the generate traced for the first model

@@ -58,7 +58,6 @@ def measure_baseline(base, val_tokens, val_texts, run_dir):
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=[])
         val_loss = model.evaluate(make_dataset(val_tokens, EVAL_BATCH_SIZE), verbose=0)
         scores, _ = val_texts.scores(model.backbone, base.tokenizer)
-        val_texts.forget_translator()  # else the unadapted model stays alive through the trials
         baseline = {"val_loss": float(val_loss), "bleu": scores["bleu"], "chrf": scores["chrf"]}
         partial = run_dir / (BASELINE_FILE + ".partial")
         partial.write_text(json.dumps(baseline, indent=2))

@@ -10,15 +10,15 @@ import shutil
 import keras
 import tensorflow as tf
 from keras_tuner.engine.base_tuner import BaseTuner
-from keras_tuner.errors import FailedTrialError
 from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.errors import FailedTrialError
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
 
 from callbacks import EpochTimer, LossScalars, ParameterCount, PeakMemory
 from lora_keras.devices import strategy_gpus
-from lora_keras.evaluation import Translator, translation_scores
+from lora_keras.evaluation import MergedTranslator, translation_scores
 from lora_keras.lora import load_adapter, save_adapter
 from tuners.cluster import is_worker
 from tuners.hparams import trial_hparams
@@ -39,21 +39,15 @@ class ValidationTexts:
     _translator: list = dataclasses.field(default_factory=list, compare=False, repr=False)
 
     def scores(self, backbone, tokenizer):
-        """`({"bleu", "chrf"}, translations)` of `backbone` on these sources."""
-        translations = self.translator(backbone, tokenizer)(self.sources)
+        """`({"bleu", "chrf"}, translations)` of `backbone` on these sources.
+
+        One `MergedTranslator` serves every call, so `generate` is traced once
+        per run (per model shape), not once per LoRA config.
+        """
+        if not self._translator or self._translator[0].tokenizer is not tokenizer:
+            self._translator[:] = [MergedTranslator(tokenizer, self.max_source_length, self.max_target_length)]
+        translations = self._translator[0](backbone, self.sources)
         return translation_scores(translations, self.references), translations
-
-    def forget_translator(self):
-        """Drop the kept `Translator`, and with it the backbone it holds."""
-        self._translator.clear()
-
-    def translator(self, backbone, tokenizer):
-        """A `Translator` on `backbone`, kept while the backbone is: a reused model traces once."""
-        if not self._translator or self._translator[0].backbone is not backbone:
-            self._translator[:] = [
-                Translator(backbone, tokenizer, self.max_source_length, self.max_target_length)
-            ]
-        return self._translator[0]
 
     def samples_markdown(self, translations):
         rows = ["| source | translation | reference |", "|---|---|---|"]
