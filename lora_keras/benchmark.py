@@ -104,6 +104,89 @@ def training_flops_per_example(backbone_config, source_length, target_length):
     return 2 * forward
 
 
+def training_matmuls(backbone_config, batch_size, source_length, target_length):
+    """The matmuls behind `training_flops_per_example`, as `{(batch, m, k, n): count}` per training step.
+
+    Each projection appears twice, forward `(m, k) @ (k, n)` and its input
+    gradient `(m, n) @ (n, k)`; each attention product (batch = examples x
+    heads) appears twice in its forward shape, as the peer counts them.
+    `sum(count * 2 * batch * m * k * n)` equals the FLOPs of one step.
+    """
+    d = backbone_config["hidden_dim"]
+    heads = backbone_config["num_heads"]
+    key_value = backbone_config.get("key_value_dim") or d // heads
+    inner = heads * key_value
+    ff = backbone_config["intermediate_dim"]
+    layers = backbone_config["num_layers"]
+    ff_in = 2 if backbone_config.get("use_gated_activation", True) else 1
+    source, target = batch_size * source_length, batch_size * target_length
+    projections = [  # (tokens, d_in, d_out, how many)
+        (source, d, inner, 3 * layers), (source, inner, d, layers),  # encoder attention
+        (source, d, ff, ff_in * layers), (source, ff, d, layers),  # encoder feed-forward
+        (target, d, inner, 4 * layers), (target, inner, d, 2 * layers),  # decoder: self q, k, v, o; cross q, o
+        (source, d, inner, 2 * layers),  # decoder cross-attention k, v (on the encoder's outputs)
+        (target, d, ff, ff_in * layers), (target, ff, d, layers),  # decoder feed-forward
+        (target, d, backbone_config["vocabulary_size"], 1),  # head
+    ]
+    matmuls = {}
+
+    def add(shape, count):
+        matmuls[shape] = matmuls.get(shape, 0) + count
+
+    for tokens, d_in, d_out, count in projections:
+        add((1, tokens, d_in, d_out), count)
+        add((1, tokens, d_out, d_in), count)
+    for query_length, key_length, count in (
+        (source_length, source_length, layers), (target_length, target_length, layers),
+        (target_length, source_length, layers),
+    ):
+        add((batch_size * heads, query_length, key_value, key_length), 2 * count)  # scores
+        add((batch_size * heads, query_length, key_length, key_value), 2 * count)  # weighted values
+    return matmuls
+
+
+@dataclasses.dataclass
+class MatmulCeiling:
+    """How fast one training step could be if everything but its matmuls were free."""
+
+    seconds: float  # the step's matmuls, each at its best isolated rate here
+    attention_seconds: float  # of which the batched attention products
+    flops: float  # of the step, as `training_flops_per_example` counts them
+
+    @property
+    def gflops(self):
+        return self.flops / self.seconds / 1e9
+
+
+def matmul_ceiling(backbone_config, batch_size, source_length, target_length, repeats=5):
+    """Time each matmul shape of one training step alone (best of `repeats`) and add them up.
+
+    Small projections and the per-head attention products run far below the
+    large square matmul that sets the peak, so this bounds the MFU any
+    implementation of the step can reach with TensorFlow's kernels here.
+
+    Example: `matmul_ceiling(reference_backbone_config(), 64, 32, 32).gflops / matmul_peak_gflops()`.
+    """
+    source_length, target_length = round(source_length), round(target_length)
+    generator = tf.random.Generator.from_seed(0)
+    seconds = attention_seconds = flops = 0.0
+    for (batch, m, k, n), count in training_matmuls(backbone_config, batch_size, source_length,
+                                                     target_length).items():
+        leading = () if batch == 1 else (batch,)
+        a, b = generator.normal((*leading, m, k)), generator.normal((*leading, k, n))
+        product = tf.function(lambda a=a, b=b: tf.linalg.matmul(a, b))
+        product().numpy()
+        best = math.inf
+        for _ in range(repeats):
+            started = time.perf_counter()
+            product().numpy()
+            best = min(best, time.perf_counter() - started)
+        seconds += count * best
+        attention_seconds += count * best if batch > 1 else 0.0
+        flops += count * 2.0 * batch * m * k * n
+    return MatmulCeiling(seconds, attention_seconds, flops)
+
+
 def peak_rss_mb():
     """This process's resident-set high-water mark, in MiB (what the peer reports)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -150,6 +150,7 @@ def main(argv=None):
         check_rank(base.build_backbone(), LoraConfig(args.rank))
     peak = benchmark.matmul_peak_gflops()
     source_length, target_length = benchmark.mean_lengths(train)
+    ceiling = benchmark.matmul_ceiling(base.backbone_config, args.batch_size, source_length, target_length)
     steps = args.steps or -(-len(train) // args.batch_size)
     run_trial = _trial_runner(args, base, train, val)
     cold, warm, peers = [], [], []
@@ -182,6 +183,11 @@ def main(argv=None):
               f"{_median([r.overhead_s for r in results]):.1f}: {_median([r.build_s for r in results]):.1f} / "
               f"{_median([r.trace_s for r in results]):.1f} / {_median([r.eval_s for r in results]):.1f} | "
               f"{max(r.peak_memory_mb for r in results):.0f} |")
+    step_s = _median([r.epoch_s / r.steps for r in ours])
+    print(f"matmul ceiling: this step's matmuls alone, each at its best isolated rate, take "
+          f"{ceiling.seconds * 1e3:.0f} ms ({ceiling.gflops:.1f} GFLOP/s, at most {ceiling.gflops / peak:.1%} MFU; "
+          f"per-head attention products {ceiling.attention_seconds / ceiling.seconds:.0%} of that time); "
+          f"our step takes {step_s * 1e3:.0f} ms")
     if peers:
         peer_tokens = _median([p["tokens_per_s"] for p in peers])
         peer_gflops = _median([p["achieved_gflops"] for p in peers])

@@ -5,10 +5,12 @@ import sys
 from conftest import run_script
 
 from lora_keras.benchmark import (
+    matmul_ceiling,
     mean_lengths,
     reference_backbone_config,
     reference_tokens,
     training_flops_per_example,
+    training_matmuls,
 )
 
 # The peer's flop_estimate (../shared/bench/peft_peer.py) for its default config,
@@ -20,6 +22,29 @@ PEER_TRAIN_FLOPS_PER_EXAMPLE = 2 * (2 * 32 * (2_621_440 + 3_145_728 + 524_288 + 
 
 def test_flops_match_the_peers_count():
     assert training_flops_per_example(reference_backbone_config(), 32, 32) == PEER_TRAIN_FLOPS_PER_EXAMPLE
+
+
+def test_matmul_shapes_add_up_to_the_flop_count():
+    gated = reference_backbone_config()
+    plain = dict(gated, use_gated_activation=False, key_value_dim=None, num_heads=8, hidden_dim=64)
+    for config, batch, source, target in ((gated, 64, 32, 32), (plain, 3, 7, 5)):
+        matmuls = training_matmuls(config, batch, source, target)
+        flops = sum(count * 2 * b * m * k * n for (b, m, k, n), count in matmuls.items())
+        assert flops == training_flops_per_example(config, source, target) * batch
+    # the head's forward and input-gradient products, on 64 x 32 target tokens
+    assert matmuls_of(gated)[(1, 2048, 256, 8000)] == 1 and matmuls_of(gated)[(1, 2048, 8000, 256)] == 1
+
+
+def matmuls_of(config):
+    return training_matmuls(config, 64, 32, 32)
+
+
+def test_matmul_ceiling_times_every_shape():
+    config = dict(reference_backbone_config(), vocabulary_size=100, hidden_dim=16, intermediate_dim=32,
+                  key_value_dim=8, num_heads=2, num_layers=1)
+    ceiling = matmul_ceiling(config, 4, 6.2, 5.0, repeats=1)
+    assert ceiling.flops == training_flops_per_example(config, 6, 5) * 4
+    assert 0 < ceiling.attention_seconds < ceiling.seconds and ceiling.gflops > 0
 
 
 def test_reference_tokens_have_no_padding():
@@ -55,6 +80,8 @@ def test_bench_script_runs_and_compares_with_a_peer(tmp_path):
     speedup = float(ratio.split("tokens/s ")[1].split("x")[0])
     assert abs(speedup - float(fields["tokens_per_s"]) / 100.0) < 0.01 * speedup
     assert any(line.startswith("| peer (transformers + PEFT) | 100 |") for line in lines)
+    ceiling = next(line for line in lines if line.startswith("matmul ceiling:"))
+    assert "MFU" in ceiling and "our step takes" in ceiling
 
 
 def test_bench_script_rejects_bad_input(tmp_path):
