@@ -158,6 +158,9 @@ class MatmulCeiling:
         return self.flops / self.seconds / 1e9
 
 
+MATMUL_CEILING_FLOPS_PER_CALL = 5e8
+
+
 def matmul_ceiling(backbone_config, batch_size, source_length, target_length, repeats=5):
     """Time each matmul shape of one training step alone (best of `repeats`) and add them up.
 
@@ -173,17 +176,24 @@ def matmul_ceiling(backbone_config, batch_size, source_length, target_length, re
     for (batch, m, k, n), count in training_matmuls(backbone_config, batch_size, source_length,
                                                      target_length).items():
         leading = () if batch == 1 else (batch,)
-        a, b = generator.normal((*leading, m, k)), generator.normal((*leading, k, n))
-        product = tf.function(lambda a=a, b=b: tf.linalg.matmul(a, b))
-        product().numpy()
+        product_flops = 2.0 * batch * m * k * n
+        # Several products per call, so a small one is not timed as the cost of calling a function;
+        # each with its own right operand, so the graph optimizer cannot merge them into one.
+        times = max(1, min(64, round(MATMUL_CEILING_FLOPS_PER_CALL / product_flops)))
+        a = generator.normal((*leading, m, k))
+        rights = [generator.normal((*leading, k, n)) for _ in range(times)]
+        products = tf.function(
+            lambda a=a, rights=rights: tf.add_n([tf.linalg.matmul(a, b)[..., :1, :1] for b in rights])
+        )
+        products().numpy()
         best = math.inf
         for _ in range(repeats):
             started = time.perf_counter()
-            product().numpy()
-            best = min(best, time.perf_counter() - started)
+            products().numpy()
+            best = min(best, (time.perf_counter() - started) / times)
         seconds += count * best
         attention_seconds += count * best if batch > 1 else 0.0
-        flops += count * 2.0 * batch * m * k * n
+        flops += count * product_flops
     return MatmulCeiling(seconds, attention_seconds, flops)
 
 
