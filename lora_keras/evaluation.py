@@ -30,11 +30,17 @@ class Translator:
     """keras-hub's cached `generate` on one backbone, traced once and reused across calls.
 
     It reads the backbone's variables at each call, so it follows training.
+    With `jit_compile`, `generate` is compiled with XLA and every batch is
+    padded to `batch_size` (with copies of its last source, whose translations
+    are dropped) so one compile serves all: about 10 s more on the first call,
+    then decoding at about half the time on a CPU. Worth it when a
+    translator decodes many batches, as a sweep's does.
 
     Example: `Translator(backbone, tokenizer)(["translate English to Dravic: the dog runs ."])`.
     """
 
-    def __init__(self, backbone, tokenizer, max_source_length=64, max_new_tokens=64, num_beams=1):
+    def __init__(self, backbone, tokenizer, max_source_length=64, max_new_tokens=64, num_beams=1,
+                 jit_compile=False):
         self.backbone = backbone
         self.decoder_length = max_new_tokens + 1  # the start token takes the first place
         preprocessor = _SpellablePreprocessor(
@@ -44,14 +50,18 @@ class Translator:
         )
         self.model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
         sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams) if num_beams > 1 else "greedy"
-        self.model.compile(sampler=sampler)
+        self.model.compile(sampler=sampler, jit_compile=jit_compile)
+        self.jit_compile = jit_compile
 
     def __call__(self, sources, batch_size=64):
         translations = []
         for start in range(0, len(sources), batch_size):
             batch = list(sources[start : start + batch_size])
+            size = len(batch)
+            if self.jit_compile:  # one shape, one XLA compile
+                batch += batch[-1:] * (batch_size - size)
             generated = self.model.generate(batch, max_length=self.decoder_length)
-            translations.extend(str(text).strip() for text in generated)
+            translations.extend(str(text).strip() for text in generated[:size])
         return translations
 
 
@@ -62,7 +72,9 @@ class MergedTranslator:
     means a new backbone: seconds of tracing per config. This one decodes with
     an unadapted copy of the backbone into which each call folds the current
     adapters (`merged_weights`), so a sweep traces `generate` once, for the
-    baseline and every trial; the outputs are the adapted backbone's, bit for bit.
+    baseline and every trial, and compiles it with XLA (`Translator`'s
+    `jit_compile`) since it serves so many decodes; the translations are the
+    adapted backbone's.
 
     Example: `MergedTranslator(tokenizer)(model.backbone, ["translate English to Dravic: the dog runs ."])`.
     """
@@ -79,7 +91,7 @@ class MergedTranslator:
         config = backbone.get_config()
         if config != self._config:
             copy = type(backbone).from_config(config)
-            self._translator = Translator(copy, self.tokenizer, *self.lengths)
+            self._translator = Translator(copy, self.tokenizer, *self.lengths, jit_compile=True)
             self._config = config
         self._translator.backbone.set_weights(merged_weights(backbone))
         return self._translator(sources, batch_size)
