@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from lora_keras.errors import InputError
+from lora_keras.projections import project
 
 # T5's own names (as in Hugging Face checkpoints) -> keras-hub attribute names.
 ATTENTION_TARGETS = {
@@ -184,16 +185,16 @@ def _train_unmerged(dense, dropout, seed):
     names and the adapter format as they are; the seed generator lives in the
     closure because a built Keras layer takes no new state.
     """
-    merged_call = dense.call
     generator = keras.random.SeedGenerator(seed) if dropout > 0 else None
 
     def call(inputs, training=None):
-        if not training:
-            return merged_call(inputs)
-        scale = dense.lora_alpha / dense.lora_rank
-        lora_inputs = inputs if generator is None else keras.random.dropout(inputs, dropout, seed=generator)
-        lora = keras.ops.matmul(keras.ops.matmul(lora_inputs, dense.lora_kernel_a), dense.lora_kernel_b)
-        outputs = keras.ops.matmul(inputs, dense._kernel) + scale * lora
+        if not training:  # Keras's merged kernel, as `merge_lora` and export fold it
+            outputs = project(inputs, dense.kernel)
+        else:
+            scale = dense.lora_alpha / dense.lora_rank
+            lora_inputs = inputs if generator is None else keras.random.dropout(inputs, dropout, seed=generator)
+            lora = project(project(lora_inputs, dense.lora_kernel_a), dense.lora_kernel_b)
+            outputs = project(inputs, dense._kernel) + scale * lora
         if dense.bias is not None:
             outputs = outputs + dense.bias
         return dense.activation(outputs) if dense.activation is not None else outputs

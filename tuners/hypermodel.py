@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from lora_keras.data import TokenizedPairs, make_dataset
 from lora_keras.lora import LoraConfig, add_lora, reset_lora
+from lora_keras.projections import lean_projections
 
 EVAL_BATCH_SIZE = 64
 
@@ -164,6 +165,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         keras.utils.set_random_seed(self.seed)  # same init for a trial whatever ran before
         backbone = self.base.build_backbone()
         add_lora(backbone, config, seed=self.seed)
+        lean_projections(backbone)
         model = self.base.build_model(backbone)
         model.compile(
             optimizer=keras.optimizers.Adam(hp.get("learning_rate")),
