@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from lora_keras.evaluation import MergedTranslator, translate, translation_scores
+from lora_keras.evaluation import MergedTranslator, Translator, translate, translation_scores
 from lora_keras.lora import LoraConfig, adapted_layers, add_lora
 from lora_keras.models import load_preset
 
@@ -26,6 +26,15 @@ def test_translate_batches_in_order(tiny_preset):
     assert len(translations) == 3 and all(isinstance(t, str) for t in translations)
     alone = translate(base.build_backbone(), base.tokenizer, sources[2:], max_new_tokens=8)
     assert translations[2] == alone[0]  # batching does not change a translation
+
+
+def test_xla_translator_pads_the_last_batch_and_decodes_as_the_plain_one(tiny_preset):
+    base = load_preset(tiny_preset)
+    sources = [f"translate English to Dravic: the {n} dogs run ." for n in ("two", "three", "four")]
+    plain = translate(base.build_backbone(), base.tokenizer, sources, max_new_tokens=8, batch_size=2)
+    compiled = Translator(base.build_backbone(), base.tokenizer, max_new_tokens=8, jit_compile=True)
+    assert compiled(sources, batch_size=2) == plain  # the padded copy of "four" is dropped
+    assert compiled(sources[:1], batch_size=2) == plain[:1]
 
 
 def test_merged_translator_decodes_every_lora_config_with_one_trace(tiny_preset):
