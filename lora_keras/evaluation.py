@@ -13,11 +13,26 @@ from keras import ops
 
 
 class _SpellablePreprocessor(keras_hub.models.T5Seq2SeqLMPreprocessor):
-    """Drops generated ids past the tokenizer's pieces before detokenizing.
+    """Drops generated ids past the tokenizer's pieces before detokenizing; packs each batch once.
 
     Hugging Face T5 models have more rows than SentencePiece pieces (T5's sentinels
     `<extra_id_N>` and padding rows); SentencePiece cannot spell those ids and would fail.
+    A sweep decodes the same validation sources after every trial, so the packed
+    ids of the last `PACKED_BATCHES_KEPT` batches of strings are kept and reused.
     """
+
+    PACKED_BATCHES_KEPT = 64
+
+    def generate_preprocess(self, x, **kwargs):
+        if not (isinstance(x, list) and all(isinstance(text, str) for text in x)):
+            return super().generate_preprocess(x, **kwargs)
+        packed = self.__dict__.setdefault("_packed_batches", {})  # not a Keras-tracked attribute
+        key = (tuple(x), tuple(sorted(kwargs.items())))
+        if key not in packed:
+            if len(packed) >= self.PACKED_BATCHES_KEPT:
+                packed.pop(next(iter(packed)))  # the oldest
+            packed[key] = super().generate_preprocess(x, **kwargs)
+        return packed[key]
 
     def generate_postprocess(self, x):
         ids = x["decoder_token_ids"]

@@ -1,5 +1,6 @@
 """Translation scores equal sacrebleu's, and batched decoding returns one line per input."""
 
+import keras_hub
 import numpy as np
 import pytest
 import sacrebleu
@@ -35,6 +36,26 @@ def test_xla_translator_pads_the_last_batch_and_decodes_as_the_plain_one(tiny_pr
     compiled = Translator(base.build_backbone(), base.tokenizer, max_new_tokens=8, jit_compile=True)
     assert compiled(sources, batch_size=2) == plain  # the padded copy of "four" is dropped
     assert compiled(sources[:1], batch_size=2) == plain[:1]
+
+
+def test_translator_packs_each_batch_of_sources_once(tiny_preset, monkeypatch):
+    packed = []
+    pack = keras_hub.models.T5Seq2SeqLMPreprocessor.generate_preprocess
+
+    def counted(self, x, **kwargs):
+        packed.append(list(x))
+        return pack(self, x, **kwargs)
+
+    monkeypatch.setattr(keras_hub.models.T5Seq2SeqLMPreprocessor, "generate_preprocess", counted)
+    base = load_preset(tiny_preset)
+    sources = [f"translate English to Dravic: the {n} dogs run ." for n in ("two", "three", "four")]
+    translator = Translator(base.build_backbone(), base.tokenizer, max_new_tokens=8)
+    first = translator(sources, batch_size=2)
+    assert packed == [sources[:2], sources[2:]]
+    assert translator(sources, batch_size=2) == first  # a sweep's next trial: nothing packed again
+    assert len(packed) == 2
+    translator(sources[1:], batch_size=2)  # new batches are packed
+    assert packed[2:] == [sources[1:]]
 
 
 def test_merged_translator_decodes_every_lora_config_with_one_trace(tiny_preset):
