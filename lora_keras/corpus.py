@@ -1,12 +1,16 @@
 """Parallel corpora from files: TSV (`source<TAB>target`), CSV or JSONL.
 
+Every problem with a file is one `InputError` line naming the file, the line and the fix.
+
 Example:
 ```python
 pairs = read_pairs("train.tsv")        # [("the cat .", "le chat ."), ...]
 ```
 """
 
+import codecs
 import csv
+import io
 import json
 import pathlib
 
@@ -14,72 +18,104 @@ from lora_keras.errors import InputError
 
 FORMATS = (".tsv", ".csv", ".jsonl")
 HEADER = ("source", "target")
+JSONL_FIX = 'write one {"source": "...", "target": "..."} object per line'
+JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+              list: "an array", dict: "an object"}
+
+
+def _lines(text):
+    """`(number, line)` split at \\n, \\r\\n or \\r only: U+2028 or NEL inside a sentence is no line break."""
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        yield number, line.rstrip("\n")
 
 
 def _tsv_rows(path, text):
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in _lines(text):
         if line.strip():
-            yield number, line.split("\t")
+            yield number, line.split("\t"), "keep exactly one tab per line, between source and target"
 
 
 def _csv_rows(path, text):
-    for number, row in enumerate(csv.reader(text.splitlines()), start=1):
-        if any(cell.strip() for cell in row):
-            yield number, row
+    reader = csv.reader(io.StringIO(text, newline=""))
+    number = 1  # a quoted field may span lines: a row starts on the line after the last one read
+    try:
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                yield number, row, "write source,target and quote a field that holds a comma or a quote"
+            number = reader.line_num + 1
+    except csv.Error as error:
+        raise InputError(f"line {number} of {path} is not valid CSV ({error}); "
+                         "write source,target and quote a field that holds a comma or a quote") from None
 
 
 def _jsonl_rows(path, text):
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in _lines(text):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise InputError(f"line {number} of {path} is not valid JSON ({error.msg}); "
-                             'write one {"source": ..., "target": ...} object per line')
-        if not isinstance(record, dict) or not {"source", "target"} <= set(record):
-            raise InputError(f'line {number} of {path} lacks "source" and "target" fields; '
-                             'write one {"source": ..., "target": ...} object per line')
-        yield number, [record["source"], record["target"]]
+            raise InputError(f"line {number} of {path} is not valid JSON ({error.msg}); {JSONL_FIX}") from None
+        if not isinstance(record, dict):
+            raise InputError(f"line {number} of {path} holds {JSON_TYPES.get(type(record), 'a string')}, "
+                             f"not an object; {JSONL_FIX}")
+        missing = [field for field in HEADER if field not in record]
+        if missing:
+            raise InputError(f"line {number} of {path} has no {' or '.join(map(json.dumps, missing))} field; "
+                             f"{JSONL_FIX}")
+        for field in HEADER:
+            if not isinstance(record[field], str):
+                raise InputError(f'line {number} of {path}: "{field}" is {JSON_TYPES.get(type(record[field]))}, '
+                                 f"not a string; write the sentence as a JSON string")
+        yield number, [record["source"], record["target"]], JSONL_FIX
+
+
+def _decode(path, raw):
+    """The text of `raw` without a leading byte-order mark, or `InputError` naming the first bad byte."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputError(f"{path} is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise InputError(f"line {line} of {path} is not UTF-8 (byte 0x{raw[error.start]:02x} at offset "
+                         f"{error.start}: {error.reason}); save the file as UTF-8") from None
+    return text.removeprefix("\ufeff")  # the UTF-8 byte-order mark some editors write
 
 
 def read_pairs(path, flag="--train"):
-    """`[(source, target), ...]` from a TSV, CSV or JSONL file; `InputError` if unusable.
+    """`[(source, target), ...]` from a TSV, CSV or JSONL file (UTF-8, with or without a BOM).
 
-    A first row `source, target` is taken as a header. `flag` names the option
-    in error messages.
+    A first row `source, target` is taken as a header; blank lines are skipped. Anything
+    else that is not a pair of non-empty strings is an `InputError`; `flag` names the option
+    in its message.
     """
     path = pathlib.Path(path)
     if path.suffix.lower() not in FORMATS:
         raise InputError(f"{flag}: {path} has an unknown extension; use one of {', '.join(FORMATS)}")
     if not path.is_file():
         raise InputError(f"{flag}: no such file {path}; pass an existing {path.suffix} file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{flag}: {path} is not UTF-8 text; save it as UTF-8")
     reader = {".tsv": _tsv_rows, ".csv": _csv_rows, ".jsonl": _jsonl_rows}[path.suffix.lower()]
     try:
-        return _pairs(reader(path, text), path, flag)
+        return _pairs(reader(path, _decode(path, path.read_bytes())), path)
     except InputError as error:
-        if str(error).startswith(flag):
-            raise
         raise InputError(f"{flag}: {error}") from None
 
 
-def _pairs(rows, path, flag):
+def _pairs(rows, path):
     pairs = []
-    for number, row in rows:
+    for number, row, fix in rows:
         if len(row) != 2:
-            raise InputError(f"{flag}: line {number} of {path} has {len(row)} field(s), "
-                             "expected 2 (source and target)")
-        source, target = (str(cell).strip() for cell in row)
+            raise InputError(f"line {number} of {path} has {len(row)} field(s), expected 2 (source and target); "
+                             f"{fix}")
+        source, target = (cell.strip() for cell in row)
         if not pairs and (source.lower(), target.lower()) == HEADER:
             continue
-        if not source or not target:
-            raise InputError(f"{flag}: line {number} of {path} has an empty source or target; "
+        empty = [name for name, text in zip(HEADER, (source, target)) if not text]
+        if empty:
+            raise InputError(f"line {number} of {path} has an empty {' and '.join(empty)}; "
                              "remove the line or fill it in")
         pairs.append((source, target))
     if not pairs:
-        raise InputError(f"{flag}: {path} holds no sentence pairs; pass a file with at least one")
+        raise InputError(f"{path} holds no sentence pairs; pass a file with at least one")
     return pairs

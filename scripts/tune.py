@@ -121,7 +121,7 @@ def main(argv=None):
         parser.error("--targets: an empty set; name projections in each, e.g. --targets q,v q,k,v,o")
     with native_stderr_silenced():
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
-    with exit_on_input_error():
+    with exit_on_input_error("tune.py"):
         from tuners.cluster import Cluster
         from tuners.hypermodel import SearchSpace
         from tuners.sweep import SweepConfig, SweepStopped, run_sweep
