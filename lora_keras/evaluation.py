@@ -11,12 +11,22 @@ import keras_hub
 import sacrebleu
 from keras import ops
 
+from lora_keras.hf_tokenizer import SENTINEL
+
+
+def _spelled_pieces(tokenizer):
+    """How many ids, from 0, print as text: the tokenizer's pieces up to T5's first sentinel `<extra_id_N>`."""
+    vocabulary = tokenizer.get_vocabulary()
+    return next((index for index, piece in enumerate(vocabulary) if SENTINEL.fullmatch(piece)), len(vocabulary))
+
 
 class _SpellablePreprocessor(keras_hub.models.T5Seq2SeqLMPreprocessor):
-    """Drops generated ids past the tokenizer's pieces before detokenizing; packs each batch once.
+    """Drops generated sentinels and ids past the tokenizer's pieces before detokenizing; packs each batch once.
 
     Hugging Face T5 models have more rows than SentencePiece pieces (T5's sentinels
     `<extra_id_N>` and padding rows); SentencePiece cannot spell those ids and would fail.
+    A tokenizer read from `tokenizer.json` alone holds the sentinels as pieces; they are
+    dropped too, as transformers' `decode(..., skip_special_tokens=True)` drops them.
     A sweep decodes the same validation sources after every trial, so the packed
     ids of the last `PACKED_BATCHES_KEPT` batches of strings are kept and reused.
     """
@@ -35,8 +45,10 @@ class _SpellablePreprocessor(keras_hub.models.T5Seq2SeqLMPreprocessor):
         return packed[key]
 
     def generate_postprocess(self, x):
+        if "_spelled" not in self.__dict__:
+            self.__dict__["_spelled"] = _spelled_pieces(self.tokenizer)
         ids = x["decoder_token_ids"]
-        spellable = ops.less(ids, self.tokenizer.vocabulary_size())
+        spellable = ops.less(ids, self.__dict__["_spelled"])
         mask = ops.logical_and(ops.cast(x["decoder_padding_mask"], "bool"), spellable)
         return super().generate_postprocess({"decoder_token_ids": ids, "decoder_padding_mask": mask})
 

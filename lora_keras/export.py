@@ -23,6 +23,7 @@ from lora_keras.errors import InputError
 from lora_keras.hf_checkpoint import hf_config, hf_state_dict
 from lora_keras.hf_tokenizer import SENTINEL, write_tokenizer_files
 from lora_keras.lora import TARGETS, load_adapter, merge_lora, target_layers
+from lora_keras.tokenizer import check_vocabulary_fits
 
 FORMATS = ("hf", "keras-hub")
 T5_EXTRA_IDS = 100  # sentinels <extra_id_0..99> after the SentencePiece pieces, as in T5 checkpoints
@@ -60,11 +61,7 @@ def export_hf(backbone, tokenizer, directory):
     """
     from safetensors.numpy import save_file
 
-    if tokenizer.vocabulary_size() > backbone.vocabulary_size:
-        raise InputError(
-            f"the tokenizer has {tokenizer.vocabulary_size()} pieces, more than the model's "
-            f"{backbone.vocabulary_size} rows; pass the tokenizer the model was built with"
-        )
+    check_vocabulary_fits(tokenizer, backbone.vocabulary_size, f"export to {directory}")
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf_config(backbone), indent=2))

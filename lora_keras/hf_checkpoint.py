@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from lora_keras.errors import InputError
+from lora_keras.tokenizer import check_vocabulary_fits
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -243,6 +244,7 @@ def load_hf_checkpoint(path, name=None):
     head = state.get("lm_head.weight")
     tied = scale and (head is None or np.array_equal(head, shared))
     tokenizer = read_tokenizer(path)  # bad tokenizers fail before the model is built
+    check_vocabulary_fits(tokenizer, config["vocab_size"], where)
 
     backbone = keras_hub.models.T5Backbone(**{**kwargs, "tie_embedding_weights": tied})
     mapping = weight_map(backbone)

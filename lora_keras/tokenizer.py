@@ -4,12 +4,15 @@ Example:
 ```python
 proto = train_sentencepiece(["the cat .", "le chat ."], vocab_size=40)
 tokenizer = keras_hub.models.T5Tokenizer(proto=proto)
+check_vocabulary_fits(tokenizer, 64, "--model my-preset")   # every id has an embedding row
 ```
 """
 
 import io
 
 import sentencepiece
+
+from lora_keras.errors import InputError
 
 
 def train_sentencepiece(texts, vocab_size):
@@ -33,3 +36,18 @@ def train_sentencepiece(texts, vocab_size):
         minloglevel=2,
     )
     return model.getvalue()
+
+
+def check_vocabulary_fits(tokenizer, rows, where):
+    """`InputError` unless every id of `tokenizer` has one of the model's `rows` embedding rows.
+
+    More rows than pieces is fine (FLAN-T5: 32,128 rows for 32,000 pieces and 100 sentinels);
+    fewer is a tokenizer from another model, whose ids past the rows have no embedding.
+    Example: `check_vocabulary_fits(base.tokenizer, base.backbone_config["vocabulary_size"], "--model x")`.
+    """
+    pieces = tokenizer.vocabulary_size()
+    if pieces > rows:
+        raise InputError(
+            f"{where}: the tokenizer has {pieces} pieces but the model's embedding has {rows} rows, so ids "
+            f"{rows} to {pieces - 1} have none; pass the tokenizer the model was trained with"
+        )

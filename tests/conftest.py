@@ -130,3 +130,24 @@ def hf_t5(tmp_path_factory, tiny_proto):
         return made[variant]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def hf_t5_wide(tmp_path_factory, tiny_proto):
+    """`(dir, pieces)`: a FLAN-like checkpoint with FLAN-T5's rows past its pieces (100 sentinels, 28 padding).
+
+    flan-t5-small has 32,128 rows for 32,000 pieces. The padding rows of `lm_head` are scaled
+    up so greedy decoding picks them now and then.
+    """
+    pytest.importorskip("torch")
+    import sentencepiece
+    from hf_models import save_hf_t5
+    from safetensors.numpy import load_file, save_file
+
+    pieces = sentencepiece.SentencePieceProcessor(model_proto=tiny_proto).get_piece_size()
+    directory = save_hf_t5(tmp_path_factory.mktemp("hf_wide"), "flan", tiny_proto, extra_ids=100,
+                           vocab_size=pieces + 128)
+    state = load_file(str(directory / "model.safetensors"))
+    state["lm_head.weight"][pieces + 100 :] *= 1.5
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory, pieces

@@ -16,17 +16,22 @@ VARIANTS = {
 SIZE = dict(d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2, dropout_rate=0.0, decoder_start_token_id=0)
 
 
-def save_hf_t5(directory, variant, proto, seed=0, weights="safetensors", **overrides):
-    """Save a random `T5ForConditionalGeneration` of `variant` with SentencePiece `proto`; returns the dir."""
+def save_hf_t5(directory, variant, proto, seed=0, weights="safetensors", extra_ids=0, **overrides):
+    """Save a random `T5ForConditionalGeneration` of `variant` with SentencePiece `proto`; returns the dir.
+
+    `extra_ids` sentinels `<extra_id_N>` follow the pieces in the tokenizer, as in T5 checkpoints;
+    `vocab_size` in `overrides` gives the embedding more rows than the tokenizer has tokens.
+    """
     import torch
     import transformers
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "spiece.model").write_bytes(proto)
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 0}))
+    tokenizer_config = {"tokenizer_class": "T5Tokenizer", "extra_ids": extra_ids}
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     tokenizer = transformers.T5Tokenizer.from_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))  # tokenizer.json as transformers writes it
-    config = transformers.T5Config(vocab_size=len(tokenizer), **{**SIZE, **VARIANTS[variant], **overrides})
+    config = transformers.T5Config(**{"vocab_size": len(tokenizer), **SIZE, **VARIANTS[variant], **overrides})
     torch.manual_seed(seed)
     model = transformers.T5ForConditionalGeneration(config).eval()
     if variant != "t5":
@@ -82,3 +87,13 @@ def model_inputs(tokenizer, sources, decoder_length=7, seed=0):
     decoder = rng.integers(3, tokenizer.vocabulary_size(), (len(rows), decoder_length)).astype(np.int32)
     decoder[:, 0] = 0
     return ids, (ids != 0).astype(np.int32), decoder
+
+
+def with_sentinels(proto, count):
+    """SentencePiece `proto` with `count` sentinels `<extra_id_N>` appended as pieces, as T5 tokenizers have them."""
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    model = model_pb2.ModelProto.FromString(proto)
+    for number in reversed(range(count)):  # <extra_id_0> is the last id, as in T5
+        model.pieces.add(piece=f"<extra_id_{number}>", score=0.0, type=model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+    return model.SerializeToString()

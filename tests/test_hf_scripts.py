@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY_PREFIX, run_script
 from hf_models import load_reference, model_inputs, reference_logits
-from test_hf_checkpoint import SOURCES, keras_logits
+from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 from test_tune_errors import assert_one_line_exit_2
 
 from lora_keras.lora import load_adapter, read_adapter
@@ -19,12 +19,12 @@ pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def tuned(hf_t5, tiny_corpus, tmp_path_factory):
-    """One tiny trial of tune.py on the FLAN-like checkpoint dir."""
+def tuned(hf_t5_wide, tiny_corpus, tmp_path_factory):
+    """One tiny trial of tune.py on the FLAN-like checkpoint dir with FLAN-T5's rows past the pieces."""
     logdir = tmp_path_factory.mktemp("logs")
     train, val = tiny_corpus
     result = run_script(
-        "tune.py", "--model", hf_t5("flan"), "--train", train, "--val", val, "--source-lang", "English",
+        "tune.py", "--model", hf_t5_wide[0], "--train", train, "--val", val, "--source-lang", "English",
         "--target-lang", "Dravic", "--ranks", "2", "--batch-sizes", "8", "--epochs", "1",
         "--max-train-examples", "32", "--max-val-examples", "8", "--max-target-length", "16",
         "--logdir", logdir, "--name", "hf", "--quiet",
@@ -38,22 +38,35 @@ def test_tune_runs_a_trial_on_a_hugging_face_checkpoint(tuned):
         rows = list(csv.DictReader(handle))
     assert [row["status"] for row in rows] == ["COMPLETED"]
     assert np.isfinite(float(rows[0]["val_loss"])) and int(rows[0]["trainable_params"]) > 0
+    assert 0 <= float(rows[0]["bleu"]) <= 100  # decoded through generated sentinels and padding rows
     assert np.isfinite(json.loads((tuned / "baseline.json").read_text())["val_loss"])
 
 
-def test_export_script_merges_the_trial_adapter_for_transformers(tuned, hf_t5, tmp_path):
+def test_export_script_merges_the_trial_adapter_for_transformers(tuned, hf_t5_wide, tmp_path):
+    import transformers
+
+    directory, pieces = hf_t5_wide
     (adapter,) = (tuned / "adapters").glob("*.safetensors")
     out = tmp_path / "exported"
-    result = run_script("export.py", "--model", hf_t5("flan"), "--adapter", adapter, "--out", out)
+    result = run_script("export.py", "--model", directory, "--adapter", adapter, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     _, weights = read_adapter(adapter)
     assert any(np.any(value) for name, value in weights.items() if name.endswith("lora_b"))  # B trained
-    base = load_base(str(hf_t5("flan")))
+    base = load_base(str(directory))
     backbone = base.build_backbone()
     load_adapter(backbone, adapter)
     inputs = model_inputs(base.tokenizer, SOURCES)
     ours = keras_logits(backbone, *inputs)
-    assert np.abs(reference_logits(load_reference(out), *inputs) - ours).max() < 1e-4
+    reference = load_reference(out)
+    assert reference.config.vocab_size == pieces + 128 == ours.shape[-1]  # every row, as FLAN-T5 ships them
+    assert np.abs(reference_logits(reference, *inputs) - ours).max() < 1e-4
+    # The sentinels are back after the pieces, where the original tokenizer has them.
+    exported = transformers.AutoTokenizer.from_pretrained(str(out))
+    original = transformers.AutoTokenizer.from_pretrained(str(directory))
+    assert exported.convert_ids_to_tokens(list(range(pieces - 2, pieces + 100))) == original.convert_ids_to_tokens(
+        list(range(pieces - 2, pieces + 100)))
+    assert len(exported) == len(original) == pieces + 100
+    assert exported(SENTENCES)["input_ids"] == original(SENTENCES)["input_ids"]
 
 
 def test_translate_script_matches_transformers_greedy(hf_t5):
