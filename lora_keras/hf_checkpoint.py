@@ -279,7 +279,10 @@ def hf_config(backbone):
     activation = activation if isinstance(activation, str) else activation.get("config")
     hf_act = {keras_name: hf for hf, keras_name in ACTIVATIONS.items() if hf not in ("gelu_pytorch_tanh", "swish")}
     if activation not in hf_act:
-        raise InputError(f"the backbone's activation {activation!r} has no transformers T5 equivalent")
+        raise InputError(
+            f"--format hf: the backbone's activation {activation!r} has no transformers T5 equivalent "
+            f"(those are {', '.join(sorted(hf_act))}); pass --format keras-hub"
+        )
     act = hf_act[activation]
     # "gated-gelu" is tanh GELU to transformers; dense_act_fn below says which GELU it is.
     proj = f"gated-{'gelu' if act == 'gelu_new' else act}" if backbone.use_gated_activation else act

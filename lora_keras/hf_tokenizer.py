@@ -45,7 +45,13 @@ def read_tokenizer(path, flag="--model"):
 def _check_special_pieces(proto, path, flag):
     import sentencepiece
 
-    processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    except RuntimeError:  # only spiece.model can be unreadable: a proto made from tokenizer.json parses
+        raise InputError(
+            f"{flag} {path}: {SPIECE} is not a SentencePiece model; copy the checkpoint's own {SPIECE}, "
+            f"or remove it to use {TOKENIZER_JSON}"
+        ) from None
     found = tuple(processor.id_to_piece(i) for i in range(min(3, processor.get_piece_size())))
     if found != T5_SPECIAL_PIECES:
         raise InputError(
@@ -58,13 +64,19 @@ def proto_from_tokenizer_json(path, flag="--model"):
     """The serialized SentencePiece model behind a T5 `tokenizer.json` (Unigram)."""
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
-    spec = json.loads(pathlib.Path(path).read_text())
-    model = spec.get("model") or {}
-    if model.get("type") != "Unigram":
+    try:
+        spec = json.loads(pathlib.Path(path).read_bytes())
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         raise InputError(
-            f"{flag}: {path} holds a {model.get('type')} tokenizer, not T5's Unigram; "
-            f"add the checkpoint's {SPIECE}"
-        )
+            f"{flag}: {path} is not JSON ({str(error).splitlines()[0]}); "
+            f"copy the checkpoint's own {TOKENIZER_JSON}, or add its {SPIECE}"
+        ) from None
+    model = spec.get("model") if isinstance(spec, dict) else None
+    model = model if isinstance(model, dict) else {}
+    kind = model.get("type")
+    if kind != "Unigram" or not model.get("vocab"):
+        what = f"a {kind} tokenizer, not T5's Unigram" if kind != "Unigram" else "a Unigram tokenizer with no vocab"
+        raise InputError(f"{flag}: {path} holds {what}; add the checkpoint's {SPIECE}")
     pieces = model_pb2.ModelProto.SentencePiece
     proto = model_pb2.ModelProto()
     unk_id = model.get("unk_id", 2)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import keras
 import keras_hub
@@ -19,7 +20,7 @@ from hf_models import (
 )
 
 from lora_keras.errors import InputError
-from lora_keras.hf_checkpoint import load_hf_checkpoint
+from lora_keras.hf_checkpoint import hf_config, load_hf_checkpoint
 from lora_keras.models import load_base
 
 torch = pytest.importorskip("torch")
@@ -154,6 +155,8 @@ def test_pytorch_bin_sharded_and_bfloat16_checkpoints_load_like_safetensors(hf_t
         ({"feed_forward_proj": "gated-mish", "dense_act_fn": "mish"}, "activation 'mish' (feed_forward_proj"),
         ({"feed_forward_proj": "gelu-relu-x"}, "feed_forward_proj 'gelu-relu-x' is neither"),
         ({"relative_attention_num_buckets": 16}, "relative_attention_num_buckets 16 is not keras-hub's fixed 32"),
+        ({"relative_attention_max_distance": 64}, "relative_attention_max_distance 64 is not keras-hub's fixed 128"),
+        ({"is_encoder_decoder": False}, "model_type 't5' is not a T5 encoder-decoder; pass a T5 or FLAN-T5"),
         ({"model_type": "bart"}, "neither a keras-hub preset nor a Hugging Face T5 config"),
         ({"d_model": 48}, "config.json implies"),
     ],
@@ -166,6 +169,71 @@ def test_what_keras_hub_cannot_represent_is_refused(hf_t5, tmp_path, change, mes
     with pytest.raises(InputError) as caught:
         load_base(str(directory))
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def edit_state(directory, edit):
+    from safetensors.numpy import load_file, save_file
+
+    state = load_file(str(directory / "model.safetensors"))
+    edit(state)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+SHARED = "shared.weight"
+NORM = "decoder.final_layer_norm.weight"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda state: state.pop(SHARED), "the weights have no shared.weight; pass a T5 checkpoint"),
+        (lambda state: state.update({"encoder.embed_tokens.weight": state[SHARED] + 1}),
+         "encoder.embed_tokens.weight differs from shared.weight, which keras-hub's T5Backbone cannot represent"),
+        (lambda state: state.update({"decoder.embed_tokens.weight": state[SHARED][::-1].copy()}),
+         "decoder.embed_tokens.weight differs from shared.weight"),
+        (lambda state: state.update({"encoder.block.0.layer.0.SelfAttention.x.weight": state[NORM],
+                                     "pooler.weight": state[NORM]}),
+         "weight encoder.block.0.layer.0.SelfAttention.x.weight (and 1 more) has no place in keras-hub's T5Backbone"),
+        (lambda state: state.pop(NORM), f"the weights lack {NORM}; pass a complete T5 checkpoint"),
+        (lambda state: state.update({"lm_head.weight": state["lm_head.weight"][:-1].copy()}),
+         "weight lm_head.weight has shape (32, 299), config.json implies (32, 300)"),
+    ],
+    ids=["no-shared", "encoder-embedding", "decoder-embedding", "unknown", "missing", "head-shape"],
+)
+def test_weights_that_do_not_fit_are_refused(hf_t5, tmp_path, edit, message):
+    directory = tmp_path / "edited"
+    shutil.copytree(hf_t5("flan"), directory)
+    edit_state(directory, edit)
+    with pytest.raises(InputError) as caught:
+        load_base(str(directory))
+    assert f"--model {directory}: " in str(caught.value) and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("files", ["none", "bin-without-torch"])
+def test_weights_that_cannot_be_read_are_refused(hf_t5, tmp_path, monkeypatch, files):
+    directory = tmp_path / files
+    shutil.copytree(hf_t5("flan"), directory)
+    (directory / "model.safetensors").unlink()
+    if files == "none":
+        message = f"--model {directory}: no weights (model.safetensors or pytorch_model.bin); copy the checkpoint's"
+    else:
+        (directory / "pytorch_model.bin").write_bytes(b"")
+        monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+        message = (f"--model: {directory / 'pytorch_model.bin'} needs PyTorch to read; pip install torch==2.13.0 "
+                   "(the CPU build), or convert it to model.safetensors")
+    with pytest.raises(InputError) as caught:
+        load_base(str(directory))
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_hf_export_refuses_an_activation_transformers_t5_lacks():
+    backbone = keras_hub.models.T5Backbone(vocabulary_size=8, num_layers=1, num_heads=1, hidden_dim=4,
+                                           intermediate_dim=4, activation="tanh")
+    with pytest.raises(InputError) as caught:
+        hf_config(backbone)
+    assert str(caught.value) == ("--format hf: the backbone's activation 'tanh' has no transformers T5 equivalent "
+                                 "(those are gelu, keras_hub>gelu_approximate, relu, silu); pass --format keras-hub")
 
 
 def test_hub_id_loads_from_the_hub_cache(hf_t5, tmp_path, monkeypatch):
