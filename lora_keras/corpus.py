@@ -18,6 +18,8 @@ from lora_keras.errors import InputError
 
 FORMATS = (".tsv", ".csv", ".jsonl")
 HEADER = ("source", "target")
+TSV_FIX = "keep exactly one tab per line, between source and target"
+CSV_FIX = "write source,target and quote a field that holds a comma or a quote"
 JSONL_FIX = 'write one {"source": "...", "target": "..."} object per line'
 JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
               list: "an array", dict: "an object"}
@@ -32,7 +34,7 @@ def _lines(text):
 def _tsv_rows(path, text):
     for number, line in _lines(text):
         if line.strip():
-            yield number, line.split("\t"), "keep exactly one tab per line, between source and target"
+            yield number, line.split("\t")
 
 
 def _csv_rows(path, text):
@@ -41,11 +43,10 @@ def _csv_rows(path, text):
     try:
         for row in reader:
             if any(cell.strip() for cell in row):
-                yield number, row, "write source,target and quote a field that holds a comma or a quote"
+                yield number, row
             number = reader.line_num + 1
     except csv.Error as error:
-        raise InputError(f"line {number} of {path} is not valid CSV ({error}); "
-                         "write source,target and quote a field that holds a comma or a quote") from None
+        raise InputError(f"line {number} of {path} is not valid CSV ({error}); {CSV_FIX}") from None
 
 
 def _jsonl_rows(path, text):
@@ -67,7 +68,7 @@ def _jsonl_rows(path, text):
             if not isinstance(record[field], str):
                 raise InputError(f'line {number} of {path}: "{field}" is {JSON_TYPES.get(type(record[field]))}, '
                                  f"not a string; write the sentence as a JSON string")
-        yield number, [record["source"], record["target"]], JSONL_FIX
+        yield number, [record["source"], record["target"]]
 
 
 def _decode(path, raw):
@@ -95,16 +96,17 @@ def read_pairs(path, flag="--train"):
         raise InputError(f"{flag}: {path} has an unknown extension; use one of {', '.join(FORMATS)}")
     if not path.is_file():
         raise InputError(f"{flag}: no such file {path}; pass an existing {path.suffix} file")
-    reader = {".tsv": _tsv_rows, ".csv": _csv_rows, ".jsonl": _jsonl_rows}[path.suffix.lower()]
+    reader, fix = {".tsv": (_tsv_rows, TSV_FIX), ".csv": (_csv_rows, CSV_FIX),
+                   ".jsonl": (_jsonl_rows, JSONL_FIX)}[path.suffix.lower()]
     try:
-        return _pairs(reader(path, _decode(path, path.read_bytes())), path)
+        return _pairs(reader(path, _decode(path, path.read_bytes())), path, fix)
     except InputError as error:
         raise InputError(f"{flag}: {error}") from None
 
 
-def _pairs(rows, path):
+def _pairs(rows, path, fix):
     pairs = []
-    for number, row, fix in rows:
+    for number, row in rows:
         if len(row) != 2:
             raise InputError(f"line {number} of {path} has {len(row)} field(s), expected 2 (source and target); "
                              f"{fix}")

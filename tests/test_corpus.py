@@ -69,6 +69,8 @@ OK = {"source": "a", "target": "b"}
                                                       "(source and target); write source,target and quote a field"),
         ("one.csv", 'a,b\n"x\ny"\n', "--val: line 2 of {path} has 1 field(s)"),  # a row spanning lines 2-3
         ("blank.csv", 'a,b\n"",c\n', "--val: line 2 of {path} has an empty source;"),
+        pytest.param("huge.csv", "a,b\n" + "x" * 131073 + ",c\n", "--val: line 2 of {path} is not valid CSV (field "
+                     "larger than field limit (131072)); write source,target and quote", id="huge.csv"),
         ("bad.jsonl", "{not json\n", "--val: line 1 of {path} is not valid JSON (Expecting property name"),
         ("list.jsonl", '["a", "b"]\n', "--val: line 1 of {path} holds an array, not an object; write one"),
         ("fields.jsonl", jsonl(OK, {"src": "a", "target": "b"}), '--val: line 2 of {path} has no "source" field;'),
