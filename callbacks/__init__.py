@@ -8,6 +8,6 @@ values for the trial's metrics and results.csv.
 from .epoch_timer import EpochTimer
 from .loss_scalars import LossScalars
 from .parameter_count import ParameterCount
-from .peak_memory import PeakMemory
+from .peak_memory import FirstTrialStart, PeakMemory
 
-__all__ = ["EpochTimer", "LossScalars", "ParameterCount", "PeakMemory"]
+__all__ = ["EpochTimer", "FirstTrialStart", "LossScalars", "ParameterCount", "PeakMemory"]

@@ -1,17 +1,24 @@
-"""Per-epoch training / validation loss scalars."""
+"""Per-epoch training / validation loss scalars, and the validation perplexity."""
 
 import keras
+
+from lora_keras.token_loss import perplexity
 
 from ._summary import flush, write_scalars
 
 
 class LossScalars(keras.callbacks.Callback):
-    """Writes ``epoch_loss`` and (when validating) ``val_loss`` per epoch.
+    """Writes ``epoch_loss``, ``val_loss`` and ``val_perplexity`` (when validating) per epoch.
+
+    The losses are whatever the model logs as ``loss`` and ``val_loss``; with
+    `lora_keras.token_loss.TokenLossSeq2SeqLM` that is the mean negative
+    log-likelihood per real target token over the epoch (training, with dropout,
+    as the weights moved) or over the validation set (at the epoch's end).
 
     Example:
         losses = LossScalars(writer=writer)
         model.fit(ds, validation_data=val_ds, epochs=3, callbacks=[losses])
-        losses.results()  # {"final_loss": ..., "val_loss": ... or None}
+        losses.results()  # {"final_loss": ..., "val_loss": ..., "val_perplexity": ...}
     """
 
     def __init__(self, writer=None):
@@ -32,7 +39,11 @@ class LossScalars(keras.callbacks.Callback):
             self.val_loss = float(logs["val_loss"])
         write_scalars(
             self.writer,
-            {"epoch_loss": logs.get("loss"), "val_loss": logs.get("val_loss")},
+            {
+                "epoch_loss": logs.get("loss"),
+                "val_loss": logs.get("val_loss"),
+                "val_perplexity": perplexity(logs.get("val_loss")),
+            },
             step=epoch,
         )
 
@@ -40,4 +51,4 @@ class LossScalars(keras.callbacks.Callback):
         flush(self.writer)
 
     def results(self):
-        return {"final_loss": self.final_loss, "val_loss": self.val_loss}
+        return {"final_loss": self.final_loss, "val_loss": self.val_loss, "val_perplexity": perplexity(self.val_loss)}

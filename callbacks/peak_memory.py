@@ -1,5 +1,7 @@
-"""Peak memory of one trial: GPU allocator peak, else host RSS high-water."""
+"""Peak memory of one trial: GPU allocator peak, else host RSS high-water as if the trial ran alone."""
 
+import ctypes
+import gc
 import threading
 
 import keras
@@ -25,6 +27,34 @@ def _reset_hwm():
         return True
     except OSError:
         return False
+
+
+def _return_freed_memory():
+    """Collect garbage and hand freed heap pages back to the kernel (glibc `malloc_trim`).
+
+    Otherwise memory an earlier trial freed stays in the resident set, and a trial
+    that reuses it shows a lower peak than the same trial run first.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+class FirstTrialStart:
+    """The host RSS at the start of the first trial a process runs, shared by its trials' `PeakMemory`.
+
+    Every trial of a process starts from TensorFlow, the base model and the data; later
+    trials also start from what earlier ones left (caches, allocator arenas). A trial's
+    host peak is reported as this first start plus the trial's own rise above its start:
+    the peak the trial shows in a process that runs it alone, whatever ran before it here.
+
+    Example: `start = FirstTrialStart()`, then `PeakMemory(first_trial_start=start)` for every trial.
+    """
+
+    def __init__(self):
+        self.rss_mb = None
 
 
 def _read_hwm_mb():
@@ -71,28 +101,36 @@ class PeakMemory(keras.callbacks.Callback):
 
     With a GPU visible: TF's allocator peak on ``GPU:0``, or the highest
     peak among ``gpus`` (those a mirrored model trains on)
-    (``memory_kind="gpu"``). Otherwise the process's host RSS high-water
-    (``memory_kind="host_rss"``), via VmHWM after resetting it through
-    ``/proc/self/clear_refs``; if that cannot be written, a daemon thread
-    samples RSS every ``sample_interval_s`` (may miss very short spikes).
-    VmHWM is per process: run one trial at a time per process.
+    (``memory_kind="gpu"``). Otherwise host RSS (``memory_kind="host_rss"``):
+    garbage is collected and freed heap pages returned to the kernel, the
+    process's high-water mark (VmHWM) reset through ``/proc/self/clear_refs``
+    (if that cannot be written, a daemon thread samples RSS every
+    ``sample_interval_s`` and may miss very short spikes), and the figure is
+    the RSS at the start plus the rise above it during ``fit``. With a shared
+    `FirstTrialStart`, the start is the first trial's of the process, so each
+    trial reads as if it ran in a process of its own. VmHWM is per process:
+    run one trial at a time per process.
 
     Scalar per epoch: ``peak_memory_mb`` (MiB, peak so far).
 
     Example:
-        mem = PeakMemory(writer=writer)
+        mem = PeakMemory(writer=writer, first_trial_start=FirstTrialStart())
         model.fit(ds, epochs=2, callbacks=[mem])
-        mem.results()  # {"peak_memory_mb": 1234.5, "memory_kind": "gpu"}
+        mem.results()  # {"peak_memory_mb": 1234.5, "memory_kind": "host_rss", ...}
     """
 
-    def __init__(self, writer=None, force_sampling=False, sample_interval_s=0.02, gpus=None):
+    def __init__(self, writer=None, force_sampling=False, sample_interval_s=0.02, gpus=None,
+                 first_trial_start=None):
         super().__init__()
         self.writer = writer
         self.force_sampling = force_sampling
         self.sample_interval_s = sample_interval_s
         self.gpus = tuple(gpus or ("GPU:0",))
+        self.first_trial_start = first_trial_start
         self.memory_kind = None
         self.peak_memory_mb = 0.0
+        self.process_peak_mb = 0.0  # host: this process's own high-water during fit
+        self.start_rss_mb = None
         self.method = None  # "gpu" | "vmhwm" | "sampling"
         self._sampler = None
 
@@ -100,7 +138,7 @@ class PeakMemory(keras.callbacks.Callback):
         if self._sampler is not None:  # a previous fit died before train end
             self._sampler.stop()
             self._sampler = None
-        self.peak_memory_mb = 0.0
+        self.peak_memory_mb = self.process_peak_mb = 0.0
         self.method = None
         if tf.config.list_logical_devices("GPU"):
             try:
@@ -111,25 +149,30 @@ class PeakMemory(keras.callbacks.Callback):
                 pass  # stats not tracked for this device: measure host RSS
         if self.method is None:
             self.memory_kind = "host_rss"
-            if (
-                not self.force_sampling
-                and _reset_hwm()
-                and _read_hwm_mb() is not None
-            ):
+            _return_freed_memory()
+            if not self.force_sampling and _reset_hwm() and _read_hwm_mb() is not None:
                 self.method = "vmhwm"
+                self.start_rss_mb = _read_hwm_mb()  # just reset to the current RSS
             else:
                 self.method = "sampling"
                 self._sampler = _RssSampler(self.sample_interval_s)
+                self.start_rss_mb = self._sampler.peak_bytes / MIB
+            if self.first_trial_start is not None and self.first_trial_start.rss_mb is None:
+                self.first_trial_start.rss_mb = self.start_rss_mb
 
     def _measure(self):
         if self.method == "gpu":
             peak = max(tf.config.experimental.get_memory_info(gpu)["peak"] for gpu in self.gpus) / MIB
-        elif self.method == "vmhwm":
+            self.peak_memory_mb = max(self.peak_memory_mb, float(peak))
+            return self.peak_memory_mb
+        if self.method == "vmhwm":
             peak = _read_hwm_mb() or 0.0
         else:
             self._sampler.sample()
             peak = self._sampler.peak_bytes / MIB
-        self.peak_memory_mb = max(self.peak_memory_mb, float(peak))
+        self.process_peak_mb = max(self.process_peak_mb, float(peak))
+        start = self.first_trial_start.rss_mb if self.first_trial_start is not None else self.start_rss_mb
+        self.peak_memory_mb = start + self.process_peak_mb - self.start_rss_mb
         return self.peak_memory_mb
 
     def on_epoch_end(self, epoch, logs=None):
@@ -144,7 +187,7 @@ class PeakMemory(keras.callbacks.Callback):
         flush(self.writer)
 
     def results(self):
-        return {
-            "peak_memory_mb": float(self.peak_memory_mb),
-            "memory_kind": str(self.memory_kind),
-        }
+        figures = {"peak_memory_mb": float(self.peak_memory_mb), "memory_kind": str(self.memory_kind)}
+        if self.memory_kind == "host_rss":
+            figures["process_peak_memory_mb"] = float(self.process_peak_mb)
+        return figures

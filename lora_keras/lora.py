@@ -2,7 +2,10 @@
 
 Each adapted `Dense` computes `x @ (W + (alpha / rank) * A @ B)` with `W` frozen,
 `A` (d_in x rank) random and `B` (rank x d_out) zero, so the adapted model equals
-the base at step 0 and trains `rank * (d_in + d_out)` parameters per layer.
+the base at step 0 and trains `rank * (d_in + d_out)` parameters per layer. `A` is
+drawn as PEFT draws it (`init="peft"`: uniform in +-1/sqrt(d_in), PyTorch's
+`kaiming_uniform_(a=sqrt(5))`), so learning rates carry over from PEFT recipes;
+`init="keras"` draws it as Keras's `enable_lora` does (He uniform, +-sqrt(6/d_in)).
 The math is Keras's own `Dense.enable_lora`; this module picks the T5 layers
 (keras-hub's `Backbone.enable_lora()` defaults match none of them), freezes the
 base, counts, and saves / loads / merges the adapter weights alone. With
@@ -41,6 +44,13 @@ FEED_FORWARD_TARGETS = {
     "wo": ("output_projector",),
 }
 TARGETS = tuple(ATTENTION_TARGETS) + tuple(FEED_FORWARD_TARGETS)
+# How A is drawn. PEFT: kaiming_uniform_(a=sqrt(5)) on a (rank, d_in) weight, a bound of
+# gain * sqrt(3 / fan_in) = sqrt(2 / 6) * sqrt(3 / d_in) = 1 / sqrt(d_in), which is
+# variance scaling by 1/3 over fan_in. Keras's enable_lora default: He uniform, sqrt(6 / d_in).
+INITIALIZERS = {
+    "peft": lambda seed: keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform", seed=seed),
+    "keras": lambda seed: keras.initializers.HeUniform(seed=seed),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +58,7 @@ class LoraConfig:
     """What to adapt and how: PEFT's `r`, `lora_alpha`, `target_modules`, `lora_dropout`.
 
     `alpha=None` means alpha equal to rank (scale 1); `dropout` drops inputs of
-    the LoRA branch only, in training only.
+    the LoRA branch only, in training only; `init` is how `A` is drawn (`INITIALIZERS`).
 
     Example: `LoraConfig(rank=4, alpha=8, targets=("q", "v"), dropout=0.1)` scales by 2.
     """
@@ -57,6 +67,7 @@ class LoraConfig:
     alpha: float | None = None
     targets: tuple[str, ...] = ("q", "v")
     dropout: float = 0.0
+    init: str = "peft"
 
     @property
     def effective_alpha(self):
@@ -72,6 +83,7 @@ class LoraConfig:
             "alpha": self.effective_alpha,
             "targets": list(self.targets),
             "dropout": float(self.dropout),
+            "init": self.init,
         }
 
 
@@ -122,6 +134,8 @@ def check_rank(backbone, config):
         raise InputError(f"LoRA alpha must be positive, got {config.alpha}")
     if not 0 <= config.dropout < 1:
         raise InputError(f"LoRA dropout must be at least 0 and below 1, got {config.dropout}")
+    if config.init not in INITIALIZERS:
+        raise InputError(f"LoRA init {config.init!r} is unknown; choose from {' '.join(INITIALIZERS)}")
     for path, dense in target_layers(backbone, config.targets).items():
         d_in, d_out = dense.kernel.shape
         if config.rank > min(d_in, d_out):
@@ -146,14 +160,15 @@ def add_lora(backbone, config, seed=None):
         dense.enable_lora(
             config.rank,
             lora_alpha=config.effective_alpha,
-            a_initializer=_a_initializer(seed, offset),
+            a_initializer=_a_initializer(config.init, seed, offset),
         )
         _train_unmerged(dense, config.dropout, layer_seed)
+        dense.lora_init = config.init
     return layers
 
 
-def _a_initializer(seed, offset):
-    return keras.initializers.HeUniform(seed=None if seed is None else seed + offset)
+def _a_initializer(init, seed, offset):
+    return INITIALIZERS[init](None if seed is None else seed + offset)
 
 
 def reset_lora(backbone, config, seed):
@@ -166,7 +181,7 @@ def reset_lora(backbone, config, seed):
     """
     for offset, dense in enumerate(target_layers(backbone, config.targets).values()):
         shape = tuple(dense.lora_kernel_a.shape)
-        dense.lora_kernel_a.assign(_a_initializer(seed, offset)(shape))
+        dense.lora_kernel_a.assign(_a_initializer(config.init, seed, offset)(shape))
         dense.lora_kernel_b.assign(np.zeros(dense.lora_kernel_b.shape, "float32"))
         reset_dropout = dense.__dict__.get("_reset_lora_dropout")
         if reset_dropout is not None:
@@ -246,7 +261,8 @@ def save_adapter(backbone, path, config=None):
     first = next(iter(layers.values()))
     if config is None:
         targets = sorted({p.split("/")[-1].split("_")[0] for p in layers})
-        config = LoraConfig(first.lora_rank, first.lora_alpha, tuple(targets), getattr(first, "lora_dropout", 0.0))
+        config = LoraConfig(first.lora_rank, first.lora_alpha, tuple(targets), getattr(first, "lora_dropout", 0.0),
+                            getattr(first, "lora_init", "peft"))
     metadata = {"lora_config": json.dumps(config.to_dict())}
     save_file(adapter_weights(backbone), str(path), metadata=metadata)
 
@@ -265,7 +281,8 @@ def read_adapter(path):
         raise InputError(f"{path} has no lora_config metadata; pass a file written by lora-keras")
     raw = json.loads(metadata["lora_config"])
     config = LoraConfig(
-        int(raw["rank"]), float(raw["alpha"]), tuple(raw["targets"]), float(raw.get("dropout", 0.0))
+        int(raw["rank"]), float(raw["alpha"]), tuple(raw["targets"]), float(raw.get("dropout", 0.0)),
+        raw.get("init", "keras"),  # adapters written before the PEFT initialisation drew A as Keras does
     )
     return config, weights
 

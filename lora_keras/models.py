@@ -20,6 +20,8 @@ import warnings
 import keras_hub
 
 from lora_keras.errors import InputError
+from lora_keras.token_loss import TokenLossSeq2SeqLM
+from lora_keras.tokenizer import check_vocabulary_fits
 
 # keras-hub's T5 attention warns on every call that it drops Keras masks; it
 # uses explicit padding masks instead, so the warning says nothing here.
@@ -46,9 +48,12 @@ class BaseModel:
         return backbone
 
     def build_model(self, backbone=None):
-        """A `T5Seq2SeqLM` (logits out, no preprocessor) on `backbone` or a new one."""
+        """A `T5Seq2SeqLM` (logits out, no preprocessor) on `backbone` or a new one.
+
+        Its loss, trained and reported, is the mean NLL per real target token (`TokenLossSeq2SeqLM`).
+        """
         backbone = backbone or self.build_backbone()
-        return keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=None)
+        return TokenLossSeq2SeqLM(backbone=backbone, preprocessor=None)
 
 
 def _is_keras_hub_preset(path):
@@ -66,6 +71,7 @@ def load_preset(path, name=None, task=None):
         )
     backbone = keras_hub.models.T5Backbone.from_preset(str(path))
     tokenizer = keras_hub.models.T5Tokenizer.from_preset(str(path))
+    check_vocabulary_fits(tokenizer, backbone.vocabulary_size, f"--model {path}")
     return BaseModel(
         name=name or str(path),
         backbone_config=backbone.get_config(),

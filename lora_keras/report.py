@@ -16,7 +16,8 @@ COLUMNS = (
     "trial_id", "status", "rank", "batch_size", "learning_rate", "lora_alpha", "epochs",
     "training_time_s", "mean_epoch_time_s", "tokens_per_s", "final_loss", "val_loss",
     "bleu", "chrf", "peak_memory_mb", "memory_kind", "trainable_params", "total_params",
-    "trainable_percent", "targets", "lora_dropout", "initial_epoch", "parent_trial_id",
+    "trainable_percent", "targets", "lora_dropout", "initial_epoch", "parent_trial_id", "val_perplexity",
+    "lora_init",
 )
 # Shown after batch size when they differ between trials (a sweep over them, or Hyperband's epochs).
 SWEPT_COLUMNS = (
@@ -79,7 +80,7 @@ def results_table(rows):
 
 
 INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch")
-TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id")
+TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init")
 SUMMARY_FILE = "run_summary.json"
 
 
@@ -99,9 +100,34 @@ def typed_rows(rows):
     return typed
 
 
+MEMORY_MEANINGS = {
+    "gpu": "the GPU allocator's peak during the trial's fit (reset when it starts; weights, optimizer state "
+           "and activations of that GPU)",
+    "host_rss": "the host RSS peak of a process that ran only that trial: the RSS at the start of the run's "
+                "first trial plus the trial's own rise above its start during fit (freed memory returned to the "
+                "kernel before it); it includes TensorFlow, the base model and the data",
+}
+
+
+def reading_guide(rows):
+    """What the table's numbers are, as lines of Markdown."""
+    lines = [
+        "Losses are mean negative log-likelihoods in nats per real (non-padding) target token: `final loss` "
+        "over the last training epoch (LoRA dropout on, weights moving), `val loss` over the whole validation "
+        "set after it, teacher forced (`val_perplexity` = exp(val loss) in results.csv). `time` is the wall "
+        "time of the trial's fit, validation included, tracing excluded; `tokens/s` counts real source and "
+        "target tokens per second of training after the first epoch; BLEU is sacrebleu's corpus BLEU of "
+        "greedy translations of the validation set.",
+    ]
+    kinds = sorted({row.get("memory_kind") for row in rows if row.get("memory_kind") in MEMORY_MEANINGS})
+    for kind in kinds:
+        lines.append(f"`peak memory` ({kind}): {MEMORY_MEANINGS[kind]}.")
+    return lines
+
+
 def write_results_md(rows, path, baseline=None, wall_time_s=None):
-    """`results.md`: the table, the unadapted baseline, the best trial and the sweep's overhead."""
-    lines = ["# LoRA sweep results", "", results_table(rows), ""]
+    """`results.md`: the table, what its numbers are, the unadapted baseline, the best trial, the overhead."""
+    lines = ["# LoRA sweep results", "", results_table(rows), "", *reading_guide(rows), ""]
     completed = [r for r in rows if r.get("status") == "COMPLETED" and r.get("val_loss") is not None]
     if baseline is not None:
         lines.append(

@@ -69,6 +69,9 @@ def build_parser(strategies="a registered name (--help lists them)"):
              "write each with commas: 'q,v q,k,v,o' (a single projection: 'q,')")
     add("--lora-dropouts", type=dropout_probability, nargs="+", default=[0.0],
         help="LoRA dropout(s) to sweep, on the LoRA branch's input in training; 0 <= p < 1")
+    add("--lora-init", choices=("peft", "keras"), default="peft",
+        help="how LoRA's A is drawn: peft (PEFT's default, uniform in +-1/sqrt(d_in)) or keras "
+             "(Keras's enable_lora, He uniform, +-sqrt(6/d_in)); B starts at zero either way")
     add("--epochs", type=positive_int, default=2, help="epochs per trial (hyperband: the most a trial gets)")
     add("--strategy", default="grid", help=f"search strategy: {strategies}")
     add("--max-trials", type=positive_int, help="trial budget (default: the number of combinations)")
@@ -140,7 +143,7 @@ def main(argv=None):
             strategy=args.strategy, max_trials=args.max_trials, logdir=args.logdir, name=args.name,
             overwrite=args.overwrite, max_train_examples=args.max_train_examples,
             max_val_examples=args.max_val_examples, max_source_length=args.max_source_length,
-            max_target_length=args.max_target_length, seed=args.seed,
+            max_target_length=args.max_target_length, seed=args.seed, lora_init=args.lora_init,
             memory_budget_mb=args.memory_budget_mb, time_budget_s=args.time_budget_s,
             verbose=0 if args.quiet else 1, devices=args.devices,
         )

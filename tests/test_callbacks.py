@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from callbacks import EpochTimer, LossScalars, ParameterCount, PeakMemory
+from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory
 from callbacks import peak_memory as peak_memory_module
 
 EPOCHS = 2
@@ -98,9 +98,11 @@ def test_results_are_plain_python(shared_run):
 def test_loss_scalars_match_history(shared_run):
     scalars, hist = shared_run["scalars"], shared_run["history"].history
     res = shared_run["cbs"]["loss"].results()
-    assert set(res) == {"final_loss", "val_loss"}
+    assert set(res) == {"final_loss", "val_loss", "val_perplexity"}
     assert [v for _, v in scalars["epoch_loss"]] == pytest.approx(hist["loss"], abs=1e-6)
     assert [v for _, v in scalars["val_loss"]] == pytest.approx(hist["val_loss"], abs=1e-6)
+    assert [v for _, v in scalars["val_perplexity"]] == pytest.approx(np.exp(hist["val_loss"]), rel=1e-6)
+    assert res["val_perplexity"] == pytest.approx(np.exp(hist["val_loss"][-1]), rel=1e-9)
     assert res["final_loss"] == pytest.approx(hist["loss"][-1], abs=1e-6)
     assert res["val_loss"] == pytest.approx(hist["val_loss"][-1], abs=1e-6)
 
@@ -215,6 +217,24 @@ def test_peak_memory_host_rss_and_per_trial_reset(tmp_path):
     mem2 = PeakMemory()
     fit(make_model(), [mem2])
     assert mem2.results()["peak_memory_mb"] < res1["peak_memory_mb"] - 150
+
+
+def test_peak_memory_of_a_later_trial_leaves_out_what_earlier_ones_left():
+    """With a shared FirstTrialStart, memory held from before a trial does not count as the trial's."""
+    start = FirstTrialStart()
+    first = PeakMemory(first_trial_start=start)
+    fit(make_model(), [first])
+    left_over = np.ones(300 * MIB // 8)  # what an earlier trial might have left resident
+    big = BigAllocation()
+    second = PeakMemory(first_trial_start=start)
+    fit(make_model(), [big, second])
+    figures = second.results()
+    print(f"\nfirst trial's start {start.rss_mb:.0f} MiB; second trial reported {figures['peak_memory_mb']:.0f}, "
+          f"its process peak {figures['process_peak_memory_mb']:.0f}")
+    assert figures["process_peak_memory_mb"] >= start.rss_mb + 300 + 180
+    assert start.rss_mb + 180 <= figures["peak_memory_mb"] <= start.rss_mb + 280
+    assert first.results()["peak_memory_mb"] < start.rss_mb + 100
+    del left_over
 
 
 @pytest.mark.parametrize("how", ["unwritable_clear_refs", "force_sampling"])

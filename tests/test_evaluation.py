@@ -70,7 +70,7 @@ def test_merged_translator_decodes_every_lora_config_with_one_trace(tiny_preset)
         backbone = base.build_backbone()
         add_lora(backbone, LoraConfig(rank, targets=targets), seed=0)
         for dense in adapted_layers(backbone).values():  # as if trained
-            dense.lora_kernel_b.assign(rng.normal(0, 1.0, dense.lora_kernel_b.shape).astype("float32"))
+            dense.lora_kernel_b.assign(rng.normal(0, 3.0, dense.lora_kernel_b.shape).astype("float32"))
         adapted = translate(backbone, base.tokenizer, sources, max_new_tokens=8)
         assert adapted != unadapted  # the adapters change the translations ...
         assert merged(backbone, sources) == adapted  # ... and the merged copy decodes them exactly

@@ -75,9 +75,7 @@ def test_translate_drops_sentinels_and_padding_rows_as_transformers_does(hf_t5_w
     "source",
     [
         "hf",
-        pytest.param("preset", marks=pytest.mark.xfail(
-            strict=True, raises=pytest.fail.Exception,
-            reason="load_preset (lora_keras/models.py) does not call check_vocabulary_fits yet")),
+        "preset",
         "export",
     ],
 )

@@ -1,10 +1,13 @@
 """The hypermodel reuses one compiled model across trials of one LoRA config, with results as if built anew."""
 
+import gc
+
 import keras_tuner
 import numpy as np
 import pytest
 
 from lora_keras.benchmark import reference_base, reference_tokens
+from lora_keras.gradient_registry import custom_gradient_names
 from tuners.hypermodel import LoraT5HyperModel, SearchSpace
 
 SMALL = dict(vocabulary_size=200, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64,
@@ -57,3 +60,27 @@ def test_without_reuse_every_trial_builds(base):
     hypermodel = LoraT5HyperModel(base, space, reuse_models=False)
     hp = _hp(hypermodel, rank=2, batch_size=8, learning_rate=1e-3)
     assert hypermodel.build(hp) is not hypermodel.build(hp)
+
+
+def live_func_graphs():
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    gc.collect()
+    return sum(isinstance(obj, FuncGraph) for obj in gc.get_objects())
+
+
+def test_a_released_model_leaves_no_training_graph_behind(base):
+    """TensorFlow's registry of custom gradients pins each traced train step (lora_keras.gradient_registry)."""
+    tokens = reference_tokens(16, 6, 6, vocabulary_size=200)
+    hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(1, 2, 4), batch_sizes=(8,)), epochs=1)
+    registered = custom_gradient_names()
+    graphs = []
+    for rank in (1, 2, 4):  # each rank needs a new model; the previous one is released
+        _train(hypermodel, tokens, rank=rank, batch_size=8, learning_rate=1e-3)
+        assert custom_gradient_names() - registered  # the live model's traced step registered some
+        graphs.append(live_func_graphs())
+    hypermodel.release()
+    assert custom_gradient_names() == registered
+    print(f"\nlive FuncGraphs with the model of rank 1, 2, 4: {graphs}; after release: {live_func_graphs()}")
+    assert graphs[2] <= graphs[1] + 2  # one model's graphs alive at a time, not one more set per model
+    assert live_func_graphs() < graphs[0] / 2

@@ -17,7 +17,7 @@ from lora_keras.models import load_preset
 from lora_keras.report import COLUMNS
 
 RANKS, BATCH_SIZES = (1, 2), (8, 16)
-METRICS = ("epoch_loss", "val_loss", "epoch_time_s", "tokens_per_s", "peak_memory_mb",
+METRICS = ("epoch_loss", "val_loss", "val_perplexity", "epoch_time_s", "tokens_per_s", "peak_memory_mb",
            "trainable_params", "bleu")
 
 
@@ -94,8 +94,15 @@ def test_hparams_read_back_from_event_files(tiny_run):
     assert [v.number_value for v in infos["rank"].domain_discrete.values] == list(RANKS)
     assert [v.number_value for v in infos["batch_size"].domain_discrete.values] == list(BATCH_SIZES)
     assert {"learning_rate", "lora_alpha"} <= set(infos)
-    declared = {m.name.tag for m in experiment.experiment.metric_infos}
-    assert set(METRICS) <= declared
+    declared = {m.name.tag: m for m in experiment.experiment.metric_infos}
+    assert set(METRICS) | {"val_perplexity"} <= set(declared)
+    assert "per real (non-padding) target token" in declared["val_loss"].description
+    # What varies is marked so: TensorBoard's backend sorts by (not differs, name) and its
+    # HParams table shows the first five as columns by default.
+    # (alpha equals the rank here, so it varies too.)
+    assert {name for name, info in infos.items() if info.differs} == {"rank", "batch_size", "lora_alpha"}
+    shown = sorted(infos.values(), key=lambda info: (not info.differs, info.name))[:5]
+    assert [info.name for info in shown[:3]] == ["batch_size", "lora_alpha", "rank"]
 
     rows = {r["trial_id"]: r for r in read_rows(run_dir)}
     sessions = sorted((run_dir / "tensorboard").glob("trial_*"))
@@ -208,3 +215,32 @@ def test_translate_script_with_a_trial_adapter(tiny_run, tiny_preset):
     missing = run_script("translate.py", "--model", tiny_preset, "--adapter", run_dir / "nope.safetensors", "x")
     assert missing.returncode == 2 and "cannot read adapter" in missing.stderr
     assert missing.stderr.strip().count("\n") == 0
+
+
+def test_val_loss_is_what_transformers_computes_on_the_exported_trial(tiny_run, tiny_preset, tiny_corpus, tmp_path):
+    """results.csv's val_loss = transformers' T5 loss (mean NLL per real target token) on the export."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from conftest import TINY_PREFIX
+    from lora_keras.corpus import read_pairs
+
+    run_dir, _ = tiny_run
+    row = min(read_rows(run_dir), key=lambda r: float(r["val_loss"]))
+    out = tmp_path / "exported"
+    result = run_script("export.py", "--model", tiny_preset, "--adapter",
+                        run_dir / "adapters" / f"trial_{row['trial_id']}.safetensors", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = transformers.T5ForConditionalGeneration.from_pretrained(str(out)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    pairs = read_pairs(tiny_corpus[1])
+    sources = tokenizer([TINY_PREFIX + s for s, _ in pairs], padding=True, return_tensors="pt")
+    # --max-target-length 24 as in sweep_args: 23 pieces and EOS
+    labels = tokenizer([t for _, t in pairs], padding=True, truncation=True, max_length=24, return_tensors="pt")
+    labels = labels.input_ids.masked_fill(labels.attention_mask == 0, -100)
+    with torch.no_grad():
+        reference = float(model(**sources, labels=labels).loss)  # one batch: the set's mean per real token
+    ours = float(row["val_loss"])
+    print(f"\nval loss: ours {ours:.6f}, transformers on the export {reference:.6f}")
+    assert math.isclose(ours, reference, rel_tol=1e-4)
+    assert math.isclose(float(row["val_perplexity"]), math.exp(ours), rel_tol=1e-6)

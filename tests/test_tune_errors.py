@@ -46,6 +46,7 @@ def test_missing_corpus_in_a_subprocess(tmp_path):
         (["--targets", "q,v", "q,x"], {}, "--targets: unknown x"),
         (["--targets", ","], {}, "--targets: an empty set"),
         (["--strategy", "hyperband", "--epochs", "1"], {}, "pass --epochs 2 or more"),
+        (["--lora-init", "he"], {}, "--lora-init: invalid choice: 'he'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, tiny_preset, tiny_corpus, extra, files, message):
@@ -65,3 +66,24 @@ def test_model_that_is_not_a_preset(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
         load_tune().main(["--model", str(tmp_path), "--logdir", str(tmp_path)])
     assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, "has no keras-hub preset")
+
+
+def test_a_run_with_losses_of_the_old_definition_is_not_resumed(tmp_path, capsys, tiny_preset, tiny_corpus):
+    """Runs written before losses were per real target token hold no `loss` in run_config.json."""
+    import json
+
+    from tuners.sweep import SweepConfig
+
+    train, val = tiny_corpus
+    args = ["--model", str(tiny_preset), "--train", str(train), "--val", str(val), "--source-lang", "English",
+            "--target-lang", "Dravic", "--logdir", str(tmp_path), "--quiet"]
+    old = SweepConfig(model=str(tiny_preset), train=str(train), val=str(val), source_lang="English",
+                      target_lang="Dravic").identity()
+    del old["loss"], old["lora_init"]
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "run_config.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit) as caught:
+        load_tune().main(args)
+    stderr = capsys.readouterr().err
+    assert_one_line_exit_2(caught.value.code, stderr, "holds losses computed the old way")
+    assert "pass --overwrite" in stderr

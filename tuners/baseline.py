@@ -19,6 +19,7 @@ import os
 import keras
 
 from lora_keras.data import make_dataset
+from lora_keras.token_loss import perplexity
 from tuners.hypermodel import EVAL_BATCH_SIZE
 
 BASELINE_FILE = "baseline.json"
@@ -55,10 +56,11 @@ def measure_baseline(base, val_tokens, val_texts, run_dir):
         if baseline is not None or not mine:
             return baseline
         model = base.build_model()
-        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=[])
+        model.compile()  # the loss alone: mean NLL per real target token
         val_loss = model.evaluate(make_dataset(val_tokens, EVAL_BATCH_SIZE), verbose=0)
         scores, _ = val_texts.scores(model.backbone, base.tokenizer)
-        baseline = {"val_loss": float(val_loss), "bleu": scores["bleu"], "chrf": scores["chrf"]}
+        baseline = {"val_loss": float(val_loss), "val_perplexity": perplexity(float(val_loss)),
+                    "bleu": scores["bleu"], "chrf": scores["chrf"]}
         partial = run_dir / (BASELINE_FILE + ".partial")
         partial.write_text(json.dumps(baseline, indent=2))
         os.replace(partial, run_dir / BASELINE_FILE)  # readers without the lock see all or nothing

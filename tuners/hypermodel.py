@@ -1,7 +1,6 @@
 """The keras-tuner `HyperModel`: LoRA rank in `build`, batch size in `fit`."""
 
 import dataclasses
-import gc
 import time
 
 import keras
@@ -10,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from lora_keras.data import TokenizedPairs, make_dataset
+from lora_keras.gradient_registry import CustomGradientRegistrations
 from lora_keras.lora import LoraConfig, add_lora, reset_lora
 from lora_keras.projections import lean_projections
 
@@ -89,10 +89,11 @@ class _TrialModel:
     and lets the next trial with the same LoRA config use the model again.
     """
 
-    def __init__(self, config, model, seed):
+    def __init__(self, config, model, seed, registrations):
         self.config = config
         self.model = model
         self.seed = seed
+        self.registrations = registrations  # what TensorFlow keeps of its traced steps, released with it
         self.traced = False
         self.seed_states = [
             (variable, keras.ops.convert_to_numpy(variable))
@@ -132,12 +133,13 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     ```
     """
 
-    def __init__(self, base, space, epochs=2, seed=0, reuse_models=True, jit_compile=False):
+    def __init__(self, base, space, epochs=2, seed=0, reuse_models=True, jit_compile=False, lora_init="peft"):
         super().__init__(name="lora_t5")
         self.base = base
         self.space = space
         self.epochs = epochs
         self.seed = seed
+        self.lora_init = lora_init  # how A is drawn: `lora_keras.lora.INITIALIZERS`
         self.reuse_models = reuse_models
         self.jit_compile = jit_compile  # XLA: one compile per batch shape; no gain measured on CPU
         self._current = None
@@ -148,7 +150,8 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     def lora_config(self, hp):
         values = self.space.trial_values(hp)
         return LoraConfig(
-            values["rank"], values["lora_alpha"], tuple(values["targets"].split(",")), values["lora_dropout"]
+            values["rank"], values["lora_alpha"], tuple(values["targets"].split(",")), values["lora_dropout"],
+            self.lora_init,
         )
 
     def trial_epochs(self, hp):
@@ -162,28 +165,25 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         if self.reuse_models and current is not None and current.config == config:
             return current.reset(hp.get("learning_rate"))
         self.release()
+        registrations = CustomGradientRegistrations()
         keras.utils.set_random_seed(self.seed)  # same init for a trial whatever ran before
         backbone = self.base.build_backbone()
         add_lora(backbone, config, seed=self.seed)
         lean_projections(backbone)
         model = self.base.build_model(backbone)
-        model.compile(
-            optimizer=keras.optimizers.Adam(hp.get("learning_rate")),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            weighted_metrics=[],
-            jit_compile=self.jit_compile,
-        )
-        self._current = _TrialModel(config, model, self.seed)
+        model.compile(optimizer=keras.optimizers.Adam(hp.get("learning_rate")), jit_compile=self.jit_compile)
+        self._current = _TrialModel(config, model, self.seed, registrations)
         return model
 
     def release(self):
         """Drop the kept model and free what TensorFlow holds for it."""
         if self._current is None:
             return
+        registrations = self._current.registrations
         self._current = None
         if not tf.distribute.has_strategy():  # inside a strategy's scope, clearing breaks the scope
             keras.backend.clear_session()
-        gc.collect()
+        registrations.release()  # else TensorFlow keeps the model's training graph to the end
 
     def trace(self, hp, model, train_tokens, val_tokens):
         """Trace `model`'s train and eval steps on one batch, then reset it to its built state.

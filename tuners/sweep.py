@@ -24,6 +24,7 @@ from lora_keras.devices import mirrored_strategy
 from lora_keras.errors import InputError
 from lora_keras.lora import TARGETS, LoraConfig, check_rank
 from lora_keras.models import load_base
+from lora_keras.token_loss import LOSS_DEFINITION
 from lora_keras.report import (
     SUMMARY_FILE,
     results_table,
@@ -36,7 +37,7 @@ from tuners.cluster import CHIEF, Cluster
 from tuners.hparams import write_experiment, write_figures
 from tuners.hypermodel import LoraT5HyperModel, SearchSpace
 from tuners.oracle_server import serve_oracle
-from tuners.strategies import STRATEGIES, make_oracle
+from tuners.strategies import STRATEGIES, budgets_in_epochs, make_oracle
 from tuners.sweep_tuner import LoraSweepTuner, ValidationTexts
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -71,6 +72,7 @@ class SweepConfig:
     max_source_length: int = 64
     max_target_length: int = 64
     seed: int = 0
+    lora_init: str = "peft"  # how LoRA's A is drawn: `lora_keras.lora.INITIALIZERS`
     memory_budget_mb: float | None = None
     time_budget_s: float | None = None
     verbose: int = 1
@@ -87,12 +89,21 @@ class SweepConfig:
         for transient in ("overwrite", "verbose", "logdir", "name", "memory_budget_mb", "time_budget_s",
                           "devices", "cluster"):
             fields.pop(transient)
+        fields["loss"] = LOSS_DEFINITION
         return json.loads(json.dumps(fields))
 
 
 def _check_resumable(config):
     path = config.run_dir / RUN_CONFIG_FILE
-    if path.is_file() and json.loads(path.read_text()) != config.identity():
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    if stored.get("loss") != LOSS_DEFINITION:
+        raise InputError(
+            f"{config.run_dir} holds losses computed the old way (padding counted in the mean), which "
+            "cannot be mixed with new ones; pass --overwrite to run it again or --name for a new run"
+        )
+    if stored != config.identity():
         raise InputError(
             f"{config.run_dir} holds a run with other settings; "
             "pass --overwrite to replace it or --name for a new run"
@@ -159,7 +170,7 @@ def _write_run_files(config):
     """The run's settings and its HParams experiment, written by its only writer (chief or local)."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
     (config.run_dir / RUN_CONFIG_FILE).write_text(json.dumps(config.identity(), indent=2))
-    write_experiment(config.run_dir / "tensorboard", config.space, config.epochs)
+    write_experiment(config.run_dir / "tensorboard", config.space, config.epochs, budgets_in_epochs(config.strategy))
 
 
 def _make_oracle(config):
@@ -268,7 +279,7 @@ def run_sweep(config):
     for rank, alpha, targets, dropout in itertools.product(
         space.ranks, space.lora_alphas or (None,), space.target_sets, space.lora_dropouts
     ):
-        check_rank(backbone, LoraConfig(rank, alpha, targets, dropout))
+        check_rank(backbone, LoraConfig(rank, alpha, targets, dropout, config.lora_init))
     if train_pairs is None:
         train_pairs, val_pairs = _demo_pairs(config, base)
     if config.max_train_examples:
@@ -288,7 +299,7 @@ def run_sweep(config):
         _write_run_files(config)
     # One worker measures the baseline; the others go on without it.
     baseline = measure_baseline(base, val_tokens, val_texts, config.run_dir)
-    hypermodel = LoraT5HyperModel(base, space, epochs=config.epochs, seed=config.seed)
+    hypermodel = LoraT5HyperModel(base, space, epochs=config.epochs, seed=config.seed, lora_init=config.lora_init)
     # A worker leaves the tables to the chief, whose oracle knows every trial.
     on_trial_done = None if cluster else (lambda: _write_tables(tuner))
     tuner = _make_tuner(

@@ -16,7 +16,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
 
-from callbacks import EpochTimer, LossScalars, ParameterCount, PeakMemory
+from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory
 from lora_keras.devices import strategy_gpus
 from lora_keras.evaluation import MergedTranslator, translation_scores
 from lora_keras.lora import load_adapter, save_adapter
@@ -106,6 +106,7 @@ class LoraSweepTuner(BaseTuner):
         self.baseline_val_loss = baseline_val_loss
         self.strategy = strategy
         self.trials_run = []
+        self.first_trial_start = FirstTrialStart()  # host memory: each trial as if it ran alone
         super().__init__(
             oracle=oracle,
             hypermodel=hypermodel,
@@ -150,7 +151,7 @@ class LoraSweepTuner(BaseTuner):
         hparams = trial_hparams(hp, self.hypermodel.space, epochs)
         measures = [
             EpochTimer(train_tokens.token_count, writer),
-            PeakMemory(writer, gpus=strategy_gpus(self.strategy)),
+            PeakMemory(writer, gpus=strategy_gpus(self.strategy), first_trial_start=self.first_trial_start),
             ParameterCount(writer),
             LossScalars(writer),
         ]
@@ -167,7 +168,7 @@ class LoraSweepTuner(BaseTuner):
                     load_adapter(model.backbone, self.adapter_path(parent))
                 self.hypermodel.fit(hp, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose)
             losses = measures[-1].results()
-            if not all(value is not None and math.isfinite(value) for value in losses.values()):
+            if not all(losses[name] is not None and math.isfinite(losses[name]) for name in ("final_loss", "val_loss")):
                 raise FailedTrialError(
                     f"loss diverged to {losses['final_loss']} (val {losses['val_loss']}); "
                     "try a lower learning rate"
@@ -177,7 +178,8 @@ class LoraSweepTuner(BaseTuner):
             writer.close()
             raise
         _end_session(writer, api_pb2.STATUS_SUCCESS)
-        figures = {**hparams, "initial_epoch": initial_epoch, "parent_trial_id": parent, "tuner_id": self.tuner_id,
+        figures = {**hparams, "lora_init": self.hypermodel.lora_init, "initial_epoch": initial_epoch,
+                   "parent_trial_id": parent, "tuner_id": self.tuner_id,
                    "num_replicas": self.strategy.num_replicas_in_sync if self.strategy else 1}
         for measure in measures:
             figures.update(measure.results())

@@ -34,6 +34,11 @@ def register(name, oracle_class=None):
     return oracle_class
 
 
+def budgets_in_epochs(name):
+    """Whether strategy `name` sets each trial's epochs (its constructor takes `max_epochs`, as Hyperband's)."""
+    return "max_epochs" in inspect.signature(STRATEGIES[name]).parameters
+
+
 def make_oracle(name, objective, max_trials, hyperparameters, seed, max_epochs=1):
     """The oracle of strategy `name` over `hyperparameters`; `KeyError` if none is registered.
 
@@ -49,7 +54,7 @@ def make_oracle(name, objective, max_trials, hyperparameters, seed, max_epochs=1
         objective=objective, max_trials=max_trials, hyperparameters=hyperparameters,
         seed=seed if seed else SEED_FOR_ZERO, allow_new_entries=False, tune_new_entries=False,
     )
-    if "max_epochs" in inspect.signature(oracle_class).parameters:
+    if budgets_in_epochs(name):
         kwargs["max_epochs"] = max_epochs
     elif max_trials is None:
         kwargs["max_trials"] = math.prod(len(getattr(hp, "values", [None])) for hp in hyperparameters.space)

@@ -1,0 +1,131 @@
+"""The loss every figure reports: mean negative log-likelihood per real (non-padding) target token.
+
+Keras's default reduction (`sum_over_batch_size`) divides a batch's summed loss by
+every position, padding included, and its `loss` log averages batch means weighted
+by batch size. Here each training step minimises the batch's summed NLL over its
+real target tokens (what `T5ForConditionalGeneration(labels=...)` returns, padding
+at -100), and the `loss` Keras logs for an epoch or an `evaluate` is the summed NLL
+of all its batches divided by all their real target tokens.
+
+Example:
+```python
+model = TokenLossSeq2SeqLM(backbone=backbone, preprocessor=None)
+model.compile(optimizer=keras.optimizers.Adam(3e-3))
+model.evaluate(make_dataset(val_tokens, 64))   # mean NLL per real target token of the set
+```
+"""
+
+import math
+
+import keras
+import keras_hub
+import tensorflow as tf
+from keras import ops
+
+
+# Recorded in every run's identity: runs whose losses were computed otherwise are not resumed.
+LOSS_DEFINITION = "mean NLL per real target token"
+
+
+def perplexity(loss):
+    """`exp(loss)` of a mean NLL per token; None stays None, an overflow is inf.
+
+    Example: `perplexity(2.0)` -> `7.389...`.
+    """
+    if loss is None:
+        return None
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def per_token_loss():
+    """Sparse cross-entropy from logits, summed over real tokens and divided by their count, per batch."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+
+
+class TokenMean(keras.metrics.Metric):
+    """A sum divided by a count, both accumulated exactly over every update (batches of any size).
+
+    Example: `metric.update_state(nll_sum, token_count)` per batch; `metric.result()` is their ratio.
+    """
+
+    def __init__(self, name="loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="total",
+                                       aggregation="sum")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="count",
+                                       aggregation="sum")
+
+    def update_state(self, total, count):
+        self.total.assign_add(ops.cast(total, "float64"))
+        self.count.assign_add(ops.cast(count, "float64"))
+
+    def result(self):
+        return ops.cast(ops.divide_no_nan(self.total, self.count), "float32")
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+
+class TokenAccuracy(TokenMean):
+    """Greedy next-token accuracy over real target tokens (`sample_weight` is the padding mask).
+
+    Keras's `SparseCategoricalAccuracy` as a weighted metric averages each batch over its
+    padded length first, so batches trimmed to different lengths weigh differently.
+    """
+
+    def __init__(self, name="token_accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        correct = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), ops.cast(y_true, "int64")), "float64")
+        weight = ops.ones_like(correct) if sample_weight is None else ops.cast(sample_weight, "float64")
+        super().update_state(ops.sum(correct * weight), ops.sum(weight))
+
+
+class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
+    """keras-hub's `T5Seq2SeqLM`, trained on and reporting the mean NLL per real target token.
+
+    `compile` defaults the loss to `per_token_loss()`; the `loss` it logs (training,
+    `val_loss`, `evaluate`) is the token-weighted mean over the whole epoch or set.
+    Expects the padding mask of the targets as `sample_weight` (see `lora_keras.data`).
+
+    Example:
+    ```python
+    model = TokenLossSeq2SeqLM(backbone=backbone, preprocessor=None)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = model.fit(train, validation_data=val)   # history["loss"], ["val_loss"]: per real token
+    ```
+    """
+
+    def compile(self, optimizer="auto", loss="auto", *, weighted_metrics=(), **kwargs):
+        super().compile(
+            optimizer=optimizer,
+            loss=per_token_loss() if loss == "auto" else loss,
+            weighted_metrics=list(weighted_metrics),
+            **kwargs,
+        )
+        self.token_loss = TokenMean(name="loss")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        tokens = ops.cast(ops.sum(sample_weight) if sample_weight is not None else ops.size(y), loss.dtype)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        # Keras divides a replica's mean by the replica count: undo it for this replica's sum.
+        nll_sum = loss * replicas * tokens
+        self.token_loss.update_state(nll_sum, tokens)
+        replica = tf.distribute.get_replica_context()  # None when Keras builds the loss symbolically
+        if replicas > 1 and replica is not None:  # data parallel: the global batch's mean, as one device's
+            all_tokens = replica.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
+            loss = ops.divide_no_nan(nll_sum, all_tokens)  # replicas' gradients are summed
+        return loss
+
+    @property
+    def metrics(self):
+        # The token-weighted mean takes the place of Keras's batch-weighted `loss` tracker.
+        own = getattr(self, "token_loss", None)
+        others = [metric for metric in super().metrics if metric.name != "loss"]
+        return others if own is None else [own, *others]
