@@ -49,7 +49,8 @@ def test_adapted_model_equals_base_at_init():
     np.testing.assert_array_equal(decoder_output(backbone, inputs), before)
 
 
-def test_adapted_dense_computes_w_plus_scaled_a_b():
+def test_adapted_dense_computes_w_plus_scaled_a_b_in_inference_and_training():
+    """Inference (Keras's merged kernel) and training (unmerged `x·W + s·(x·A)·B`) both give `x·(W + s·A·B)`."""
     backbone = make_backbone()
     layers = add_lora(backbone, LoraConfig(rank=2, alpha=6, targets=("v",)), seed=0)
     dense = layers["decoder/1/cross_attention/v"]
@@ -63,9 +64,14 @@ def test_adapted_dense_computes_w_plus_scaled_a_b():
     plain.build((None, 32))
     w = keras.ops.convert_to_numpy(dense._kernel)
     plain.kernel.assign(w + (6 / 2) * a @ b)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(dense(x)), keras.ops.convert_to_numpy(plain(x)), atol=1e-5
-    )
+    inference = keras.ops.convert_to_numpy(dense(x, training=False))
+    np.testing.assert_allclose(inference, keras.ops.convert_to_numpy(plain(x)), atol=1e-5)
+    # The training path, unmerged, against the merged formula in float64.
+    expected = x.astype("float64") @ (w.astype("float64") + 3.0 * a.astype("float64") @ b.astype("float64"))
+    assert np.abs(expected - x @ w).min() > 1e-3  # the adapter moves every output
+    training = keras.ops.convert_to_numpy(dense(x, training=True))
+    np.testing.assert_allclose(training, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(training, inference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("targets, rank", [(("q", "v"), 1), (("q", "v"), 4), (("k", "o", "wi", "wo"), 3)])
@@ -188,11 +194,15 @@ def test_lora_dropout_acts_in_training_only():
     traced = tf.function(lambda x: dense(x, training=True))
     x = np.random.default_rng(4).normal(size=(8, 32)).astype("float32")
     assert np.abs(traced(x).numpy() - traced(x).numpy()).max() > 1e-3
-    np.testing.assert_array_equal(training_output(plain, inputs), training_output(plain, inputs))
+    # Without dropout, training (unmerged) equals inference (merged) with B away from zero.
+    trained = training_output(plain, inputs)
+    np.testing.assert_allclose(trained, decoder_output(plain, inputs), atol=1e-5)
     # Only the LoRA branch is dropped: with B = 0 training equals inference, the frozen base.
     for dense in adapted_layers(dropped).values():
         dense.lora_kernel_b.assign(np.zeros(dense.lora_kernel_b.shape, "float32"))
-    np.testing.assert_allclose(training_output(dropped, inputs), decoder_output(dropped, inputs), atol=1e-5)
+    base = decoder_output(dropped, inputs)
+    np.testing.assert_allclose(training_output(dropped, inputs), base, atol=1e-5)
+    assert np.abs(trained - base).max() > 1e-2  # the B compared above moved the output
 
 
 def test_lora_dropout_is_peft_s_formula_on_one_layer():
