@@ -4,7 +4,7 @@ import keras_hub
 import numpy as np
 
 from conftest import TINY_PREFIX
-from lora_keras.data import EOS_ID, PAD_ID, make_dataset, tokenize_pairs
+from lora_keras.data import EOS_ID, PAD_ID, TokenizedPairs, make_dataset, tokenize_pairs
 from lora_keras.tokenizer import train_sentencepiece
 
 PAIRS = [("the red dog runs .", "reve dog ri ."), ("a cat .", "cat ."), ("my two big houses fall .", "x y z w v u .")]
@@ -45,8 +45,21 @@ def test_batches_are_teacher_forced_and_trimmed():
     assert labels.shape == (2, longest)  # padded to the batch's longest, not the corpus's
 
 
-def test_shuffle_is_seeded():
-    tokens = tokenize_pairs(make_tokenizer(), PAIRS * 10, TINY_PREFIX)
-    first = [b[1].numpy().tolist() for b in make_dataset(tokens, 4, shuffle=True, seed=3)]
-    again = [b[1].numpy().tolist() for b in make_dataset(tokens, 4, shuffle=True, seed=3)]
-    assert first == again
+def order(dataset):
+    """The examples of one pass over `dataset`, by the number each carries as its first source id."""
+    return [int(row[0]) for inputs, _, _ in dataset for row in inputs["encoder_token_ids"].numpy()]
+
+
+def test_shuffle_is_seeded_and_reshuffles_each_epoch():
+    # Thirty distinct examples: example i has source ids (i + 3, 1), so its order can be read back.
+    ids = np.stack([np.arange(3, 33), np.ones(30)], axis=1).astype(np.int32)
+    tokens = TokenizedPairs(ids, ids.copy())
+    assert order(make_dataset(tokens, 4)) == list(range(3, 33))  # unshuffled: as given
+    dataset = make_dataset(tokens, 4, shuffle=True, seed=3)
+    epochs = [order(dataset) for _ in range(3)]  # each pass is an epoch of `fit`
+    assert all(sorted(epoch) == list(range(3, 33)) for epoch in epochs)  # every example once
+    assert all(epoch != list(range(3, 33)) for epoch in epochs)
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]  # a new order each epoch
+    again = make_dataset(tokens, 4, shuffle=True, seed=3)
+    assert [order(again) for _ in range(3)] == epochs  # the same seed, the same orders
+    assert order(make_dataset(tokens, 4, shuffle=True, seed=4)) != epochs[0]
