@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny T5 keras-hub preset and tiny TSV corpora, made once per session."""
 
+import importlib
 import os
 import pathlib
 import subprocess
@@ -15,6 +16,31 @@ from lora_keras import demo_corpus  # noqa: E402
 from lora_keras.report import COLUMNS  # noqa: E402
 
 TINY_PREFIX = "translate English to Dravic: "
+
+
+def in_ci():
+    """Whether the suite runs in CI (`CI=true`, as `.ci/run` and most CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require(name):
+    """`import name` for a test's reference library (torch, transformers, peft), or skip the test.
+
+    Skipping is for a machine without the test extra; in CI (`in_ci()`) a module
+    that is missing, or installed so broken that importing it raises `ImportError`,
+    fails the run instead, so parity tests are never skipped silently. Any other
+    error at import fails everywhere. Works at module level, like `pytest.importorskip`.
+
+    Example: `torch = require("torch")`.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        if in_ci():
+            pytest.fail(f"{name} cannot be imported under CI=true ({error}); install the test extra: "
+                        "pip install -e '.[test]'", pytrace=False)
+        pytest.skip(f"{name} is not installed ({error}); pip install -e '.[test]' to run this test",
+                    allow_module_level=True)
 
 
 def tiny_backbone_kwargs(vocabulary_size):
@@ -119,7 +145,7 @@ def tiny_proto():
 @pytest.fixture(scope="session")
 def hf_t5(tmp_path_factory, tiny_proto):
     """`hf_t5(variant)`: the dir of a tiny random Hugging Face T5 checkpoint (see `hf_models.VARIANTS`)."""
-    pytest.importorskip("torch")
+    require("torch")
     from hf_models import save_hf_t5
 
     made = {}
@@ -139,7 +165,7 @@ def hf_t5_wide(tmp_path_factory, tiny_proto):
     flan-t5-small has 32,128 rows for 32,000 pieces. The padding rows of `lm_head` are scaled
     up so greedy decoding picks them now and then.
     """
-    pytest.importorskip("torch")
+    require("torch")
     import sentencepiece
     from hf_models import save_hf_t5
     from safetensors.numpy import load_file, save_file

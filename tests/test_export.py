@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import require
 from hf_models import load_reference, model_inputs, reference_logits
 from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 
@@ -13,7 +14,7 @@ from lora_keras.hf_checkpoint import load_hf_checkpoint
 from lora_keras.lora import LoraConfig, adapted_layers, add_lora, save_adapter
 from lora_keras.models import load_base, load_preset
 
-pytest.importorskip("torch")
+require("torch")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
-from conftest import TINY_PREFIX
+from conftest import TINY_PREFIX, require
 from hf_models import (
     VARIANTS,
     cut_at_eos,
@@ -23,7 +23,7 @@ from lora_keras.errors import InputError
 from lora_keras.hf_checkpoint import hf_config, load_hf_checkpoint
 from lora_keras.models import load_base
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 SOURCES = [
     TINY_PREFIX + "the red dog saw a small cat .",

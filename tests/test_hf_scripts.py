@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_PREFIX, run_script
+from conftest import ROOT, TINY_PREFIX, require, run_script
 from hf_models import load_reference, model_inputs, reference_logits
 from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 from test_tune_errors import assert_one_line_exit_2
@@ -15,7 +15,7 @@ from test_tune_errors import assert_one_line_exit_2
 from lora_keras.lora import load_adapter, read_adapter
 from lora_keras.models import load_base
 
-pytest.importorskip("torch")
+require("torch")
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ import json
 import shutil
 
 import pytest
+from conftest import require
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from lora_keras.errors import InputError
 from lora_keras.models import load_base
 
-pytest.importorskip("torch")
+require("torch")
 
 
 def swapped_pad_and_eos(directory):

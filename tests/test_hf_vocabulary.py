@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import sentencepiece
-from conftest import TINY_PREFIX
+from conftest import TINY_PREFIX, require
 from hf_models import load_reference, model_inputs, reference_logits, with_sentinels
 from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 
@@ -18,8 +18,8 @@ from lora_keras.hf_checkpoint import load_hf_checkpoint
 from lora_keras.hf_tokenizer import read_tokenizer
 from lora_keras.models import load_base
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = require("torch")
+transformers = require("transformers")
 
 SENTINELS, ROWS_PAST_PIECES = 100, 128  # hf_t5_wide's layout, FLAN-T5's
 

@@ -13,14 +13,14 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY_PREFIX
+from conftest import TINY_PREFIX, require
 from lora_keras import demo_corpus
 from lora_keras.data import make_dataset, tokenize_pairs
 from lora_keras.hf_checkpoint import load_hf_checkpoint
 from lora_keras.lora import LoraConfig, add_lora, adapted_layers
 
-torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
+torch = require("torch")
+peft = require("peft")
 
 STEPS = 10
 BATCH = 4

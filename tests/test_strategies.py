@@ -12,7 +12,7 @@ import math
 
 import keras_tuner
 import pytest
-from conftest import TINY_PREFIX
+from conftest import TINY_PREFIX, require
 from keras_tuner.engine.trial import Trial, TrialStatus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -104,7 +104,7 @@ def test_every_builtin_strategy_is_one_registered_oracle_class():
 @pytest.mark.parametrize("name", ["random", "bayesian", "cost_aware"])
 def test_seed_zero_gives_the_same_order_every_time(tmp_path, name):
     if name == "bayesian":
-        pytest.importorskip("sklearn")  # keras-tuner's Gaussian process needs scipy and scikit-learn
+        require("sklearn")  # keras-tuner's Gaussian process needs scipy and scikit-learn
     # keras-tuner alone would draw a random seed for seed 0 (`seed or randint`).
     orders = [run(new_oracle(name, tmp_path / str(i), 5)) for i in range(2)]
     assert orders[0] == orders[1] and len(set(orders[0])) == 5

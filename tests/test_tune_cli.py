@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import run_script
+from conftest import require, run_script
 from lora_keras.lora import LoraConfig, lora_parameter_count
 from lora_keras.models import load_preset
 from lora_keras.report import COLUMNS
@@ -219,7 +219,7 @@ def test_translate_script_with_a_trial_adapter(tiny_run, tiny_preset):
 
 def test_val_loss_is_what_transformers_computes_on_the_exported_trial(tiny_run, tiny_preset, tiny_corpus, tmp_path):
     """results.csv's val_loss = transformers' T5 loss (mean NLL per real target token) on the export."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     import transformers
 
     from conftest import TINY_PREFIX
