@@ -10,6 +10,7 @@ pairs = read_pairs("train.tsv")        # [("the cat .", "le chat ."), ...]
 
 import codecs
 import csv
+import functools
 import io
 import json
 import pathlib
@@ -96,12 +97,20 @@ def read_pairs(path, flag="--train"):
         raise InputError(f"{flag}: {path} has an unknown extension; use one of {', '.join(FORMATS)}")
     if not path.is_file():
         raise InputError(f"{flag}: no such file {path}; pass an existing {path.suffix} file")
-    reader, fix = {".tsv": (_tsv_rows, TSV_FIX), ".csv": (_csv_rows, CSV_FIX),
-                   ".jsonl": (_jsonl_rows, JSONL_FIX)}[path.suffix.lower()]
+    stat = path.stat()
     try:
-        return _pairs(reader(path, _decode(path, path.read_bytes())), path, fix)
+        return list(_read(path, stat.st_size, stat.st_mtime_ns))
     except InputError as error:
         raise InputError(f"{flag}: {error}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path, size, mtime_ns):
+    """The pairs of `path` as it is at (`size`, `mtime_ns`): a command checks its files before
+    TensorFlow loads and reads them again after, without parsing twice."""
+    reader, fix = {".tsv": (_tsv_rows, TSV_FIX), ".csv": (_csv_rows, CSV_FIX),
+                   ".jsonl": (_jsonl_rows, JSONL_FIX)}[path.suffix.lower()]
+    return tuple(_pairs(reader(path, _decode(path, path.read_bytes())), path, fix))
 
 
 def _pairs(rows, path, fix):

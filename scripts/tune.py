@@ -24,6 +24,7 @@ from lora_keras.cli import (  # noqa: E402
     positive_float,
     positive_int,
 )
+from lora_keras.corpus import read_pairs  # noqa: E402
 from lora_keras.devices import HELP as DEVICES_HELP  # noqa: E402
 
 
@@ -122,6 +123,10 @@ def main(argv=None):
     targets = target_sets(args.targets)
     if targets is None:
         parser.error("--targets: an empty set; name projections in each, e.g. --targets q,v q,k,v,o")
+    with exit_on_input_error("tune.py"):  # a bad corpus file is told in a second, before TensorFlow loads
+        for flag, path in (("--train", args.train), ("--val", args.val)):
+            if path:
+                read_pairs(path, flag)
     with native_stderr_silenced():
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
     with exit_on_input_error("tune.py"):
