@@ -7,6 +7,8 @@ scores = translation_scores(hypotheses, ["dog runri ."])   # {"bleu": ..., "chrf
 ```
 """
 
+import hashlib
+
 import keras_hub
 import sacrebleu
 from keras import ops
@@ -124,6 +126,25 @@ class MergedTranslator:
             self._config = config
         self._translator.backbone.set_weights(merged_weights(backbone))
         return self._translator(sources, batch_size)
+
+
+_SHARED_TRANSLATORS = {}  # (vocabulary, lengths) -> MergedTranslator: the process's one
+
+
+def shared_translator(tokenizer, max_source_length=64, max_new_tokens=64):
+    """The process's `MergedTranslator` for this vocabulary and these lengths.
+
+    Sweeps run one after another in one process (a notebook, a test session) then
+    decode with one compiled `generate` rather than compiling it once each. One is kept:
+    each holds a copy of a base model.
+
+    Example: `shared_translator(base.tokenizer)(model.backbone, sources)`.
+    """
+    key = (hashlib.sha256(tokenizer.proto).hexdigest(), max_source_length, max_new_tokens)
+    if key not in _SHARED_TRANSLATORS:
+        _SHARED_TRANSLATORS.clear()
+        _SHARED_TRANSLATORS[key] = MergedTranslator(tokenizer, max_source_length, max_new_tokens)
+    return _SHARED_TRANSLATORS[key]
 
 
 def translate(

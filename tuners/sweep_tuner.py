@@ -18,7 +18,7 @@ from tensorboard.plugins.hparams import summary as hparams_summary
 
 from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory
 from lora_keras.devices import strategy_gpus
-from lora_keras.evaluation import MergedTranslator, translation_scores
+from lora_keras.evaluation import shared_translator, translation_scores
 from lora_keras.lora import load_adapter, save_adapter
 from tuners.cluster import is_worker
 from tuners.hparams import trial_hparams
@@ -36,17 +36,14 @@ class ValidationTexts:
     max_source_length: int = 64
     max_target_length: int = 64
 
-    _translator: list = dataclasses.field(default_factory=list, compare=False, repr=False)
-
     def scores(self, backbone, tokenizer):
         """`({"bleu", "chrf"}, translations)` of `backbone` on these sources.
 
-        One `MergedTranslator` serves every call, so `generate` is traced once
-        per run (per model shape), not once per LoRA config.
+        The process's `shared_translator` serves every call, so `generate` is compiled
+        once per process (per model shape), not once per LoRA config or run.
         """
-        if not self._translator or self._translator[0].tokenizer is not tokenizer:
-            self._translator[:] = [MergedTranslator(tokenizer, self.max_source_length, self.max_target_length)]
-        translations = self._translator[0](backbone, self.sources)
+        translations = shared_translator(tokenizer, self.max_source_length, self.max_target_length)(
+            backbone, self.sources)
         return translation_scores(translations, self.references), translations
 
     def samples_markdown(self, translations):
