@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny T5 keras-hub preset and tiny TSV corpora, made once per session."""
 
+import contextlib
 import importlib
+import importlib.util
+import io
 import os
 import pathlib
 import subprocess
@@ -68,7 +71,7 @@ def tiny_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_preset(tmp_path_factory):
-    """A random-weight tiny T5 saved as a keras-hub preset dir with its SentencePiece vocab."""
+    """A random-weight tiny T5 (one layer each side) saved as a keras-hub preset dir with its SentencePiece vocab."""
     import keras
     import keras_hub
 
@@ -79,19 +82,45 @@ def tiny_preset(tmp_path_factory):
     texts = [TINY_PREFIX + s for s, _ in pairs] + [t for _, t in pairs]
     tokenizer = keras_hub.models.T5Tokenizer(proto=train_sentencepiece(texts, 300))
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.T5Backbone(**tiny_backbone_kwargs(300))
+    # One encoder and one decoder layer: every sweep test builds and traces it, and depth
+    # is what tracing costs (2 layers took twice as long).
+    backbone = keras_hub.models.T5Backbone(**{**tiny_backbone_kwargs(300), "num_layers": 1})
     backbone.save_to_preset(str(directory))
     tokenizer.save_to_preset(str(directory))
     return directory
 
 
 def run_script(script, *args, timeout=600, env=None):
-    """Run `scripts/<script>` in a subprocess; returns the CompletedProcess."""
+    """Run `scripts/<script>` in a subprocess; returns the CompletedProcess.
+
+    For what only a process shows (start-up, exit status of the interpreter, kill -9, environment);
+    `run_main` runs the same entry point in this process, without loading TensorFlow again.
+    """
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / script), *map(str, args)],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+def load_script(script):
+    """`scripts/<script>` as a module (its `main(argv)` callable in this process)."""
+    spec = importlib.util.spec_from_file_location(f"script_{script.removesuffix('.py')}", ROOT / "scripts" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(script, *args):
+    """`scripts/<script>`'s `main(args)` in this process: `(exit status, stdout, stderr)` as a process gives them."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            load_script(script).main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
 
 
 def csv_row(**values):

