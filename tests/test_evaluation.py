@@ -196,7 +196,7 @@ def test_beam_search_decodes_transformers_beam_search_with_keras_hub_s_stopping(
 
 
 def test_beam_width_one_decodes_greedy_ids(eos_prone, decoded_ids):
-    """`BeamSampler(num_beams=1)` gives greedy's ids, as `translate(num_beams=1)` (the greedy sampler) and transformers do."""
+    """`BeamSampler(num_beams=1)` gives greedy's ids: those of `translate(num_beams=1)` and transformers."""
     reference, base, backbone = eos_prone
     greedy = decoded_ids(lambda: translate(backbone, base.tokenizer, BEAM_SOURCES, max_new_tokens=BEAM_NEW_TOKENS))
     translator = Translator(backbone, base.tokenizer, max_new_tokens=BEAM_NEW_TOKENS)
