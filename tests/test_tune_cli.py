@@ -1,22 +1,33 @@
-"""`scripts/tune.py` end to end on a tiny preset: outputs, HParams read back, resume, bad input."""
+"""`scripts/tune.py` end to end on a tiny preset: outputs, HParams read back, resume, bad input.
+
+`main()` runs in this process (the entry point a process would run, without loading TensorFlow
+again); the kill -9 test needs a process of its own.
+"""
 
 import csv
 import itertools
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import require, run_script
+from conftest import ROOT, require, run_main
 from lora_keras.lora import LoraConfig, lora_parameter_count
 from lora_keras.models import load_preset
 from lora_keras.report import COLUMNS
 
 RANKS, BATCH_SIZES = (1, 2), (8, 16)
+TARGET_LENGTH = 16
 METRICS = ("epoch_loss", "val_loss", "val_perplexity", "epoch_time_s", "tokens_per_s", "peak_memory_mb",
            "trainable_params", "bleu")
 
@@ -25,16 +36,16 @@ def sweep_args(tiny_preset, tiny_corpus, logdir, *extra):
     train, val = tiny_corpus
     return ["--model", tiny_preset, "--train", train, "--val", val, "--source-lang", "English",
             "--target-lang", "Dravic", "--ranks", *RANKS, "--batch-sizes", *BATCH_SIZES,
-            "--epochs", "1", "--logdir", logdir, "--name", "tiny", "--max-target-length", "24",
+            "--epochs", "1", "--logdir", logdir, "--name", "tiny", "--max-target-length", TARGET_LENGTH,
             "--quiet", *extra]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_preset, tiny_corpus, tmp_path_factory):
     logdir = tmp_path_factory.mktemp("logs")
-    result = run_script("tune.py", *sweep_args(tiny_preset, tiny_corpus, logdir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return logdir / "tiny", result
+    code, stdout, stderr = run_main("tune.py", *sweep_args(tiny_preset, tiny_corpus, logdir))
+    assert code == 0, stderr[-3000:]
+    return logdir / "tiny", stdout
 
 
 def read_rows(run_dir):
@@ -58,12 +69,21 @@ def test_results_csv_has_every_column_and_combination(tiny_run, tiny_preset):
     assert combos == sorted(itertools.product(RANKS, BATCH_SIZES))
     base = load_preset(tiny_preset)
     base_params = sum(int(np.prod(w.shape)) for w in base.weights)
+    backbone = base.build_backbone()
+    resident_now = psutil.Process().memory_info().rss / 2**20  # this process ran the trials
     for row in rows:
         rank = int(row["rank"])
         assert row["status"] == "COMPLETED"
-        assert row["memory_kind"] == "host_rss" and float(row["peak_memory_mb"]) > 100
+        measured = json.loads((run_dir / "tuner" / f"trial_{row['trial_id']}" / "measurements.json").read_text())
+        peak = float(row["peak_memory_mb"])
+        assert row["memory_kind"] == "host_rss" and peak == pytest.approx(measured["peak_memory_mb"])
+        # As if alone: never above this process's own peak during the trial; the first trial is its own
+        # reference. In MiB: kB or bytes would be 1024 times off the resident size read independently.
+        assert peak <= measured["process_peak_memory_mb"] + 1e-6
+        assert (peak == pytest.approx(measured["process_peak_memory_mb"])) == (row["trial_id"] == rows[0]["trial_id"])
+        assert 0.5 * resident_now < peak < 2 * resident_now
         assert float(row["lora_alpha"]) == rank and int(row["epochs"]) == 1
-        lora = lora_parameter_count(base.build_backbone(), LoraConfig(rank, targets=("q", "v")))
+        lora = lora_parameter_count(backbone, LoraConfig(rank, targets=("q", "v")))
         assert int(row["trainable_params"]) == lora
         assert int(row["total_params"]) == base_params + lora
         assert math.isclose(float(row["trainable_percent"]), 100 * lora / (base_params + lora), rel_tol=1e-6)
@@ -124,9 +144,9 @@ def test_hparams_read_back_from_event_files(tiny_run):
 def test_rerun_resumes_without_repeating_a_trial(tiny_run, tiny_preset, tiny_corpus):
     run_dir, _ = tiny_run
     before = read_rows(run_dir)
-    result = run_script("tune.py", *sweep_args(tiny_preset, tiny_corpus, run_dir.parent))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Running Trial" not in result.stdout
+    code, stdout, stderr = run_main("tune.py", *sweep_args(tiny_preset, tiny_corpus, run_dir.parent))
+    assert code == 0, stderr[-3000:]
+    assert "Running Trial" not in stdout
     assert read_rows(run_dir) == before
 
 
@@ -134,9 +154,9 @@ def test_rerun_with_other_settings_is_refused(tiny_run, tiny_preset, tiny_corpus
     run_dir, _ = tiny_run
     args = sweep_args(tiny_preset, tiny_corpus, run_dir.parent)
     args[args.index("--ranks") + 1] = "4"
-    result = run_script("tune.py", *args)
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "--overwrite" in result.stderr
+    code, _, stderr = run_main("tune.py", *args)
+    assert code == 2
+    assert stderr.strip().count("\n") == 0 and "--overwrite" in stderr
 
 
 def test_plots_recommendations_and_tensorboard_images(tiny_run):
@@ -157,30 +177,37 @@ def test_report_script_rebuilds_reports_without_training(tiny_run, tmp_path):
     copy.mkdir()
     for name in ("results.csv", "baseline.json", "run_summary.json"):
         (copy / name).write_bytes((run_dir / name).read_bytes())
-    result = run_script("report.py", copy, "--memory-budget-mb", "1")
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, _, stderr = run_main("report.py", copy, "--memory-budget-mb", "1")
+    assert code == 0, stderr[-2000:]
     assert (copy / "results.md").read_text() == (run_dir / "results.md").read_text()
     assert (copy / "loss_vs_rank.png").is_file()
     assert "no trial fits" in (copy / "recommendations.md").read_text().lower()
-    missing = run_script("report.py", tmp_path / "nothing")
-    assert missing.returncode == 2 and "has no results.csv" in missing.stderr
-    assert missing.stderr.strip().count("\n") == 0
+    code, _, stderr = run_main("report.py", tmp_path / "nothing")
+    assert code == 2 and "has no results.csv" in stderr
+    assert stderr.strip().count("\n") == 0
 
 
-def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset, tiny_corpus, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+@pytest.fixture
+def started():
+    """`start(command)`: a process that is killed when the test ends, whatever its outcome."""
+    processes = []
 
-    from conftest import ROOT
+    def start(command):
+        processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
+        return processes[-1]
 
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset, tiny_corpus, tmp_path, started):
     args = sweep_args(tiny_preset, tiny_corpus, tmp_path)
-    args[args.index("--batch-sizes") + 1: args.index("--batch-sizes") + 3] = [8]  # two trials suffice
-    command = [sys.executable, str(ROOT / "scripts" / "tune.py"), *map(str, args)]
+    args[args.index("--ranks") + 1: args.index("--ranks") + 3] = [1]  # two trials of one model suffice
     run_dir = tmp_path / "tiny"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    process = started([sys.executable, str(ROOT / "scripts" / "tune.py"), *map(str, args)])
     deadline = time.time() + 300
     # Kill once the first trial is on disk and the second has started.
     while not (run_dir / "tuner" / "trial_1").exists():
@@ -190,14 +217,14 @@ def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset
     process.wait()
     assert len(read_rows(run_dir)) == 1  # the finished trial survived the kill
 
-    result = run_script("tune.py", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, _, stderr = run_main("tune.py", *args)  # the rerun: any process resumes it
+    assert code == 0, stderr[-3000:]
     rows = read_rows(run_dir)
-    assert sorted((int(r["rank"]), int(r["batch_size"])) for r in rows) == [(rank, 8) for rank in RANKS]
+    assert sorted((int(r["rank"]), int(r["batch_size"])) for r in rows) == [(1, b) for b in BATCH_SIZES]
     assert all(r["status"] == "COMPLETED" for r in rows) and len({r["trial_id"] for r in rows}) == 2
     # The interrupted trial's TensorBoard session holds its rerun only.
     start, _ = plugin_content(run_dir / "tensorboard" / "trial_1", "_hparams_/session_start_info")
-    assert start.session_start_info.hparams["rank"].number_value in RANKS
+    assert start.session_start_info.hparams["batch_size"].number_value == BATCH_SIZES[1]
     assert len(list((run_dir / "tensorboard" / "trial_1").glob("events.out.tfevents*"))) == 1
 
 
@@ -205,16 +232,14 @@ def test_translate_script_with_a_trial_adapter(tiny_run, tiny_preset):
     run_dir, _ = tiny_run
     adapter = sorted((run_dir / "adapters").glob("*.safetensors"))[0]
     lines = ["translate English to Dravic: the dog runs .", "translate English to Dravic: a cat ."]
-    result = run_script("translate.py", "--model", tiny_preset, "--adapter", adapter,
-                        "--max-new-tokens", "6", *lines)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert len(result.stdout.strip().splitlines()) == 2
-    beams = run_script("translate.py", "--model", tiny_preset, "--num-beams", "2", "--max-new-tokens", "6",
-                       lines[0])
-    assert beams.returncode == 0 and len(beams.stdout.strip().splitlines()) == 1, beams.stderr[-2000:]
-    missing = run_script("translate.py", "--model", tiny_preset, "--adapter", run_dir / "nope.safetensors", "x")
-    assert missing.returncode == 2 and "cannot read adapter" in missing.stderr
-    assert missing.stderr.strip().count("\n") == 0
+    # Beam search from the command line (its ids against transformers: test_evaluation; greedy: test_hf_scripts).
+    code, stdout, stderr = run_main("translate.py", "--model", tiny_preset, "--adapter", adapter,
+                                    "--max-new-tokens", "6", "--num-beams", "2", *lines)
+    assert code == 0, stderr[-2000:]
+    assert len(stdout.strip().splitlines()) == 2
+    code, _, stderr = run_main("translate.py", "--model", tiny_preset, "--adapter", run_dir / "nope.safetensors", "x")
+    assert code == 2 and "cannot read adapter" in stderr
+    assert stderr.strip().count("\n") == 0
 
 
 def test_val_loss_is_what_transformers_computes_on_the_exported_trial(tiny_run, tiny_preset, tiny_corpus, tmp_path):
@@ -228,15 +253,16 @@ def test_val_loss_is_what_transformers_computes_on_the_exported_trial(tiny_run, 
     run_dir, _ = tiny_run
     row = min(read_rows(run_dir), key=lambda r: float(r["val_loss"]))
     out = tmp_path / "exported"
-    result = run_script("export.py", "--model", tiny_preset, "--adapter",
-                        run_dir / "adapters" / f"trial_{row['trial_id']}.safetensors", "--out", out)
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, _, stderr = run_main("export.py", "--model", tiny_preset, "--adapter",
+                               run_dir / "adapters" / f"trial_{row['trial_id']}.safetensors", "--out", out)
+    assert code == 0, stderr[-2000:]
     model = transformers.T5ForConditionalGeneration.from_pretrained(str(out)).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
     pairs = read_pairs(tiny_corpus[1])
     sources = tokenizer([TINY_PREFIX + s for s, _ in pairs], padding=True, return_tensors="pt")
-    # --max-target-length 24 as in sweep_args: 23 pieces and EOS
-    labels = tokenizer([t for _, t in pairs], padding=True, truncation=True, max_length=24, return_tensors="pt")
+    # --max-target-length as in sweep_args: that many tokens less one, and EOS
+    labels = tokenizer([t for _, t in pairs], padding=True, truncation=True, max_length=TARGET_LENGTH,
+                       return_tensors="pt")
     labels = labels.input_ids.masked_fill(labels.attention_mask == 0, -100)
     with torch.no_grad():
         reference = float(model(**sources, labels=labels).loss)  # one batch: the set's mean per real token
