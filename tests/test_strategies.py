@@ -1,35 +1,45 @@
 """Strategies as plug-ins: the registry, Hyperband over epochs, the cost-aware oracle, seeded order.
 
-The oracles are driven directly with made-up trial results (no training). Two
-tiny real runs check what only training shows: a Hyperband trial continuing its
-parent's adapter, and a cost-aware sweep from the command line over alpha,
-targets and dropout, with the metrics the oracle reads.
+The oracles are driven directly with made-up trial results (no training). Tiny
+real runs check what only training shows: a cost-aware sweep from the command line
+over alpha, targets and dropout, with the metrics the oracle reads; and a Hyperband
+sweep from the command line, killed with -9 during a continued trial and resumed,
+whose continued trial starts from its parent's saved adapter, and whose adapter
+translate.py and export.py take.
 """
 
+import dataclasses
 import functools
+import importlib.util
 import json
 import math
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
+import keras
+import keras_hub
 import keras_tuner
+import numpy as np
 import pytest
-from conftest import TINY_PREFIX, require
-from keras_tuner.engine.trial import Trial, TrialStatus
+from conftest import ROOT, TINY_PREFIX, require
+from keras_tuner.engine.trial import TrialStatus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from test_tune_errors import load_tune
 
-import tuners.sweep_tuner
-from lora_keras.corpus import read_pairs
-from lora_keras.data import tokenize_pairs
 from lora_keras.errors import InputError
-from lora_keras.lora import LoraConfig, lora_parameter_count, read_adapter
+from lora_keras import evaluation
+from lora_keras.evaluation import translate
+from lora_keras.lora import LoraConfig, adapter_weights, lora_parameter_count, read_adapter, target_layers
 from lora_keras.models import load_preset
 from lora_keras.report import read_results_csv
-from tuners.hypermodel import LoraT5HyperModel, SearchSpace
+from tuners.hypermodel import LoraT5HyperModel
 from tuners.strategies import STRATEGIES, make_oracle, register
 from tuners.strategies.cost_aware import CostAwareOracle
 from tuners.strategies.hyperband import EpochHyperbandOracle
-from tuners.sweep_tuner import LoraSweepTuner, ValidationTexts
 
 RANKS, BATCH_SIZES = (1, 2, 4, 8, 16), (8, 16, 32, 64)
 BASELINE = 3.0
@@ -193,12 +203,11 @@ def test_hyperband_needs_two_epochs_or_more():
         make_oracle("hyperband", "val_loss", None, space(), 0, max_epochs=1)
 
 
-# --- Two tiny real runs. Each trial runs eagerly: tracing the train step cost about a
+# --- Tiny real runs. Each trial runs eagerly: tracing the train step cost about a
 # minute per trial on the 2 shared cores, and the sweeps check wiring, not graph speed.
 
 
-@pytest.fixture
-def eager_trials(monkeypatch):
+def run_trials_eagerly(monkeypatch):
     build = LoraT5HyperModel.build
 
     def eager_build(self, hp):
@@ -209,52 +218,14 @@ def eager_trials(monkeypatch):
     monkeypatch.setattr(LoraT5HyperModel, "build", eager_build)
 
 
+@pytest.fixture
+def eager_trials(monkeypatch):
+    run_trials_eagerly(monkeypatch)
+
+
 def trial_metrics(run_dir, trial_id):
     state = json.loads((run_dir / "tuner" / f"trial_{trial_id}" / "trial.json").read_text())
     return {name: history["observations"][-1]["value"][0] for name, history in state["metrics"]["metrics"].items()}
-
-
-def test_hyperband_trial_trains_on_from_its_parent_adapter(tiny_preset, tiny_corpus, tmp_path, monkeypatch,
-                                                         eager_trials):
-    loaded, load_adapter = [], tuners.sweep_tuner.load_adapter
-
-    def recording_load_adapter(backbone, path):
-        loaded.append(path)
-        return load_adapter(backbone, path)
-
-    monkeypatch.setattr(tuners.sweep_tuner, "load_adapter", recording_load_adapter)
-    base = load_preset(tiny_preset)
-    train, val = (read_pairs(path, "corpus")[:n] for path, n in zip(tiny_corpus, (16, 4)))
-    tokens = [tokenize_pairs(base.tokenizer, pairs, TINY_PREFIX, max_target_length=12) for pairs in (train, val)]
-    texts = ValidationTexts([TINY_PREFIX + s for s, _ in val], [t for _, t in val], max_target_length=12)
-    space = SearchSpace(ranks=(1,), batch_sizes=(8,))
-    hp = keras_tuner.HyperParameters()
-    space.declare(hp)
-    oracle = make_oracle("hyperband", keras_tuner.Objective("val_loss", "min"), None, hp, 0, max_epochs=2)
-    tuner = LoraSweepTuner(LoraT5HyperModel(base, space, epochs=2), oracle, tmp_path, verbose=0, baseline_val_loss=9.0)
-
-    def hyperband_trial(trial_id, budget):  # as HyperbandOracle.populate_space writes them
-        trial_hp = hp.copy()
-        trial_hp.values = {**hp.values, **{f"tuner/{name}": value for name, value in budget.items()}}
-        return Trial(trial_hp, trial_id=trial_id)
-
-    tuner.run_trial(hyperband_trial("0", {"epochs": 1, "initial_epoch": 0, "bracket": 1, "round": 0}), *tokens, texts)
-    child_budget = {"epochs": 2, "initial_epoch": 1, "bracket": 1, "round": 1, "trial_id": "0"}
-    metrics = tuner.run_trial(hyperband_trial("1", child_budget), *tokens, texts)
-    assert loaded == [tmp_path / "adapters" / "trial_0.safetensors"]  # the child starts from its parent
-    parent, child = (json.loads(tuner.measurements_path(i).read_text()) for i in ("0", "1"))
-    assert (parent["epochs"], parent["initial_epoch"], parent["parent_trial_id"]) == (1, 0, None)
-    assert (child["epochs"], child["initial_epoch"], child["parent_trial_id"]) == (2, 1, "0")
-    assert len(child["epoch_times_s"]) == 1  # one more epoch, not two
-    # What a strategy reads: time, memory and the baseline next to the objective.
-    reported = ("val_loss", "final_loss", "training_time_s", "peak_memory_mb")
-    assert metrics == {**{name: child[name] for name in reported}, "baseline_val_loss": 9.0}
-    start = hparams_data(tmp_path / "tensorboard" / "trial_1", "_hparams_/session_start_info")
-    assert start.session_start_info.hparams["epochs"].number_value == 2
-    assert "tuner/epochs" not in start.session_start_info.hparams
-    accumulator = EventAccumulator(str(tmp_path / "tensorboard" / "trial_1"), size_guidance={"tensors": 0})
-    accumulator.Reload()
-    assert [event.step for event in accumulator.Tensors("val_loss")] == [1]  # epoch 2, counted from 0
 
 
 def hparams_data(path, tag):
@@ -297,3 +268,199 @@ def test_cost_aware_cli_sweep_over_alpha_targets_and_dropout(tiny_preset, tiny_c
         assert metrics["baseline_val_loss"] == pytest.approx(baseline)
         assert metrics["training_time_s"] == pytest.approx(float(row["training_time_s"]))
         assert metrics["val_loss"] == pytest.approx(float(row["val_loss"]))
+
+
+# --- Hyperband from the command line: one run, shared by the tests below. It starts in a
+# subprocess, is killed with -9 once its first continued (child) trial has started, and is
+# resumed in this process, which records each trial's adapter as its training begins. Only the
+# learning rate varies, so one LoRA config (one model) serves every trial.
+
+HYPERBAND_LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+# `python -c EAGER_TUNE scripts/tune.py ARGS`: tune.py as its own `__main__`, its trials run eagerly
+# as in `eager_trials` (tracing the train step took 20 of the 60 s this process ran before the kill).
+EAGER_TUNE = """
+import runpy, sys
+from tuners.hypermodel import LoraT5HyperModel
+build = LoraT5HyperModel.build
+def eager_build(self, hp):
+    model = build(self, hp)
+    model.run_eagerly = True
+    return model
+LoraT5HyperModel.build = eager_build
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+TRANSLATE_LINES = [TINY_PREFIX + "the dog runs .", TINY_PREFIX + "my sister will buy seven old books ."]
+
+
+def load_script(name):
+    """`scripts/<name>.py` as a module, to call its `main(argv)` in this process."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def running_child(run_dir):
+    """`(id, events files)` of the first trial that continues a parent (Hyperband's `tuner/trial_id`)
+    once its training has begun (its TensorBoard session is written), else None."""
+    for path in sorted((run_dir / "tuner").glob("trial_*/trial.json")):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):  # being written
+            continue
+        if state["hyperparameters"]["values"].get("tuner/trial_id") is not None:
+            events = sorted((run_dir / "tensorboard" / f"trial_{state['trial_id']}").glob("events.out.tfevents*"))
+            return (state["trial_id"], events) if events else None
+    return None
+
+
+@dataclasses.dataclass
+class HyperbandRun:
+    run_dir: pathlib.Path
+    child: str  # the trial running when the first process was killed
+    killed_events: list  # its TensorBoard events files then
+    rows_at_kill: list
+    starts: list  # per trial the resumed process ran: (hyperparameter values, adapter weights at its first step)
+
+
+@pytest.fixture(scope="module")
+def hyperband_run(tiny_preset, tiny_corpus, tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("hyperband")
+    train, val = tiny_corpus
+    args = [str(a) for a in (
+        "--model", tiny_preset, "--train", train, "--val", val, "--source-lang", "English", "--target-lang", "Dravic",
+        "--ranks", 2, "--batch-sizes", 8, "--learning-rates", *HYPERBAND_LEARNING_RATES,
+        "--strategy", "hyperband", "--epochs", 2, "--max-train-examples", 16, "--max-val-examples", 4,
+        "--max-target-length", 12, "--logdir", logdir, "--name", "hb", "--quiet",
+    )]
+    run_dir = logdir / "hb"
+    with open(logdir / "killed.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-c", EAGER_TUNE, str(ROOT / "scripts" / "tune.py"), *args],
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 300
+        while (running := running_child(run_dir)) is None:
+            assert process.poll() is None, (logdir / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no child trial training within 300 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    child, killed_events = running
+    rows_at_kill = read_results_csv(run_dir / "results.csv")
+
+    starts = []
+
+    class AdapterAtTrainBegin(keras.callbacks.Callback):
+        def __init__(self, hp):
+            super().__init__()
+            self.hp = hp
+
+        def on_train_begin(self, logs=None):
+            starts.append((dict(self.hp.values), adapter_weights(self.model.backbone)))
+
+    fit = LoraT5HyperModel.fit
+
+    def recording_fit(self, hp, model, *fit_args, callbacks=None, **kwargs):
+        return fit(self, hp, model, *fit_args, callbacks=[*(callbacks or []), AdapterAtTrainBegin(hp)], **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        run_trials_eagerly(patch)
+        patch.setattr(LoraT5HyperModel, "fit", recording_fit)
+        load_tune().main(args)
+    return HyperbandRun(run_dir, child, killed_events, rows_at_kill, starts)
+
+
+def test_hyperband_from_the_cli_resumes_after_kill_9_and_runs_each_trial_once(hyperband_run):
+    run_dir, child = hyperband_run.run_dir, hyperband_run.child
+    # Killed while the child ran: the two 1-epoch trials were finished, the child was not.
+    assert len(hyperband_run.rows_at_kill) == 2
+    assert child not in {row["trial_id"] for row in hyperband_run.rows_at_kill}
+    rows = {row["trial_id"]: row for row in read_results_csv(run_dir / "results.csv")}
+    assert len(rows) == 5 and all(row["status"] == "COMPLETED" for row in rows.values())
+    # Factor 2 over 2 epochs: two 1-epoch trials, the better continued to epoch 2, two new 2-epoch trials.
+    schedule = [(row["epochs"], row["initial_epoch"], row["parent_trial_id"]) for _, row in sorted(rows.items())]
+    first, second = sorted(rows)[:2]
+    better = min((first, second), key=lambda trial_id: float(rows[trial_id]["val_loss"]))
+    assert schedule == [("1", "0", ""), ("1", "0", ""), ("2", "1", better), ("2", "0", ""), ("2", "0", "")]
+    assert child == sorted(rows)[2]
+    assert len({row["learning_rate"] for row in rows.values()}) == 4  # four combinations, one continued
+    # The resumed process ran the interrupted child again, then the two new trials: nothing twice.
+    assert [values.get("tuner/trial_id") for values, _ in hyperband_run.starts] == [better, None, None]
+    session = run_dir / "tensorboard" / f"trial_{child}"
+    events = list(session.glob("events.out.tfevents*"))
+    assert len(events) == 1 and not set(events) & set(hyperband_run.killed_events)  # the killed attempt's: dropped
+    # The child trained one epoch more, logged as epoch 2, and reported what a strategy reads.
+    measured = json.loads((run_dir / "tuner" / f"trial_{child}" / "measurements.json").read_text())
+    assert (measured["epochs"], measured["initial_epoch"], measured["parent_trial_id"]) == (2, 1, better)
+    assert len(measured["epoch_times_s"]) == 1
+    baseline = json.loads((run_dir / "baseline.json").read_text())["val_loss"]
+    reported = ("val_loss", "final_loss", "training_time_s", "peak_memory_mb")
+    assert trial_metrics(run_dir, child) == pytest.approx(
+        {**{name: measured[name] for name in reported}, "baseline_val_loss": baseline})
+    start = hparams_data(session, "_hparams_/session_start_info")
+    assert start.session_start_info.hparams["epochs"].number_value == 2
+    assert "tuner/epochs" not in start.session_start_info.hparams
+    accumulator = EventAccumulator(str(session), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Tensors("val_loss")] == [1]  # epoch 2, counted from 0
+
+
+def test_hyperband_child_starts_from_its_parent_s_saved_adapter(hyperband_run):
+    (child_values, at_child_start), *fresh = hyperband_run.starts
+    parent = child_values["tuner/trial_id"]
+    _, saved = read_adapter(hyperband_run.run_dir / "adapters" / f"trial_{parent}.safetensors")
+    assert at_child_start.keys() == saved.keys()
+    for name, value in saved.items():
+        np.testing.assert_array_equal(at_child_start[name], value, err_msg=name)
+    # New trials start from the initialisation: B zero, A as drawn; the parent's trained A and B differ from it.
+    assert len(fresh) == 2
+    for _, weights in fresh:
+        for name, value in weights.items():
+            if name.endswith("lora_b"):
+                assert not value.any(), name
+            else:
+                np.testing.assert_array_equal(value, fresh[0][1][name], err_msg=name)
+    assert all(saved[name].any() for name in saved if name.endswith("lora_b"))
+    assert any(not np.array_equal(saved[name], fresh[0][1][name]) for name in saved if name.endswith("lora_a"))
+
+
+def test_translate_and_export_scripts_with_a_child_trial_s_adapter(hyperband_run, tiny_preset, capsys, tmp_path,
+                                                                   monkeypatch):
+    adapter = hyperband_run.run_dir / "adapters" / f"trial_{hyperband_run.child}.safetensors"
+    config, weights = read_adapter(adapter)
+    base = load_preset(tiny_preset)
+    # export.py: each adapted kernel is W + (alpha / r) A B, every other weight the base's.
+    out = tmp_path / "exported"
+    load_script("export").main(["--model", str(tiny_preset), "--adapter", str(adapter), "--out", str(out),
+                                "--format", "keras-hub"])
+    capsys.readouterr()
+    exported = keras_hub.models.T5Backbone.from_preset(str(out))
+    kernels = {id(dense.kernel): path for path, dense in target_layers(exported, config.targets).items()}
+    adapted = 0
+    for variable, expected in zip(exported.weights, base.weights, strict=True):  # one config: one order
+        path = kernels.get(id(variable))
+        if path is not None:
+            expected = expected + config.scale * weights[f"{path}/lora_a"] @ weights[f"{path}/lora_b"]
+            adapted += 1
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected, rtol=1e-6, atol=1e-7,
+                                   err_msg=variable.path)
+    assert adapted == len(kernels) > 0
+    # translate.py decodes with the adapter's weights (the tiny random base's translations are
+    # one word repeated, with or without it, so the weights are what can tell).
+    decoded_by = []
+
+    def recording_translate(backbone, *translate_args, **kwargs):
+        decoded_by.append(adapter_weights(backbone))
+        return translate(backbone, *translate_args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "translate", recording_translate)
+    load_script("translate").main(["--model", str(tiny_preset), "--adapter", str(adapter), "--max-new-tokens", "6",
+                                   *TRANSLATE_LINES])
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(TRANSLATE_LINES)
+    assert len(decoded_by) == 1 and decoded_by[0].keys() == weights.keys()
+    for name, value in weights.items():
+        np.testing.assert_array_equal(decoded_by[0][name], value, err_msg=name)
