@@ -198,7 +198,19 @@ def matmul_ceiling(backbone_config, batch_size, source_length, target_length, re
 
 
 def peak_rss_mb():
-    """This process's resident-set high-water mark, in MiB (what the peer reports)."""
+    """This process's resident-set high-water mark, in MiB (what the peer reports).
+
+    Read from `VmHWM`, the mark of this process's own memory map: `ru_maxrss` also holds the
+    mark of the process that forked it as it was at `exec` (Linux keeps it across exec), so a
+    bench started from a large process (a test runner) reported that process's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -102,9 +102,10 @@ def test_bench_script_runs_and_compares_with_a_peer(tmp_path):
     assert list(fields) == ["tokens_per_s", "mfu", "overhead_s", "peak_memory_mb"]
     assert float(fields["tokens_per_s"]) > 0 and 0 < float(fields["mfu"]) < 1
     assert float(fields["overhead_s"]) > 0
-    # The trial's peak against the bench process's RSS sampled from outside (which also sees its
-    # start-up, evaluation and matmul ceiling): of the same order, in MiB, and not above it.
-    assert 0.5 * seen_rss_mb < float(fields["peak_memory_mb"]) <= 1.05 * seen_rss_mb
+    # The bench process's peak against its RSS sampled from outside every 20 ms: the same, in MiB,
+    # give or take a spike between samples (the test runner's own size once leaked in: 1720 vs 984).
+    print(f"\nbench peak {fields['peak_memory_mb']} MiB; its RSS seen from outside up to {seen_rss_mb:.0f} MiB")
+    assert 0.8 * seen_rss_mb < float(fields["peak_memory_mb"]) <= 1.2 * seen_rss_mb
     ratio = next(line for line in lines if line.startswith("ratio"))
     speedup = float(ratio.split("tokens/s ")[1].split("x")[0])
     assert abs(speedup - float(fields["tokens_per_s"]) / 100.0) < 0.01 * speedup
