@@ -2,7 +2,7 @@
 
 import keras
 
-from lora_keras.token_loss import perplexity
+from lora_keras.models.token_loss import perplexity
 
 from ._summary import flush, write_scalars
 
@@ -11,7 +11,7 @@ class LossScalars(keras.callbacks.Callback):
     """Writes ``epoch_loss``, ``val_loss`` and ``val_perplexity`` (when validating) per epoch.
 
     The losses are whatever the model logs as ``loss`` and ``val_loss``; with
-    `lora_keras.token_loss.TokenLossSeq2SeqLM` that is the mean negative
+    `lora_keras.models.token_loss.TokenLossSeq2SeqLM` that is the mean negative
     log-likelihood per real target token over the epoch (training, with dropout,
     as the weights moved) or over the validation set (at the epoch's end).
 

@@ -16,18 +16,18 @@ import importlib
 # (argument checks) answers without loading TensorFlow.
 _EXPORTS = {
     "InputError": "lora_keras.errors",
-    "LoraConfig": "lora_keras.lora",
-    "add_lora": "lora_keras.lora",
-    "load_adapter": "lora_keras.lora",
-    "lora_parameter_count": "lora_keras.lora",
-    "merge_lora": "lora_keras.lora",
-    "save_adapter": "lora_keras.lora",
-    "BaseModel": "lora_keras.models",
-    "load_base": "lora_keras.models",
-    "load_hf_checkpoint": "lora_keras.hf_checkpoint",
-    "export_hf": "lora_keras.export",
-    "export_keras_hub": "lora_keras.export",
-    "merged_backbone": "lora_keras.export",
+    "LoraConfig": "lora_keras.adapters",
+    "add_lora": "lora_keras.adapters",
+    "load_adapter": "lora_keras.adapters",
+    "lora_parameter_count": "lora_keras.adapters",
+    "merge_lora": "lora_keras.adapters",
+    "save_adapter": "lora_keras.adapters",
+    "BaseModel": "lora_keras.models.base",
+    "load_base": "lora_keras.models.sources",
+    "load_hf_checkpoint": "lora_keras.models.hf.checkpoint",
+    "export_hf": "lora_keras.models.export",
+    "export_keras_hub": "lora_keras.models.export",
+    "merged_backbone": "lora_keras.models.export",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -13,7 +13,7 @@ import keras_hub
 import sacrebleu
 from keras import ops
 
-from lora_keras.hf_tokenizer import SENTINEL
+from lora_keras.models.hf.tokenizer import SENTINEL
 
 
 def _spelled_pieces(tokenizer):
@@ -117,7 +117,7 @@ class MergedTranslator:
         self._translator = None
 
     def __call__(self, backbone, sources, batch_size=64):
-        from lora_keras.lora import merged_weights
+        from lora_keras.adapters import merged_weights
 
         config = backbone.get_config()
         if config != self._config:

@@ -50,7 +50,7 @@ def build_parser():
 
 def _workload(args):
     """(base, train tokens, val tokens) of the preset."""
-    from lora_keras import benchmark
+    from lora_keras.runtime import benchmark
 
     if args.preset == "reference":
         base = benchmark.reference_base(args.seed, **_shape(args.shape))
@@ -62,9 +62,9 @@ def _workload(args):
         return base, train, val
     if args.shape:
         raise InputError("--shape changes the reference preset only; drop it or use --preset reference")
-    from lora_keras import demo
-    from lora_keras.data import tokenize_pairs
-    from lora_keras.models import load_base
+    from lora_keras.models.demo import base as demo
+    from lora_keras.data.pipeline import tokenize_pairs
+    from lora_keras.models.sources import load_base
 
     base = load_base("tiny", verbose=1)
     prefix = demo.prefix(base.task["target_lang"]) if base.task else ""
@@ -75,7 +75,7 @@ def _workload(args):
 
 def _shape(items):
     """`{"num_layers": 8, ...}` from `["num_layers=8", ...]`, checked against the reference's keys."""
-    from lora_keras.benchmark import reference_backbone_config
+    from lora_keras.runtime.benchmark import reference_backbone_config
 
     known = reference_backbone_config()
     shape = {}
@@ -101,8 +101,8 @@ def _trial_runner(args, base, train, val):
     """`run(cold)`: one trial through the sweep's hypermodel; `cold` drops the kept model first."""
     import keras_tuner
 
-    from lora_keras import benchmark
-    from lora_keras.data import make_dataset
+    from lora_keras.runtime import benchmark
+    from lora_keras.data.pipeline import make_dataset
     from tuners.hypermodel import EVAL_BATCH_SIZE, LoraT5HyperModel, SearchSpace
 
     learning_rate = benchmark.REFERENCE_LEARNING_RATE if args.preset == "reference" else SearchSpace.learning_rates[0]
@@ -112,7 +112,7 @@ def _trial_runner(args, base, train, val):
     hypermodel.declare_hyperparameters(hp)
     val_texts = None
     if base.tokenizer is not None:  # the demo: the sweep also decodes the validation set for BLEU
-        from lora_keras import demo
+        from lora_keras.models.demo import base as demo
         from tuners.sweep_tuner import ValidationTexts
 
         pairs = demo.adaptation_pairs("val", demo.VAL_EXAMPLES, args.seed)
@@ -143,8 +143,8 @@ def main(argv=None):
     with native_stderr_silenced():
         import keras  # noqa: F401  (loads TensorFlow, which prints start-up notices)
     with exit_on_input_error("bench.py"):
-        from lora_keras import benchmark
-        from lora_keras.lora import LoraConfig, check_rank
+        from lora_keras.runtime import benchmark
+        from lora_keras.adapters import LoraConfig, check_rank
 
         base, train, val = _workload(args)
         check_rank(base.build_backbone(), LoraConfig(args.rank))

@@ -35,8 +35,8 @@ def main(argv=None):
     with native_stderr_silenced():
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
     with exit_on_input_error("export.py"):
-        from lora_keras.export import export
-        from lora_keras.models import load_base
+        from lora_keras.models.export import export
+        from lora_keras.models.sources import load_base
 
         base = load_base(args.model, verbose=1)
         directory = export(base, args.out, adapter=args.adapter, format=args.format)

@@ -20,7 +20,7 @@ def main(argv=None):
     parser.add_argument("--time-budget-s", type=positive_float, help="training time budget (s)")
     args = parser.parse_args(argv)
     with exit_on_input_error("report.py"):
-        from lora_keras.report import rebuild_reports
+        from lora_keras.results.report import rebuild_reports
 
         plots = rebuild_reports(args.run_dir, args.memory_budget_mb, args.time_budget_s)
     run_dir = pathlib.Path(args.run_dir)

@@ -38,8 +38,8 @@ def main(argv=None):
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
     with exit_on_input_error("translate.py"):
         from lora_keras.evaluation import translate
-        from lora_keras.lora import load_adapter
-        from lora_keras.models import load_base
+        from lora_keras.adapters import load_adapter
+        from lora_keras.models.sources import load_base
 
         base = load_base(args.model, verbose=1)
         backbone = base.build_backbone()

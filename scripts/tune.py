@@ -24,8 +24,8 @@ from lora_keras.cli import (  # noqa: E402
     positive_float,
     positive_int,
 )
-from lora_keras.corpus import read_pairs  # noqa: E402
-from lora_keras.devices import HELP as DEVICES_HELP  # noqa: E402
+from lora_keras.data.corpus import read_pairs  # noqa: E402
+from lora_keras.runtime.devices import HELP as DEVICES_HELP  # noqa: E402
 
 
 def target_sets(tokens):

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lora_keras import demo_corpus  # noqa: E402
-from lora_keras.report import COLUMNS  # noqa: E402
+from lora_keras.results.table import COLUMNS  # noqa: E402
 
 TINY_PREFIX = "translate English to Dravic: "
 
@@ -75,7 +75,7 @@ def tiny_preset(tmp_path_factory):
     import keras
     import keras_hub
 
-    from lora_keras.tokenizer import train_sentencepiece
+    from lora_keras.models.tokenizer import train_sentencepiece
 
     directory = tmp_path_factory.mktemp("tiny_preset")
     pairs = demo_corpus.generate_pairs("Dravic", 400, seed=1)
@@ -165,7 +165,7 @@ REPORT_ROWS = [
 @pytest.fixture(scope="session")
 def tiny_proto():
     """The tiny SentencePiece vocabulary (pad 0, eos 1, unk 2) of `tiny_preset`, serialized."""
-    from lora_keras.tokenizer import train_sentencepiece
+    from lora_keras.models.tokenizer import train_sentencepiece
 
     pairs = demo_corpus.generate_pairs("Dravic", 400, seed=1)
     return train_sentencepiece([TINY_PREFIX + s for s, _ in pairs] + [t for _, t in pairs], 300)

@@ -20,9 +20,9 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lora_keras.data import TokenizedPairs, make_dataset  # noqa: E402
-from lora_keras.lora import LoraConfig, add_lora  # noqa: E402
-from lora_keras.token_loss import TokenLossSeq2SeqLM  # noqa: E402
+from lora_keras.data.pipeline import TokenizedPairs, make_dataset  # noqa: E402
+from lora_keras.adapters import LoraConfig, add_lora  # noqa: E402
+from lora_keras.models.token_loss import TokenLossSeq2SeqLM  # noqa: E402
 
 
 def pairs():

@@ -8,7 +8,7 @@ import time
 import psutil
 from conftest import ROOT, run_script
 
-from lora_keras.benchmark import (
+from lora_keras.runtime.benchmark import (
     matmul_ceiling,
     mean_lengths,
     reference_backbone_config,

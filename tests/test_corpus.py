@@ -5,7 +5,7 @@ import json
 import pytest
 from test_tune_errors import assert_one_line_exit_2, load_tune
 
-from lora_keras.corpus import read_pairs
+from lora_keras.data.corpus import read_pairs
 from lora_keras.errors import InputError
 
 BOM = b"\xef\xbb\xbf"

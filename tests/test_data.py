@@ -4,8 +4,8 @@ import keras_hub
 import numpy as np
 
 from conftest import TINY_PREFIX
-from lora_keras.data import EOS_ID, PAD_ID, TokenizedPairs, make_dataset, tokenize_pairs
-from lora_keras.tokenizer import train_sentencepiece
+from lora_keras.data.pipeline import EOS_ID, PAD_ID, TokenizedPairs, make_dataset, tokenize_pairs
+from lora_keras.models.tokenizer import train_sentencepiece
 
 PAIRS = [("the red dog runs .", "reve dog ri ."), ("a cat .", "cat ."), ("my two big houses fall .", "x y z w v u .")]
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import run_script
-from lora_keras import demo
-from lora_keras.models import load_base
+from lora_keras.models.demo import base as demo
+from lora_keras.models.sources import load_base
 
 SMALL = demo.DemoConfig(vocabulary_size=300, hidden_dim=32, intermediate_dim=64, num_heads=2,
                         examples=300, epochs=1, batch_size=32)

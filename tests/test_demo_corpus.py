@@ -3,10 +3,10 @@ import doctest
 
 import pytest
 
-from lora_keras import demo_corpus
-from lora_keras.demo_corpus import (ADAPT_LANGUAGE, BASE_LANGUAGE, LANGUAGES, generate_pairs,
+from lora_keras.models.demo import corpus as demo_corpus
+from lora_keras.models.demo.corpus import (ADAPT_LANGUAGE, BASE_LANGUAGE, LANGUAGES, generate_pairs,
                                     vocabulary_words)
-from lora_keras.demo_corpus import _Clause, _NounPhrase, _render, _GENDERS, _STEMS
+from lora_keras.models.demo.corpus import _Clause, _NounPhrase, _render, _GENDERS, _STEMS
 
 S = _STEMS  # English word -> shared Velish/Dravic stem
 

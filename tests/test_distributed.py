@@ -14,7 +14,7 @@ import pytest
 from keras_tuner.src.distribute import oracle_client
 
 from conftest import ROOT
-from lora_keras.devices import device_names
+from lora_keras.runtime.devices import device_names
 from lora_keras.errors import InputError
 from test_tune_errors import assert_one_line_exit_2, load_tune
 from tuners.cluster import Cluster

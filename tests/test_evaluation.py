@@ -10,11 +10,12 @@ import sacrebleu
 from conftest import TINY_PREFIX, require
 from hf_models import cut_at_eos
 
-from lora_keras import demo_corpus, evaluation
-from lora_keras.data import EOS_ID
+from lora_keras.models.demo import corpus as demo_corpus
+from lora_keras import evaluation
+from lora_keras.data.pipeline import EOS_ID
 from lora_keras.evaluation import MergedTranslator, Translator, translate, translation_scores
-from lora_keras.lora import LoraConfig, adapted_layers, add_lora
-from lora_keras.models import load_base, load_preset
+from lora_keras.adapters import LoraConfig, adapted_layers, add_lora
+from lora_keras.models.sources import load_base, load_preset
 
 HYPOTHESES = ["the cat sat on the mat .", "a dog runs in the park ."]
 REFERENCES = ["the cat sat on the mat .", "the dog runs in a park ."]

@@ -9,10 +9,10 @@ from hf_models import load_reference, model_inputs, reference_logits
 from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 
 from lora_keras.errors import InputError
-from lora_keras.export import export, export_hf, export_keras_hub, merged_backbone
-from lora_keras.hf_checkpoint import load_hf_checkpoint
-from lora_keras.lora import LoraConfig, adapted_layers, add_lora, save_adapter
-from lora_keras.models import load_base, load_preset
+from lora_keras.models.export import export, export_hf, export_keras_hub, merged_backbone
+from lora_keras.models.hf.checkpoint import load_hf_checkpoint
+from lora_keras.adapters import LoraConfig, adapted_layers, add_lora, save_adapter
+from lora_keras.models.sources import load_base, load_preset
 
 require("torch")
 

@@ -20,8 +20,8 @@ from hf_models import (
 )
 
 from lora_keras.errors import InputError
-from lora_keras.hf_checkpoint import hf_config, load_hf_checkpoint
-from lora_keras.models import load_base
+from lora_keras.models.hf.checkpoint import hf_config, load_hf_checkpoint
+from lora_keras.models.sources import load_base
 
 torch = require("torch")
 

@@ -11,8 +11,8 @@ from hf_models import load_reference, model_inputs, reference_logits
 from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 from test_tune_errors import assert_one_line_exit_2
 
-from lora_keras.lora import load_adapter, read_adapter
-from lora_keras.models import load_base
+from lora_keras.adapters import load_adapter, read_adapter
+from lora_keras.models.sources import load_base
 
 require("torch")
 

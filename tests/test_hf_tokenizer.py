@@ -11,7 +11,7 @@ from conftest import require
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from lora_keras.errors import InputError
-from lora_keras.models import load_base
+from lora_keras.models.sources import load_base
 
 require("torch")
 

@@ -14,9 +14,9 @@ from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 
 from lora_keras.errors import InputError
 from lora_keras.evaluation import translate
-from lora_keras.hf_checkpoint import load_hf_checkpoint
-from lora_keras.hf_tokenizer import read_tokenizer
-from lora_keras.models import load_base
+from lora_keras.models.hf.checkpoint import load_hf_checkpoint
+from lora_keras.models.hf.tokenizer import read_tokenizer
+from lora_keras.models.sources import load_base
 
 torch = require("torch")
 transformers = require("transformers")
@@ -83,7 +83,7 @@ def test_a_tokenizer_with_more_pieces_than_rows_is_refused(source, hf_t5, tiny_p
     """At load (a checkpoint dir or a preset dir with another tokenizer), and at export."""
     import keras_hub
 
-    from lora_keras.export import export_hf
+    from lora_keras.models.export import export_hf
 
     directory = tmp_path / source
     shutil.copytree(hf_t5("flan") if source == "hf" else tiny_preset, directory)

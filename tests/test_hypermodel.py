@@ -6,8 +6,8 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from lora_keras.benchmark import reference_base, reference_tokens
-from lora_keras.gradient_registry import custom_gradient_names
+from lora_keras.runtime.benchmark import reference_base, reference_tokens
+from lora_keras.runtime.graph_memory import custom_gradient_names
 from tuners.hypermodel import LoraT5HyperModel, SearchSpace
 
 SMALL = dict(vocabulary_size=200, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64,
@@ -70,7 +70,7 @@ def live_func_graphs():
 
 
 def test_a_released_model_leaves_no_training_graph_behind(base):
-    """TensorFlow's registry of custom gradients pins each traced train step (lora_keras.gradient_registry)."""
+    """TensorFlow's registry of custom gradients pins each traced train step (lora_keras.runtime.graph_memory)."""
     tokens = reference_tokens(16, 6, 6, vocabulary_size=200)
     hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(1, 2, 4), batch_sizes=(8,)), epochs=1)
     registered, graphs_before = custom_gradient_names(), live_func_graphs()  # other tests' graphs may live

@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY_PREFIX, tiny_backbone_kwargs
-from lora_keras.corpus import read_pairs
-from lora_keras.data import make_dataset, tokenize_pairs
+from lora_keras.data.corpus import read_pairs
+from lora_keras.data.pipeline import make_dataset, tokenize_pairs
 from lora_keras.errors import InputError
-from lora_keras.models import BaseModel, load_preset
-from lora_keras.lora import (
+from lora_keras.models.base import BaseModel
+from lora_keras.models.sources import load_preset
+from lora_keras.adapters import (
     LoraConfig,
     add_lora,
     adapted_layers,

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_PREFIX, require
-from lora_keras import demo_corpus
-from lora_keras.data import make_dataset, tokenize_pairs
-from lora_keras.hf_checkpoint import load_hf_checkpoint
-from lora_keras.lora import LoraConfig, add_lora, adapted_layers
+from lora_keras.models.demo import corpus as demo_corpus
+from lora_keras.data.pipeline import make_dataset, tokenize_pairs
+from lora_keras.models.hf.checkpoint import load_hf_checkpoint
+from lora_keras.adapters import LoraConfig, add_lora, adapted_layers
 
 torch = require("torch")
 peft = require("peft")

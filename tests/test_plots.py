@@ -3,7 +3,7 @@
 import matplotlib.image
 import numpy as np
 
-from lora_keras.plots import figure_images, write_plots
+from lora_keras.results.plots import figure_images, write_plots
 from conftest import REPORT_ROWS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lora_keras.lora import LoraConfig, add_lora, target_layers, TARGETS
-from lora_keras.projections import lean_projections, project
+from lora_keras.adapters import LoraConfig, add_lora, target_layers, TARGETS
+from lora_keras.adapters import lean_projections, project
 from test_lora import decoder_output, make_backbone, make_inputs
 
 

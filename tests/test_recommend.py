@@ -2,7 +2,7 @@
 
 import pytest
 
-from lora_keras.recommend import (
+from lora_keras.results.recommend import (
     best_within,
     completed_trials,
     fit_power_law,

@@ -6,7 +6,7 @@ import keras_tuner
 import pytest
 from test_tune_errors import load_tune
 
-from lora_keras.report import results_table
+from lora_keras.results.table import results_table
 from tuners.hparams import experiment_hparams
 from tuners.hypermodel import SearchSpace
 from tuners.strategies import STRATEGIES

@@ -33,9 +33,9 @@ from test_tune_errors import load_tune
 from lora_keras.errors import InputError
 from lora_keras import evaluation
 from lora_keras.evaluation import translate
-from lora_keras.lora import LoraConfig, adapter_weights, lora_parameter_count, read_adapter, target_layers
-from lora_keras.models import load_preset
-from lora_keras.report import read_results_csv
+from lora_keras.adapters import LoraConfig, adapter_weights, lora_parameter_count, read_adapter, target_layers
+from lora_keras.models.sources import load_preset
+from lora_keras.results.table import read_results_csv
 from tuners.hypermodel import LoraT5HyperModel
 from tuners.strategies import STRATEGIES, make_oracle, register
 from tuners.strategies.cost_aware import CostAwareOracle

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_backbone_kwargs
-from lora_keras.data import TokenizedPairs, make_dataset
-from lora_keras.token_loss import TokenAccuracy, TokenLossSeq2SeqLM, perplexity
+from lora_keras.data.pipeline import TokenizedPairs, make_dataset
+from lora_keras.models.token_loss import TokenAccuracy, TokenLossSeq2SeqLM, perplexity
 
 VOCAB = 60
 

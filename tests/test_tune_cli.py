@@ -22,9 +22,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import ROOT, require, run_main
-from lora_keras.lora import LoraConfig, lora_parameter_count
-from lora_keras.models import load_preset
-from lora_keras.report import COLUMNS
+from lora_keras.adapters import LoraConfig, lora_parameter_count
+from lora_keras.models.sources import load_preset
+from lora_keras.results.table import COLUMNS
 
 RANKS, BATCH_SIZES = (1, 2), (8, 16)
 TARGET_LENGTH = 16
@@ -248,7 +248,7 @@ def test_val_loss_is_what_transformers_computes_on_the_exported_trial(tiny_run, 
     import transformers
 
     from conftest import TINY_PREFIX
-    from lora_keras.corpus import read_pairs
+    from lora_keras.data.corpus import read_pairs
 
     run_dir, _ = tiny_run
     row = min(read_rows(run_dir), key=lambda r: float(r["val_loss"]))

@@ -18,8 +18,8 @@ import os
 
 import keras
 
-from lora_keras.data import make_dataset
-from lora_keras.token_loss import perplexity
+from lora_keras.data.pipeline import make_dataset
+from lora_keras.models.token_loss import perplexity
 from tuners.hypermodel import EVAL_BATCH_SIZE
 
 BASELINE_FILE = "baseline.json"

@@ -103,7 +103,7 @@ def trial_hparams(hp, space, epochs):
 
 def write_figures(log_dir, paths):
     """The report's PNG plots as TensorBoard images (IMAGES tab) in `log_dir`."""
-    from lora_keras.plots import figure_images
+    from lora_keras.results.plots import figure_images
 
     shutil.rmtree(log_dir, ignore_errors=True)  # a resumed run replaces, not repeats, its images
     if not paths:

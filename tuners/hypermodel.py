@@ -8,10 +8,10 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
-from lora_keras.data import TokenizedPairs, make_dataset
-from lora_keras.gradient_registry import CustomGradientRegistrations
-from lora_keras.lora import LoraConfig, add_lora, reset_lora
-from lora_keras.projections import lean_projections
+from lora_keras.data.pipeline import TokenizedPairs, make_dataset
+from lora_keras.runtime.graph_memory import CustomGradientRegistrations
+from lora_keras.adapters import LoraConfig, add_lora, reset_lora
+from lora_keras.adapters import lean_projections
 
 EVAL_BATCH_SIZE = 64
 
@@ -139,7 +139,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         self.space = space
         self.epochs = epochs
         self.seed = seed
-        self.lora_init = lora_init  # how A is drawn: `lora_keras.lora.INITIALIZERS`
+        self.lora_init = lora_init  # how A is drawn: `lora_keras.adapters.config.INITIALIZERS`
         self.reuse_models = reuse_models
         self.jit_compile = jit_compile  # XLA: one compile per batch shape; no gain measured on CPU
         self._current = None

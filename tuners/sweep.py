@@ -17,21 +17,16 @@ import time
 import grpc
 import keras_tuner
 
-from lora_keras import demo
-from lora_keras.corpus import read_pairs
-from lora_keras.data import tokenize_pairs
-from lora_keras.devices import mirrored_strategy
+from lora_keras.models.demo import base as demo
+from lora_keras.data.corpus import read_pairs
+from lora_keras.data.pipeline import tokenize_pairs
+from lora_keras.runtime.devices import mirrored_strategy
 from lora_keras.errors import InputError
-from lora_keras.lora import TARGETS, LoraConfig, check_rank
-from lora_keras.models import load_base
-from lora_keras.token_loss import LOSS_DEFINITION
-from lora_keras.report import (
-    SUMMARY_FILE,
-    results_table,
-    write_reports,
-    write_results_csv,
-    write_results_md,
-)
+from lora_keras.adapters import TARGETS, LoraConfig, check_rank
+from lora_keras.models.sources import load_base
+from lora_keras.models.token_loss import LOSS_DEFINITION
+from lora_keras.results.report import write_reports
+from lora_keras.results.table import SUMMARY_FILE, results_table, write_results_csv, write_results_md
 from tuners.baseline import measure_baseline, read_baseline
 from tuners.cluster import CHIEF, Cluster
 from tuners.hparams import write_experiment, write_figures
@@ -72,11 +67,11 @@ class SweepConfig:
     max_source_length: int = 64
     max_target_length: int = 64
     seed: int = 0
-    lora_init: str = "peft"  # how LoRA's A is drawn: `lora_keras.lora.INITIALIZERS`
+    lora_init: str = "peft"  # how LoRA's A is drawn: `lora_keras.adapters.config.INITIALIZERS`
     memory_budget_mb: float | None = None
     time_budget_s: float | None = None
     verbose: int = 1
-    devices: str | None = None  # `lora_keras.devices.mirrored_strategy` spec: data parallel per trial
+    devices: str | None = None  # `lora_keras.runtime.devices.mirrored_strategy` spec: data parallel per trial
     cluster: Cluster | None = None  # this process's part in a distributed sweep
 
     @property

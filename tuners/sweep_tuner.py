@@ -17,9 +17,9 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
 
 from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory
-from lora_keras.devices import strategy_gpus
+from lora_keras.runtime.devices import strategy_gpus
 from lora_keras.evaluation import shared_translator, translation_scores
-from lora_keras.lora import load_adapter, save_adapter
+from lora_keras.adapters import load_adapter, save_adapter
 from tuners.cluster import is_worker
 from tuners.hparams import trial_hparams
 

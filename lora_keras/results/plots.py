@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from lora_keras.recommend import completed_trials, memory_kind_label, several_learning_rates  # noqa: E402
+from lora_keras.results.recommend import completed_trials, memory_kind_label, several_learning_rates  # noqa: E402
 
 FIGURE_SIZE = (8, 4.5)  # wide enough for the legend beside the axes
 DPI = 100

@@ -15,7 +15,7 @@ import statistics
 
 import numpy as np
 
-from lora_keras.report import typed_rows
+from lora_keras.results.table import typed_rows
 
 FOLK_LOSS_LAW = '"loss proportional to 1/rank"'
 FOLK_TIME_LAW = '"time proportional to 1/batch size"'

@@ -91,7 +91,7 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
 
     `compile` defaults the loss to `per_token_loss()`; the `loss` it logs (training,
     `val_loss`, `evaluate`) is the token-weighted mean over the whole epoch or set.
-    Expects the padding mask of the targets as `sample_weight` (see `lora_keras.data`).
+    Expects the padding mask of the targets as `sample_weight` (see `lora_keras.data.pipeline`).
 
     Example:
     ```python

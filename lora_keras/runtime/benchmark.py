@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lora_keras.data import PAD_ID, TokenizedPairs, make_dataset
+from lora_keras.data.pipeline import PAD_ID, TokenizedPairs, make_dataset
 
 REFERENCE_SOURCE_LENGTH = 32
 REFERENCE_TARGET_LENGTH = 32
@@ -45,7 +45,7 @@ def reference_base(seed=0, **overrides):
     """A random-weight `BaseModel` of the reference shape (no tokenizer: it trains on ids)."""
     import keras_hub
 
-    from lora_keras.models import BaseModel
+    from lora_keras.models.base import BaseModel
 
     keras.utils.set_random_seed(seed)
     config = {**reference_backbone_config(), **overrides}

@@ -20,10 +20,10 @@ import pathlib
 import keras
 
 from lora_keras.errors import InputError
-from lora_keras.hf_checkpoint import hf_config, hf_state_dict
-from lora_keras.hf_tokenizer import SENTINEL, write_tokenizer_files
-from lora_keras.lora import TARGETS, load_adapter, merge_lora, target_layers
-from lora_keras.tokenizer import check_vocabulary_fits
+from lora_keras.models.hf.checkpoint import hf_config, hf_state_dict
+from lora_keras.models.hf.tokenizer import SENTINEL, write_tokenizer_files
+from lora_keras.adapters import TARGETS, load_adapter, merge_lora, target_layers
+from lora_keras.models.tokenizer import check_vocabulary_fits
 
 FORMATS = ("hf", "keras-hub")
 T5_EXTRA_IDS = 100  # sentinels <extra_id_0..99> after the SentencePiece pieces, as in T5 checkpoints

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from lora_keras.errors import InputError
-from lora_keras.tokenizer import check_vocabulary_fits
+from lora_keras.models.tokenizer import check_vocabulary_fits
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -223,8 +223,8 @@ def load_hf_checkpoint(path, name=None):
     """
     import keras_hub
 
-    from lora_keras.hf_tokenizer import read_tokenizer
-    from lora_keras.models import BaseModel
+    from lora_keras.models.hf.tokenizer import read_tokenizer
+    from lora_keras.models.base import BaseModel
 
     path = pathlib.Path(path)
     where = f"--model {path}"

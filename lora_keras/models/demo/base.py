@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 
-from lora_keras import demo_corpus
+from lora_keras.models.demo import corpus as demo_corpus
 
 TASK_FILE = "lora_keras_task.json"
 CORPUS_VERSION = 2  # bump when demo_corpus changes what it generates
@@ -98,9 +98,9 @@ def _train_demo_base(config, directory, verbose):
     import keras
     import keras_hub
 
-    from lora_keras.data import make_dataset, tokenize_pairs
-    from lora_keras.token_loss import TokenAccuracy, TokenLossSeq2SeqLM
-    from lora_keras.tokenizer import train_sentencepiece
+    from lora_keras.data.pipeline import make_dataset, tokenize_pairs
+    from lora_keras.models.token_loss import TokenAccuracy, TokenLossSeq2SeqLM
+    from lora_keras.models.tokenizer import train_sentencepiece
 
     started = time.perf_counter()
     base_language, adapt_language = demo_corpus.BASE_LANGUAGE, demo_corpus.ADAPT_LANGUAGE

@@ -1,4 +1,4 @@
-"""The sweep's tables: `results.csv` (every column) and `results.md` (the study's table).
+"""The study's rows: `results.csv` (every column), its typed reading, and the `results.md` table.
 
 Example:
 ```python
@@ -155,37 +155,3 @@ def write_results_md(rows, path, baseline=None, wall_time_s=None):
             )
     with open(path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
-
-
-def write_reports(run_dir, rows, baseline=None, wall_time_s=None, memory_budget_mb=None, time_budget_s=None):
-    """`results.md`, the plots and `recommendations.md` of a run; returns the plot paths."""
-    from lora_keras.plots import write_plots
-    from lora_keras.recommend import write_recommendations
-
-    run_dir = pathlib.Path(run_dir)
-    write_results_md(rows, run_dir / "results.md", baseline, wall_time_s)
-    write_recommendations(
-        run_dir / "recommendations.md", rows, memory_budget_mb=memory_budget_mb,
-        time_budget_s=time_budget_s, baseline=baseline,
-    )
-    return write_plots(rows, run_dir)
-
-
-def rebuild_reports(run_dir, memory_budget_mb=None, time_budget_s=None):
-    """Every report file of `run_dir` again from its `results.csv`, without training.
-
-    Example: `rebuild_reports("logs/sweep", memory_budget_mb=2000)`.
-    """
-    run_dir = pathlib.Path(run_dir)
-    results = run_dir / "results.csv"
-    if not results.is_file():
-        from lora_keras.errors import InputError
-
-        raise InputError(f"{run_dir} has no results.csv; pass the LOGDIR/NAME of a run of tune.py")
-    baseline_path, summary_path = run_dir / "baseline.json", run_dir / SUMMARY_FILE
-    baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else None
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    rows = typed_rows(read_results_csv(results))
-    return write_reports(
-        run_dir, rows, baseline, summary.get("wall_time_s"), memory_budget_mb, time_budget_s
-    )

@@ -1,59 +1,24 @@
-"""Base T5 models from a model spec: `tiny` (the offline demo), a keras-hub preset dir,
+"""Where a base model comes from: `tiny` (the offline demo), a keras-hub preset dir,
 a Hugging Face T5 checkpoint dir, or a hub id such as `google/flan-t5-small`.
-
-The base is read once per run and kept as a config plus weights, so each trial
-builds a fresh `T5Seq2SeqLM` without touching the disk.
 
 Example:
 ```python
 base = load_base("path/to/flan-t5-small")     # or "tiny", or a keras-hub preset dir
-model = base.build_model()                 # keras_hub.models.T5Seq2SeqLM, no preprocessor
-ids = base.tokenizer(["translate English to German: hello ."])
+model = base.build_model()
 ```
 """
 
-import dataclasses
 import json
 import pathlib
-import warnings
 
 import keras_hub
 
 from lora_keras.errors import InputError
-from lora_keras.token_loss import TokenLossSeq2SeqLM
-from lora_keras.tokenizer import check_vocabulary_fits
-
-# keras-hub's T5 attention warns on every call that it drops Keras masks; it
-# uses explicit padding masks instead, so the warning says nothing here.
-warnings.filterwarnings("ignore", message=".*does not support masking.*")
-
-
-@dataclasses.dataclass
-class BaseModel:
-    """A frozen starting point: backbone config, weights and tokenizer.
-
-    `task` holds the default languages and corpus of the demo, else None.
-    """
-
-    name: str
-    backbone_config: dict
-    weights: list
-    tokenizer: keras_hub.models.T5Tokenizer
-    task: dict | None = None
-
-    def build_backbone(self):
-        """A new `T5Backbone` holding the base weights."""
-        backbone = keras_hub.models.T5Backbone.from_config(self.backbone_config)
-        backbone.set_weights(self.weights)
-        return backbone
-
-    def build_model(self, backbone=None):
-        """A `T5Seq2SeqLM` (logits out, no preprocessor) on `backbone` or a new one.
-
-        Its loss, trained and reported, is the mean NLL per real target token (`TokenLossSeq2SeqLM`).
-        """
-        backbone = backbone or self.build_backbone()
-        return TokenLossSeq2SeqLM(backbone=backbone, preprocessor=None)
+from lora_keras.models.base import BaseModel
+from lora_keras.models.demo import base as demo
+from lora_keras.models.hf import checkpoint as hf_checkpoint
+from lora_keras.models.hf import hub as hf_hub
+from lora_keras.models.tokenizer import check_vocabulary_fits
 
 
 def _is_keras_hub_preset(path):
@@ -86,11 +51,7 @@ def load_base(spec, cache_root=None, verbose=1):
 
     Example: `load_base("google/flan-t5-small")` (downloads where the network allows).
     """
-    from lora_keras import hf_checkpoint, hf_hub
-
     if spec == "tiny":
-        from lora_keras import demo
-
         preset = demo.ensure_demo_base(demo.DemoConfig(), cache_root, verbose=verbose)
         return load_preset(preset, name="tiny", task=demo.read_task(preset))
     path = pathlib.Path(spec)
