@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lora_keras import demo_corpus  # noqa: E402
+from lora_keras.models.demo import corpus as demo_corpus  # noqa: E402
 from lora_keras.results.table import COLUMNS  # noqa: E402
 
 TINY_PREFIX = "translate English to Dravic: "
