@@ -7,16 +7,22 @@ scores = translation_scores(hypotheses, ["dog runri ."])   # {"bleu": ..., "chrf
 ```
 """
 
+from __future__ import annotations
+
 import hashlib
+from collections.abc import Sequence
+from typing import Any
 
 import keras_hub
 import sacrebleu
 from keras import ops
 
+from lora_keras.adapters import merged_weights
 from lora_keras.models.hf.tokenizer import SENTINEL
+from lora_keras.models.masking_warning import masking_warning_ignored
 
 
-def _spelled_pieces(tokenizer):
+def _spelled_pieces(tokenizer: keras_hub.models.T5Tokenizer) -> int:
     """How many ids, from 0, print as text: the tokenizer's pieces up to T5's first sentinel `<extra_id_N>`."""
     vocabulary = tokenizer.get_vocabulary()
     return next((index for index, piece in enumerate(vocabulary) if SENTINEL.fullmatch(piece)), len(vocabulary))
@@ -35,7 +41,7 @@ class _SpellablePreprocessor(keras_hub.models.T5Seq2SeqLMPreprocessor):
 
     PACKED_BATCHES_KEPT = 64
 
-    def generate_preprocess(self, x, **kwargs):
+    def generate_preprocess(self, x: Any, **kwargs: Any) -> Any:
         if not (isinstance(x, list) and all(isinstance(text, str) for text in x)):
             return super().generate_preprocess(x, **kwargs)
         packed = self.__dict__.setdefault("_packed_batches", {})  # not a Keras-tracked attribute
@@ -46,7 +52,7 @@ class _SpellablePreprocessor(keras_hub.models.T5Seq2SeqLMPreprocessor):
             packed[key] = super().generate_preprocess(x, **kwargs)
         return packed[key]
 
-    def generate_postprocess(self, x):
+    def generate_postprocess(self, x: dict) -> Any:
         if "_spelled" not in self.__dict__:
             self.__dict__["_spelled"] = _spelled_pieces(self.tokenizer)
         ids = x["decoder_token_ids"]
@@ -66,11 +72,29 @@ class Translator:
     60% of the time. Worth it when a translator decodes many times, as a
     sweep's does.
 
-    Example: `Translator(backbone, tokenizer)(["translate English to Dravic: the dog runs ."])`.
+    Args:
+        backbone: the `T5Backbone` to decode with (adapted or not).
+        tokenizer: its tokenizer.
+        max_source_length: source tokens kept; longer sources are cut.
+        max_new_tokens: the longest translation, in tokens.
+        num_beams: beam width; 1 is greedy.
+        jit_compile: compile `generate` with XLA.
+
+    Example:
+    ```python
+    Translator(backbone, tokenizer)(["translate English to Dravic: the dog runs ."])
+    ```
     """
 
-    def __init__(self, backbone, tokenizer, max_source_length=64, max_new_tokens=64, num_beams=1,
-                 jit_compile=False):
+    def __init__(
+        self,
+        backbone: keras_hub.models.T5Backbone,
+        tokenizer: keras_hub.models.T5Tokenizer,
+        max_source_length: int = 64,
+        max_new_tokens: int = 64,
+        num_beams: int = 1,
+        jit_compile: bool = False,
+    ) -> None:
         self.backbone = backbone
         self.decoder_length = max_new_tokens + 1  # the start token takes the first place
         preprocessor = _SpellablePreprocessor(
@@ -78,12 +102,14 @@ class Translator:
             encoder_sequence_length=max_source_length,
             decoder_sequence_length=self.decoder_length,
         )
-        self.model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
+        with masking_warning_ignored():
+            self.model = keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
         sampler = keras_hub.samplers.BeamSampler(num_beams=num_beams) if num_beams > 1 else "greedy"
         self.model.compile(sampler=sampler, jit_compile=jit_compile)
         self.jit_compile = jit_compile
 
-    def __call__(self, sources, batch_size=64):
+    def __call__(self, sources: Sequence[str], batch_size: int = 64) -> list[str]:
+        """The translations of `sources`, in order, decoded `batch_size` at a time."""
         translations = []
         batch_size = max(1, min(batch_size, len(sources)))
         for start in range(0, len(sources), batch_size):
@@ -91,7 +117,8 @@ class Translator:
             size = len(batch)
             if self.jit_compile:  # one shape, one XLA compile
                 batch += batch[-1:] * (batch_size - size)
-            generated = self.model.generate(batch, max_length=self.decoder_length)
+            with masking_warning_ignored():  # the first call traces the attention layers
+                generated = self.model.generate(batch, max_length=self.decoder_length)
             translations.extend(str(text).strip() for text in generated[:size])
         return translations
 
@@ -107,21 +134,33 @@ class MergedTranslator:
     `jit_compile`) since it serves so many decodes; the translations are the
     adapted backbone's.
 
-    Example: `MergedTranslator(tokenizer)(model.backbone, ["translate English to Dravic: the dog runs ."])`.
+    Args:
+        tokenizer: the tokenizer of every backbone it decodes for.
+        max_source_length: source tokens kept; longer sources are cut.
+        max_new_tokens: the longest translation, in tokens.
+
+    Example:
+    ```python
+    MergedTranslator(tokenizer)(model.backbone, ["translate English to Dravic: the dog runs ."])
+    ```
     """
 
-    def __init__(self, tokenizer, max_source_length=64, max_new_tokens=64):
+    def __init__(
+        self, tokenizer: keras_hub.models.T5Tokenizer, max_source_length: int = 64, max_new_tokens: int = 64
+    ) -> None:
         self.tokenizer = tokenizer
         self.lengths = (max_source_length, max_new_tokens)
         self._config = None
         self._translator = None
 
-    def __call__(self, backbone, sources, batch_size=64):
-        from lora_keras.adapters import merged_weights
-
+    def __call__(
+        self, backbone: keras_hub.models.T5Backbone, sources: Sequence[str], batch_size: int = 64
+    ) -> list[str]:
+        """The translations of `sources` by `backbone` with its current adapters merged in."""
         config = backbone.get_config()
         if config != self._config:
-            copy = type(backbone).from_config(config)
+            with masking_warning_ignored():
+                copy = type(backbone).from_config(config)
             self._translator = Translator(copy, self.tokenizer, *self.lengths, jit_compile=True)
             self._config = config
         self._translator.backbone.set_weights(merged_weights(backbone))
@@ -131,14 +170,19 @@ class MergedTranslator:
 _SHARED_TRANSLATORS = {}  # (vocabulary, lengths) -> MergedTranslator: the process's one
 
 
-def shared_translator(tokenizer, max_source_length=64, max_new_tokens=64):
+def shared_translator(
+    tokenizer: keras_hub.models.T5Tokenizer, max_source_length: int = 64, max_new_tokens: int = 64
+) -> MergedTranslator:
     """The process's `MergedTranslator` for this vocabulary and these lengths.
 
     Sweeps run one after another in one process (a notebook, a test session) then
     decode with one compiled `generate` rather than compiling it once each. One is kept:
     each holds a copy of a base model.
 
-    Example: `shared_translator(base.tokenizer)(model.backbone, sources)`.
+    Example:
+    ```python
+    shared_translator(base.tokenizer)(model.backbone, sources)
+    ```
     """
     key = (hashlib.sha256(tokenizer.proto).hexdigest(), max_source_length, max_new_tokens)
     if key not in _SHARED_TRANSLATORS:
@@ -148,18 +192,47 @@ def shared_translator(tokenizer, max_source_length=64, max_new_tokens=64):
 
 
 def translate(
-    backbone, tokenizer, sources, max_source_length=64, max_new_tokens=64, batch_size=64, num_beams=1
-):
-    """Translations of `sources` (used as given: include any task prefix); greedy unless `num_beams` > 1."""
+    backbone: keras_hub.models.T5Backbone,
+    tokenizer: keras_hub.models.T5Tokenizer,
+    sources: Sequence[str],
+    max_source_length: int = 64,
+    max_new_tokens: int = 64,
+    batch_size: int = 64,
+    num_beams: int = 1,
+) -> list[str]:
+    """Translations of `sources` (used as given: include any task prefix); greedy unless `num_beams` > 1.
+
+    Args:
+        backbone: the `T5Backbone` to decode with (adapted or not).
+        tokenizer: its tokenizer.
+        sources: the sentences, with any task prefix.
+        max_source_length: source tokens kept; longer sources are cut.
+        max_new_tokens: the longest translation, in tokens.
+        batch_size: sentences decoded at once.
+        num_beams: beam width; 1 is greedy.
+
+    Returns:
+        One translation per source, in order.
+
+    Example:
+    ```python
+    translate(backbone, tokenizer, ["translate English to Dravic: the dog runs ."])   # ["dog runri ."]
+    ```
+    """
     translator = Translator(backbone, tokenizer, max_source_length, max_new_tokens, num_beams)
     return translator(sources, batch_size)
 
 
-def translation_scores(hypotheses, references):
+def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu's defaults) of `hypotheses` against one reference each.
 
     `force=True` only silences sacrebleu's warning about references that end in " ." (the
     demo's languages write their full stop as a word); the score is the same.
+
+    Example:
+    ```python
+    translation_scores(["dog runri ."], ["dog runri ."])   # {"bleu": 100.0, "chrf": 100.0}
+    ```
     """
     return {
         "bleu": float(sacrebleu.corpus_bleu(hypotheses, [list(references)], force=True).score),

@@ -11,41 +11,70 @@ ids = base.tokenizer(["translate English to German: hello ."])
 ```
 """
 
+from __future__ import annotations
+
 import dataclasses
-import warnings
 
 import keras_hub
+import numpy as np
 
+from lora_keras.models.masking_warning import masking_warning_ignored
 from lora_keras.models.token_loss import TokenLossSeq2SeqLM
-
-# keras-hub's T5 attention warns on every call that it drops Keras masks; it
-# uses explicit padding masks instead, so the warning says nothing here.
-warnings.filterwarnings("ignore", message=".*does not support masking.*")
 
 
 @dataclasses.dataclass
 class BaseModel:
     """A frozen starting point: backbone config, weights and tokenizer.
 
-    `task` holds the default languages and corpus of the demo, else None.
+    Args:
+        name: what the base was loaded from (`"tiny"`, a path or a hub id).
+        backbone_config: the `T5Backbone` config.
+        weights: the backbone's weights, in `get_weights` order.
+        tokenizer: its tokenizer.
+        task: the demo's default languages and corpus, else None.
+
+    Example:
+    ```python
+    base = load_base("tiny")
+    model = base.build_model()   # a fresh TokenLossSeq2SeqLM with the base weights
+    ```
     """
 
     name: str
     backbone_config: dict
-    weights: list
+    weights: list[np.ndarray]
     tokenizer: keras_hub.models.T5Tokenizer
     task: dict | None = None
 
-    def build_backbone(self):
-        """A new `T5Backbone` holding the base weights."""
-        backbone = keras_hub.models.T5Backbone.from_config(self.backbone_config)
+    def build_backbone(self) -> keras_hub.models.T5Backbone:
+        """A new `T5Backbone` holding the base weights.
+
+        Example:
+        ```python
+        add_lora(base.build_backbone(), LoraConfig(rank=4))
+        ```
+        """
+        with masking_warning_ignored():
+            backbone = keras_hub.models.T5Backbone.from_config(self.backbone_config)
         backbone.set_weights(self.weights)
         return backbone
 
-    def build_model(self, backbone=None):
+    def build_model(self, backbone: keras_hub.models.T5Backbone | None = None) -> TokenLossSeq2SeqLM:
         """A `T5Seq2SeqLM` (logits out, no preprocessor) on `backbone` or a new one.
 
         Its loss, trained and reported, is the mean NLL per real target token (`TokenLossSeq2SeqLM`).
+
+        Args:
+            backbone: the backbone, e.g. with adapters; a new one from `build_backbone` when None.
+
+        Returns:
+            The model, not compiled.
+
+        Example:
+        ```python
+        model = base.build_model()
+        model.compile(optimizer=keras.optimizers.Adam(3e-3))
+        ```
         """
         backbone = backbone or self.build_backbone()
         return TokenLossSeq2SeqLM(backbone=backbone, preprocessor=None)

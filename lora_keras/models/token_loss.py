@@ -15,22 +15,30 @@ model.evaluate(make_dataset(val_tokens, 64))   # mean NLL per real target token 
 ```
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any
 
 import keras
 import keras_hub
 import tensorflow as tf
 from keras import ops
 
+from lora_keras.models.masking_warning import masking_warning_ignored
+
 
 # Recorded in every run's identity: runs whose losses were computed otherwise are not resumed.
 LOSS_DEFINITION = "mean NLL per real target token"
 
 
-def perplexity(loss):
+def perplexity(loss: float | None) -> float | None:
     """`exp(loss)` of a mean NLL per token; None stays None, an overflow is inf.
 
-    Example: `perplexity(2.0)` -> `7.389...`.
+    Example:
+    ```python
+    perplexity(2.0)   # 7.389...
+    ```
     """
     if loss is None:
         return None
@@ -40,32 +48,49 @@ def perplexity(loss):
         return math.inf
 
 
-def per_token_loss():
-    """Sparse cross-entropy from logits, summed over real tokens and divided by their count, per batch."""
+def per_token_loss() -> keras.losses.Loss:
+    """Sparse cross-entropy from logits, summed over real tokens and divided by their count, per batch.
+
+    Example:
+    ```python
+    model.compile(optimizer="adam", loss=per_token_loss())
+    ```
+    """
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
 
 
 class TokenMean(keras.metrics.Metric):
     """A sum divided by a count, both accumulated exactly over every update (batches of any size).
 
-    Example: `metric.update_state(nll_sum, token_count)` per batch; `metric.result()` is their ratio.
+    Args:
+        name: the metric's name in the logs.
+        **kwargs: passed to `keras.metrics.Metric`.
+
+    Example:
+    ```python
+    metric.update_state(nll_sum, token_count)   # per batch
+    metric.result()                             # their ratio over all batches
+    ```
     """
 
-    def __init__(self, name="loss", **kwargs):
+    def __init__(self, name: str = "loss", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.total = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="total",
                                        aggregation="sum")
         self.count = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="count",
                                        aggregation="sum")
 
-    def update_state(self, total, count):
+    def update_state(self, total: Any, count: Any) -> None:
+        """Add a batch's `total` and `count` (tensors or numbers)."""
         self.total.assign_add(ops.cast(total, "float64"))
         self.count.assign_add(ops.cast(count, "float64"))
 
-    def result(self):
+    def result(self) -> Any:
+        """The summed total over the summed count, as a float32 scalar (0 before any count)."""
         return ops.cast(ops.divide_no_nan(self.total, self.count), "float32")
 
-    def reset_state(self):
+    def reset_state(self) -> None:
+        """Start from zero."""
         self.total.assign(0.0)
         self.count.assign(0.0)
 
@@ -75,12 +100,18 @@ class TokenAccuracy(TokenMean):
 
     Keras's `SparseCategoricalAccuracy` as a weighted metric averages each batch over its
     padded length first, so batches trimmed to different lengths weigh differently.
+
+    Example:
+    ```python
+    model.compile(optimizer="adam", weighted_metrics=[TokenAccuracy()])
+    ```
     """
 
-    def __init__(self, name="token_accuracy", **kwargs):
+    def __init__(self, name: str = "token_accuracy", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Add a batch: target ids, logits and the padding mask."""
         correct = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), ops.cast(y_true, "int64")), "float64")
         weight = ops.ones_like(correct) if sample_weight is None else ops.cast(sample_weight, "float64")
         super().update_state(ops.sum(correct * weight), ops.sum(weight))
@@ -101,7 +132,27 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
     ```
     """
 
-    def compile(self, optimizer="auto", loss="auto", *, weighted_metrics=(), **kwargs):
+    def __init__(self, backbone: keras_hub.models.T5Backbone, preprocessor: Any = None, **kwargs: Any) -> None:
+        with masking_warning_ignored():  # building the functional graph calls the attention layers
+            super().__init__(backbone=backbone, preprocessor=preprocessor, **kwargs)
+
+    # Traced steps call the attention layers, which warn at trace time.
+    def train_step(self, *args: Any, **kwargs: Any) -> Any:
+        with masking_warning_ignored():
+            return super().train_step(*args, **kwargs)
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        with masking_warning_ignored():
+            return super().test_step(*args, **kwargs)
+
+    def predict_step(self, *args: Any, **kwargs: Any) -> Any:
+        with masking_warning_ignored():
+            return super().predict_step(*args, **kwargs)
+
+    def compile(
+        self, optimizer: Any = "auto", loss: Any = "auto", *, weighted_metrics: tuple | list = (), **kwargs: Any
+    ) -> None:
+        """Keras's `compile`, the loss defaulting to `per_token_loss()` and `loss` logged per real token."""
         super().compile(
             optimizer=optimizer,
             loss=per_token_loss() if loss == "auto" else loss,
@@ -110,7 +161,10 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         )
         self.token_loss = TokenMean(name="loss")
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def compute_loss(
+        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
+    ) -> Any:
+        """The batch's per-token loss; also adds its summed NLL and token count to the logged `loss`."""
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
         tokens = ops.cast(ops.sum(sample_weight) if sample_weight is not None else ops.size(y), loss.dtype)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -124,7 +178,7 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         return loss
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
         # The token-weighted mean takes the place of Keras's batch-weighted `loss` tracker.
         own = getattr(self, "token_loss", None)
         others = [metric for metric in super().metrics if metric.name != "loss"]

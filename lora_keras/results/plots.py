@@ -7,25 +7,34 @@ images = figure_images(paths)                     # {"loss_vs_rank": uint8 array
 ```
 """
 
+from __future__ import annotations
+
+import os
 import pathlib
+from collections.abc import Mapping, Sequence
 
-import matplotlib
+import matplotlib.image
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
 
-matplotlib.use("Agg")  # files only: no display on a training box
-
-import matplotlib.image  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
-
-from lora_keras.results.recommend import completed_trials, memory_kind_label, several_learning_rates  # noqa: E402
+from lora_keras.results.recommend import completed_trials, memory_kind_label, several_learning_rates
 
 FIGURE_SIZE = (8, 4.5)  # wide enough for the legend beside the axes
 DPI = 100
 
 
-def _series(trials, group_columns, x_column, y_column):
+def _figure() -> tuple[Figure, Axes]:
+    """A figure drawn by Agg, files only: no pyplot, no backend switch, no display on a training box."""
+    fig = Figure(figsize=FIGURE_SIZE)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _series(trials: list[dict], group_columns: Sequence[str], x_column: str, y_column: str) -> dict:
     """`{group: (xs, ys)}` sorted by x; repeated x values (e.g. other lora_alpha) are averaged."""
     grouped = {}
     for trial in trials:
@@ -39,7 +48,7 @@ def _series(trials, group_columns, x_column, y_column):
     }
 
 
-def _log2_axis(ax, values):
+def _log2_axis(ax: Axes, values: list) -> None:
     """Log2 x axis labelled exactly at the swept values (ranks and batch sizes are powers of two)."""
     ax.set_xscale("log", base=2)
     ticks = sorted(set(values))
@@ -48,28 +57,27 @@ def _log2_axis(ax, values):
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def _legend_outside(ax, **kwargs):
+def _legend_outside(ax: Axes, **kwargs) -> None:
     """Legend to the right of the axes: with many series it would otherwise cover the lines."""
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5), **kwargs)
 
 
-def _save(fig, ax, title, path):
+def _save(fig: Figure, ax: Axes, title: str, path: pathlib.Path) -> pathlib.Path:
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path
 
 
-def _plot_loss_vs_rank(trials, path):
+def _plot_loss_vs_rank(trials: list[dict], path: pathlib.Path) -> pathlib.Path | None:
     several_rates = several_learning_rates(trials)
     group_columns = ("batch_size", "learning_rate") if several_rates else ("batch_size",)
     val = _series(trials, group_columns, "rank", "val_loss")
     final = _series(trials, group_columns, "rank", "final_loss")
     if not val and not final:
         return None
-    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    fig, ax = _figure()
     handles = []
     for index, key in enumerate(sorted(set(val) | set(final))):
         color = f"C{index % 10}"
@@ -91,11 +99,13 @@ def _plot_loss_vs_rank(trials, path):
     return _save(fig, ax, "Loss vs LoRA rank", path)
 
 
-def _plot_per_rank_vs_batch(trials, y_column, y_label, title, path):
+def _plot_per_rank_vs_batch(
+    trials: list[dict], y_column: str, y_label: str, title: str, path: pathlib.Path
+) -> pathlib.Path | None:
     series = _series(trials, ("rank",), "batch_size", y_column)
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    fig, ax = _figure()
     for (rank,), (xs, ys) in series.items():
         ax.plot(xs, ys, "o-", label=f"rank {rank}")
     _log2_axis(ax, [x for xs, _ in series.values() for x in xs])
@@ -105,12 +115,12 @@ def _plot_per_rank_vs_batch(trials, y_column, y_label, title, path):
     return _save(fig, ax, title, path)
 
 
-def _plot_loss_vs_params(trials, path):
+def _plot_loss_vs_params(trials: list[dict], path: pathlib.Path) -> pathlib.Path | None:
     points = [t for t in trials if t.get("trainable_params") and t.get("val_loss") is not None]
     if not points:
         return None
     several_rates = several_learning_rates(points)
-    fig, ax = plt.subplots(figsize=FIGURE_SIZE)
+    fig, ax = _figure()
     ax.scatter([t["trainable_params"] for t in points], [t["val_loss"] for t in points], color="C0", zorder=3)
     for t in points:
         label = f"r={t['rank']} b={t['batch_size']}"
@@ -125,12 +135,22 @@ def _plot_loss_vs_params(trials, path):
     return _save(fig, ax, "Val loss vs trainable parameters", path)
 
 
-def write_plots(rows, directory):
-    """Write the sweep's PNG figures into `directory`; returns `{file stem: path}` ({} without completed trials).
+def write_plots(rows: Sequence[Mapping], directory: str | os.PathLike) -> dict[str, pathlib.Path]:
+    """Write the sweep's PNG figures into `directory`.
 
     A figure whose measurement no completed trial has is skipped.
 
-    Example: `write_plots(read_results_csv("logs/sweep/results.csv"), "logs/sweep")["loss_vs_rank"]`.
+    Args:
+        rows: the trials' rows, as `results.csv` holds them (typed or text).
+        directory: where to write; created if missing.
+
+    Returns:
+        `{file stem: path}`; `{}` without completed trials.
+
+    Example:
+    ```python
+    write_plots(read_results_csv("logs/sweep/results.csv"), "logs/sweep")["loss_vs_rank"]
+    ```
     """
     trials = completed_trials(rows)
     if not trials:
@@ -152,10 +172,19 @@ def write_plots(rows, directory):
     return {stem: path for stem, path in written.items() if path is not None}
 
 
-def figure_images(paths):
+def figure_images(paths: Mapping[str, str | os.PathLike]) -> dict[str, np.ndarray]:
     """The PNGs read back as uint8 RGBA arrays `(H, W, 4)`, e.g. for `tf.summary.image(name, image[None])`.
 
-    Example: `figure_images(write_plots(rows, "logs/sweep"))["loss_vs_rank"].shape` -> `(450, 800, 4)`.
+    Args:
+        paths: `{name: PNG path}`, as `write_plots` returns them.
+
+    Returns:
+        `{name: uint8 array (H, W, 4)}`.
+
+    Example:
+    ```python
+    figure_images(write_plots(rows, "logs/sweep"))["loss_vs_rank"].shape   # (450, 800, 4)
+    ```
     """
     images = {}
     for name, path in paths.items():

@@ -15,16 +15,26 @@ print(result.tokens_per_s, result.achieved_gflops / peak)
 ```
 """
 
+from __future__ import annotations
+
 import dataclasses
+import json
 import math
+import os
 import resource
+import subprocess
 import time
+from collections.abc import Callable
+from typing import Any
 
 import keras
+import keras_hub
 import numpy as np
 import tensorflow as tf
 
 from lora_keras.data.pipeline import PAD_ID, TokenizedPairs, make_dataset
+from lora_keras.models.base import BaseModel
+from lora_keras.models.masking_warning import masking_warning_ignored
 
 REFERENCE_SOURCE_LENGTH = 32
 REFERENCE_TARGET_LENGTH = 32
@@ -32,8 +42,14 @@ REFERENCE_EXAMPLES = 1024
 REFERENCE_LEARNING_RATE = 1e-3  # the peer's Adam learning rate
 
 
-def reference_backbone_config():
-    """The peer benchmark's T5 (`../shared/bench/peft_peer.py` defaults) as `T5Backbone` kwargs."""
+def reference_backbone_config() -> dict[str, Any]:
+    """The peer benchmark's T5 (`../shared/bench/peft_peer.py` defaults) as `T5Backbone` kwargs.
+
+    Example:
+    ```python
+    keras_hub.models.T5Backbone(**reference_backbone_config())
+    ```
+    """
     return dict(
         vocabulary_size=8000, num_layers=4, num_heads=4, hidden_dim=256, intermediate_dim=512,
         key_value_dim=64, dropout=0.1, activation="gelu", use_gated_activation=True,
@@ -41,21 +57,42 @@ def reference_backbone_config():
     )
 
 
-def reference_base(seed=0, **overrides):
-    """A random-weight `BaseModel` of the reference shape (no tokenizer: it trains on ids)."""
-    import keras_hub
+def reference_base(seed: int = 0, **overrides: Any) -> BaseModel:
+    """A random-weight `BaseModel` of the reference shape (no tokenizer: it trains on ids).
 
-    from lora_keras.models.base import BaseModel
+    Args:
+        seed: the weights' seed (sets Keras's global seed, as a training run does).
+        **overrides: `T5Backbone` arguments that change the reference shape.
 
+    Returns:
+        The `BaseModel`, with `tokenizer=None`.
+
+    Example:
+    ```python
+    base = reference_base(0, num_layers=8)
+    ```
+    """
     keras.utils.set_random_seed(seed)
     config = {**reference_backbone_config(), **overrides}
-    backbone = keras_hub.models.T5Backbone(**config)
+    with masking_warning_ignored():
+        backbone = keras_hub.models.T5Backbone(**config)
     return BaseModel("reference", backbone.get_config(), backbone.get_weights(), tokenizer=None)
 
 
-def reference_tokens(examples, source_length=REFERENCE_SOURCE_LENGTH,
-                     target_length=REFERENCE_TARGET_LENGTH, vocabulary_size=8000, seed=0):
-    """Random ids in [2, vocab) with no padding, as the peer draws them."""
+def reference_tokens(
+    examples: int,
+    source_length: int = REFERENCE_SOURCE_LENGTH,
+    target_length: int = REFERENCE_TARGET_LENGTH,
+    vocabulary_size: int = 8000,
+    seed: int = 0,
+) -> TokenizedPairs:
+    """Random ids in [2, vocab) with no padding, as the peer draws them.
+
+    Example:
+    ```python
+    reference_tokens(1024).source_ids.shape   # (1024, 32)
+    ```
+    """
     rng = np.random.default_rng(seed)
     return TokenizedPairs(
         rng.integers(2, vocabulary_size, (examples, source_length), dtype=np.int32),
@@ -63,8 +100,14 @@ def reference_tokens(examples, source_length=REFERENCE_SOURCE_LENGTH,
     )
 
 
-def matmul_peak_gflops(size=2048, repeats=10):
-    """Best float32 `size`x`size` matmul rate, in GFLOP/s, of TensorFlow and NumPy on this machine."""
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Best float32 `size`x`size` matmul rate, in GFLOP/s, of TensorFlow and NumPy on this machine.
+
+    Example:
+    ```python
+    mfu = result.achieved_gflops / matmul_peak_gflops()
+    ```
+    """
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
     b = np.random.default_rng(1).random((size, size), dtype=np.float32)
     ta, tb = tf.constant(a), tf.constant(b)
@@ -78,7 +121,7 @@ def matmul_peak_gflops(size=2048, repeats=10):
     return 2 * size**3 / best / 1e9
 
 
-def training_flops_per_example(backbone_config, source_length, target_length):
+def training_flops_per_example(backbone_config: dict, source_length: float, target_length: float) -> float:
     """Matmul FLOPs of one training example with a frozen base, counted as the peer counts them.
 
     Forward: 2 x parameters x the tokens each projection acts on, plus the
@@ -104,7 +147,9 @@ def training_flops_per_example(backbone_config, source_length, target_length):
     return 2 * forward
 
 
-def training_matmuls(backbone_config, batch_size, source_length, target_length):
+def training_matmuls(
+    backbone_config: dict, batch_size: int, source_length: int, target_length: int
+) -> dict[tuple[int, int, int, int], int]:
     """The matmuls behind `training_flops_per_example`, as `{(batch, m, k, n): count}` per training step.
 
     Each projection appears twice, forward `(m, k) @ (k, n)` and its input
@@ -154,21 +199,27 @@ class MatmulCeiling:
     flops: float  # of the step, as `training_flops_per_example` counts them
 
     @property
-    def gflops(self):
+    def gflops(self) -> float:
+        """The step's FLOPs over `seconds`, in GFLOP/s."""
         return self.flops / self.seconds / 1e9
 
 
 MATMUL_CEILING_FLOPS_PER_CALL = 5e8
 
 
-def matmul_ceiling(backbone_config, batch_size, source_length, target_length, repeats=5):
+def matmul_ceiling(
+    backbone_config: dict, batch_size: int, source_length: int, target_length: int, repeats: int = 5
+) -> MatmulCeiling:
     """Time each matmul shape of one training step alone (best of `repeats`) and add them up.
 
     Small projections and the per-head attention products run far below the
     large square matmul that sets the peak, so this bounds the MFU any
     implementation of the step can reach with TensorFlow's kernels here.
 
-    Example: `matmul_ceiling(reference_backbone_config(), 64, 32, 32).gflops / matmul_peak_gflops()`.
+    Example:
+    ```python
+    matmul_ceiling(reference_backbone_config(), 64, 32, 32).gflops / matmul_peak_gflops()
+    ```
     """
     source_length, target_length = round(source_length), round(target_length)
     generator = tf.random.Generator.from_seed(0)
@@ -197,7 +248,7 @@ def matmul_ceiling(backbone_config, batch_size, source_length, target_length, re
     return MatmulCeiling(seconds, attention_seconds, flops)
 
 
-def peak_rss_mb():
+def peak_rss_mb() -> float:
     """This process's resident-set high-water mark, in MiB (what the peer reports).
 
     Read from `VmHWM`, the mark of this process's own memory map: `ru_maxrss` also holds the
@@ -231,26 +282,33 @@ class BenchmarkResult:
     final_loss: float
 
     @property
-    def overhead_s(self):
+    def overhead_s(self) -> float:
         """What a trial pays whatever its length: build, first-step tracing, evaluation."""
         return self.build_s + self.trace_s + self.eval_s
 
 
 class _EpochClock(keras.callbacks.Callback):
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.seconds = []
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         tf.test.experimental.sync_devices()
         self.seconds.append(time.perf_counter() - self.started)
 
 
-def benchmark_training(build_model, backbone_config, train_tokens, batch_size, steps=None,
-                       evaluate=None, seed=0):
+def benchmark_training(
+    build_model: Callable[[], keras.Model],
+    backbone_config: dict,
+    train_tokens: TokenizedPairs,
+    batch_size: int,
+    steps: int | None = None,
+    evaluate: Callable[[keras.Model], object] | None = None,
+    seed: int = 0,
+) -> BenchmarkResult:
     """Time one trial: `build_model()`, a warm-up epoch and a timed epoch of `steps` steps, `evaluate(model)`.
 
     `tokens_per_s` counts the real (non-padding) tokens of the timed epoch;
@@ -292,14 +350,28 @@ def benchmark_training(build_model, backbone_config, train_tokens, batch_size, s
     )
 
 
-def mean_lengths(tokens):
-    """Mean real (non-padding) source and target lengths; the full widths for unpadded data."""
+def mean_lengths(tokens: TokenizedPairs) -> tuple[float, float]:
+    """Mean real (non-padding) source and target lengths; the full widths for unpadded data.
+
+    Example:
+    ```python
+    mean_lengths(reference_tokens(8))   # (32.0, 32.0)
+    ```
+    """
     return (float((tokens.source_ids != PAD_ID).sum(axis=1).mean()),
             float((tokens.target_ids != PAD_ID).sum(axis=1).mean()))
 
 
-def peer_arguments(backbone_config, rank, batch_size, examples, source_length, target_length):
-    """`peft_peer.py` flags for the same model shape and work as ours."""
+def peer_arguments(
+    backbone_config: dict, rank: int, batch_size: int, examples: int, source_length: float, target_length: float
+) -> list[str]:
+    """`peft_peer.py` flags for the same model shape and work as ours.
+
+    Example:
+    ```python
+    peer_arguments(reference_backbone_config(), 4, 64, 1024, 32, 32)   # ["--rank", "4", "--batch", "64", ...]
+    ```
+    """
     heads = backbone_config["num_heads"]
     return [
         "--rank", str(rank), "--batch", str(batch_size), "--n", str(examples),
@@ -314,10 +386,16 @@ def peer_arguments(backbone_config, rank, batch_size, examples, source_length, t
     ]
 
 
-def run_peer(python, script, arguments, timeout_s=1800):
-    """Run the Hugging Face + PEFT peer (`peft_peer.py`) and return its `RESULT` dict."""
-    import json
-    import subprocess
+def run_peer(
+    python: str | os.PathLike, script: str | os.PathLike, arguments: list[str], timeout_s: float = 1800
+) -> dict:
+    """Run the Hugging Face + PEFT peer (`peft_peer.py`) and return its `RESULT` dict.
+
+    Example:
+    ```python
+    run_peer("python", "../shared/bench/peft_peer.py", peer_arguments(...))["tokens_per_s"]
+    ```
+    """
 
     # Through a shell that forks it: a child forked straight from this process
     # inherits our RSS high-water mark, and the peer reports ru_maxrss.

@@ -12,6 +12,8 @@ train = adaptation_pairs("train", 3000, seed=0)
 ```
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
@@ -22,6 +24,7 @@ import tempfile
 import time
 
 from lora_keras.models.demo import corpus as demo_corpus
+from lora_keras.models.masking_warning import masking_warning_ignored
 
 TASK_FILE = "lora_keras_task.json"
 CORPUS_VERSION = 2  # bump when demo_corpus changes what it generates
@@ -32,7 +35,13 @@ VAL_EXAMPLES = 300
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    """Size of the demo base model and of its one-time training."""
+    """Size of the demo base model and of its one-time training.
+
+    Example:
+    ```python
+    ensure_demo_base(DemoConfig(examples=2000, epochs=1))   # a smaller, quicker base
+    ```
+    """
 
     vocabulary_size: int = 1000
     num_layers: int = 2
@@ -45,34 +54,76 @@ class DemoConfig:
     learning_rate: float = 3e-3
     seed: int = 0
 
-    def key(self):
+    def key(self) -> str:
+        """A short hash of the config and the corpus and training versions: the cache's key."""
         text = json.dumps(
             {**dataclasses.asdict(self), "corpus": CORPUS_VERSION, "training": TRAINING_VERSION}, sort_keys=True
         )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def prefix(language):
+def prefix(language: str) -> str:
+    """The T5 task prefix for translating the demo's source language into `language`.
+
+    Example:
+    ```python
+    prefix("Dravic")   # "translate English to Dravic: "
+    ```
+    """
     return f"translate {demo_corpus.SOURCE_LANGUAGE} to {language}: "
 
 
-def adaptation_pairs(split, count, seed=0):
-    """The sweep's task: English -> Dravic pairs (`split` is "train" or "val")."""
+def adaptation_pairs(split: str, count: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The sweep's task: English -> Dravic pairs (`split` is "train" or "val").
+
+    Example:
+    ```python
+    train = adaptation_pairs("train", TRAIN_EXAMPLES, seed=0)
+    ```
+    """
     return demo_corpus.generate_pairs(demo_corpus.ADAPT_LANGUAGE, count, seed, split)
 
 
-def default_cache_root():
-    """`$LORA_KERAS_CACHE`, else `~/.cache/lora-keras`."""
+def default_cache_root() -> pathlib.Path:
+    """`$LORA_KERAS_CACHE`, else `~/.cache/lora-keras`.
+
+    Example:
+    ```python
+    default_cache_root()   # PosixPath("/home/me/.cache/lora-keras")
+    ```
+    """
     return pathlib.Path(os.environ.get("LORA_KERAS_CACHE", pathlib.Path.home() / ".cache" / "lora-keras"))
 
 
-def read_task(preset):
-    """The demo task description stored beside a demo base preset."""
+def read_task(preset: str | os.PathLike) -> dict:
+    """The demo task description stored beside a demo base preset.
+
+    Example:
+    ```python
+    read_task(ensure_demo_base(DemoConfig()))["target_lang"]   # "Dravic"
+    ```
+    """
     return json.loads((pathlib.Path(preset) / TASK_FILE).read_text())
 
 
-def ensure_demo_base(config, cache_root=None, verbose=1):
-    """Path of the cached demo base preset for `config`, training it first if missing."""
+def ensure_demo_base(
+    config: DemoConfig, cache_root: str | os.PathLike | None = None, verbose: int = 1
+) -> pathlib.Path:
+    """Path of the cached demo base preset for `config`, training it first if missing.
+
+    Args:
+        config: the demo base's size and training.
+        cache_root: where presets are cached; `default_cache_root()` when None.
+        verbose: 1 to report the one-time training, 0 for silence.
+
+    Returns:
+        The preset directory (`load_preset` reads it).
+
+    Example:
+    ```python
+    preset = ensure_demo_base(DemoConfig())   # minutes the first time, then cached
+    ```
+    """
     root = pathlib.Path(cache_root or default_cache_root())
     preset = root / f"demo-base-{config.key()}"
     if (preset / TASK_FILE).is_file():
@@ -94,7 +145,8 @@ def ensure_demo_base(config, cache_root=None, verbose=1):
     return preset
 
 
-def _train_demo_base(config, directory, verbose):
+def _train_demo_base(config: DemoConfig, directory: pathlib.Path, verbose: int) -> None:
+    # heavy: TensorFlow, imported only when the demo base is built (once per cache)
     import keras
     import keras_hub
 
@@ -117,18 +169,19 @@ def _train_demo_base(config, directory, verbose):
     val = tokenize_pairs(tokenizer, base_val, prefix(base_language))
 
     keras.utils.set_random_seed(config.seed)
-    backbone = keras_hub.models.T5Backbone(
-        vocabulary_size=config.vocabulary_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        hidden_dim=config.hidden_dim,
-        intermediate_dim=config.intermediate_dim,
-        key_value_dim=config.hidden_dim // config.num_heads,
-        dropout=0.0,  # too small a model to need it; it would slow learning
-        activation="gelu",
-        use_gated_activation=True,
-        tie_embedding_weights=False,
-    )
+    with masking_warning_ignored():
+        backbone = keras_hub.models.T5Backbone(
+            vocabulary_size=config.vocabulary_size,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            hidden_dim=config.hidden_dim,
+            intermediate_dim=config.intermediate_dim,
+            key_value_dim=config.hidden_dim // config.num_heads,
+            dropout=0.0,  # too small a model to need it; it would slow learning
+            activation="gelu",
+            use_gated_activation=True,
+            tie_embedding_weights=False,
+        )
     model = TokenLossSeq2SeqLM(backbone=backbone, preprocessor=None)
     steps = config.epochs * -(-len(train) // config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
