@@ -23,7 +23,7 @@ from lora_keras.cli import (  # noqa: E402
 )
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     parser = OneLineErrorParser(prog="export.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="'tiny', a keras-hub T5 preset dir, a Hugging Face "
                         "T5 checkpoint dir, or a hub id such as google/flan-t5-small")
@@ -34,7 +34,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with native_stderr_silenced():
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
-    with exit_on_input_error("export.py"):
+    with exit_on_input_error("export.py", flags={"directory": "--out"}):
         from lora_keras.models.export import export
         from lora_keras.models.sources import load_base
 

@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import require, run_main
 from hf_models import load_reference, model_inputs, reference_logits
 from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 
+from lora_keras.cli import flag_message
 from lora_keras.errors import InputError
 from lora_keras.models.export import export, export_hf, export_keras_hub, merged_backbone
 from lora_keras.models.hf.checkpoint import load_hf_checkpoint
@@ -96,7 +97,20 @@ def test_export_refuses_a_non_empty_directory_and_unknown_formats(trained, tmp_p
     base = trained[0]
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    with pytest.raises(InputError, match="exists and is not an empty directory"):
+    with pytest.raises(InputError, match="^directory .* exists and is not an empty directory") as caught:
         export(base, tmp_path / "taken")
-    with pytest.raises(InputError, match="--format onnx: choose from hf keras-hub"):
+    # export.py names the flag instead: its `--out` is export's `directory`.
+    assert flag_message(caught.value, {"directory": "--out"}) == (
+        f"--out {tmp_path / 'taken'} exists and is not an empty directory; pass a new directory")
+    with pytest.raises(InputError, match="^format onnx: choose from hf keras-hub") as caught:
         export(base, tmp_path / "new", format="onnx")
+    assert flag_message(caught.value) == "--format onnx: choose from hf keras-hub"
+
+
+def test_export_script_names_its_flags(tmp_path):
+    """export.py tells the library's `directory` error as its `--out` flag, in one line, exit status 2."""
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    code, _, stderr = run_main("export.py", "--model", "tiny", "--out", tmp_path / "taken")
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert stderr == f"export.py: error: --out {tmp_path / 'taken'} exists and is not an empty directory; pass a new directory\n"

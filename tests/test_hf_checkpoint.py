@@ -19,6 +19,7 @@ from hf_models import (
     save_hf_t5,
 )
 
+from lora_keras.cli import flag_message
 from lora_keras.errors import InputError
 from lora_keras.models.hf.checkpoint import hf_config, load_hf_checkpoint
 from lora_keras.models.sources import load_base
@@ -206,7 +207,8 @@ def test_weights_that_do_not_fit_are_refused(hf_t5, tmp_path, edit, message):
     edit_state(directory, edit)
     with pytest.raises(InputError) as caught:
         load_base(str(directory))
-    assert f"--model {directory}: " in str(caught.value) and message in str(caught.value)
+    assert str(caught.value).startswith(f"model {directory}: ") and message in str(caught.value)
+    assert caught.value.parameter == "model"
     assert "\n" not in str(caught.value)
 
 
@@ -216,11 +218,11 @@ def test_weights_that_cannot_be_read_are_refused(hf_t5, tmp_path, monkeypatch, f
     shutil.copytree(hf_t5("flan"), directory)
     (directory / "model.safetensors").unlink()
     if files == "none":
-        message = f"--model {directory}: no weights (model.safetensors or pytorch_model.bin); copy the checkpoint's"
+        message = f"model {directory}: no weights (model.safetensors or pytorch_model.bin); copy the checkpoint's"
     else:
         (directory / "pytorch_model.bin").write_bytes(b"")
         monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
-        message = (f"--model: {directory / 'pytorch_model.bin'} needs PyTorch to read; pip install torch==2.13.0 "
+        message = (f"model: {directory / 'pytorch_model.bin'} needs PyTorch to read; pip install torch==2.13.0 "
                    "(the CPU build), or convert it to model.safetensors")
     with pytest.raises(InputError) as caught:
         load_base(str(directory))
@@ -232,8 +234,9 @@ def test_hf_export_refuses_an_activation_transformers_t5_lacks():
                                            intermediate_dim=4, activation="tanh")
     with pytest.raises(InputError) as caught:
         hf_config(backbone)
-    assert str(caught.value) == ("--format hf: the backbone's activation 'tanh' has no transformers T5 equivalent "
-                                 "(those are gelu, keras_hub>gelu_approximate, relu, silu); pass --format keras-hub")
+    assert str(caught.value) == ("format hf: the backbone's activation 'tanh' has no transformers T5 equivalent "
+                                 "(those are gelu, keras_hub>gelu_approximate, relu, silu); use format keras-hub")
+    assert flag_message(caught.value).startswith("--format hf: the backbone's activation 'tanh'")
 
 
 def test_hub_id_loads_from_the_hub_cache(hf_t5, tmp_path, monkeypatch):

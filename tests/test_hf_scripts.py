@@ -94,6 +94,8 @@ def test_what_keras_hub_cannot_represent_exits_2_in_one_line(hf_t5, tmp_path):
     (directory / "config.json").write_text(json.dumps({**config, "num_decoder_layers": 1}))
     code, _, stderr = run_main("translate.py", "--model", directory, "hello")
     assert_one_line_exit_2(code, stderr, "num_decoder_layers 1 != num_layers 2")
+    # The library's `model` error, told as the flag: one line naming --model and the directory.
+    assert f"translate.py: error: --model {directory}: num_decoder_layers 1" in stderr
 
 
 def test_hub_id_offline_exits_2_telling_to_pass_a_directory(tmp_path):
@@ -101,3 +103,4 @@ def test_hub_id_offline_exits_2_telling_to_pass_a_directory(tmp_path):
                         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")})
     assert_one_line_exit_2(result.returncode, result.stderr, "cannot download from the Hugging Face hub")
     assert "pass the local directory" in result.stderr
+    assert "translate.py: error: --model google/flan-t5-small: " in result.stderr

@@ -10,6 +10,7 @@ import pytest
 from conftest import require
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
+from lora_keras.cli import flag_message
 from lora_keras.errors import InputError
 from lora_keras.models.sources import load_base
 
@@ -66,5 +67,7 @@ def test_tokenizer_files_that_are_not_t5s_are_refused(hf_t5, tmp_path, breaking,
     breaking(directory)
     with pytest.raises(InputError) as caught:
         load_base(str(directory))
-    assert str(caught.value).startswith(message.format(d=directory)), str(caught.value)
+    # The library names its parameter, `model`; a script's line names the flag, `--model`.
+    assert caught.value.parameter == "model" and str(caught.value).startswith("model")
+    assert flag_message(caught.value).startswith(message.format(d=directory)), str(caught.value)
     assert "\n" not in str(caught.value)

@@ -92,7 +92,7 @@ def test_a_tokenizer_with_more_pieces_than_rows_is_refused(source, hf_t5, tiny_p
     wider = with_sentinels(tiny_proto, 28)
     pieces = sentencepiece.SentencePieceProcessor(model_proto=wider).get_piece_size()
     assert pieces > rows
-    where = f"--model {directory}"
+    where = f"model {directory}"
     with pytest.raises(InputError) as caught:
         if source == "export":
             where = f"export to {tmp_path / 'out'}"

@@ -4,19 +4,39 @@ Example:
 ```python
 proto = train_sentencepiece(["the cat .", "le chat ."], vocab_size=40)
 tokenizer = keras_hub.models.T5Tokenizer(proto=proto)
-check_vocabulary_fits(tokenizer, 64, "--model my-preset")   # every id has an embedding row
+check_vocabulary_fits(tokenizer, 64, "model my-preset", "model")   # every id has an embedding row
 ```
 """
 
+from __future__ import annotations
+
 import io
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import sentencepiece
 
 from lora_keras.errors import InputError
 
+if TYPE_CHECKING:
+    import keras_hub
 
-def train_sentencepiece(texts, vocab_size):
-    """A serialized unigram SentencePiece model (at most `vocab_size` pieces) laid out as T5 expects."""
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int) -> bytes:
+    """A serialized unigram SentencePiece model (at most `vocab_size` pieces) laid out as T5 expects.
+
+    Args:
+        texts: the sentences to learn the pieces from.
+        vocab_size: the most pieces; a small corpus gets fewer.
+
+    Returns:
+        The model's bytes, with pad 0, eos 1 and unk 2.
+
+    Example:
+    ```python
+    keras_hub.models.T5Tokenizer(proto=train_sentencepiece(["the cat ."], vocab_size=40))
+    ```
+    """
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
@@ -38,16 +58,29 @@ def train_sentencepiece(texts, vocab_size):
     return model.getvalue()
 
 
-def check_vocabulary_fits(tokenizer, rows, where):
-    """`InputError` unless every id of `tokenizer` has one of the model's `rows` embedding rows.
+def check_vocabulary_fits(
+    tokenizer: keras_hub.models.T5Tokenizer, rows: int, where: str, parameter: str | None = None
+) -> None:
+    """Raise `InputError` unless every id of `tokenizer` has one of the model's `rows` embedding rows.
 
     More rows than pieces is fine (FLAN-T5: 32,128 rows for 32,000 pieces and 100 sentinels);
     fewer is a tokenizer from another model, whose ids past the rows have no embedding.
-    Example: `check_vocabulary_fits(base.tokenizer, base.backbone_config["vocabulary_size"], "--model x")`.
+
+    Args:
+        tokenizer: the tokenizer.
+        rows: the model's embedding rows (`vocabulary_size`).
+        where: what the message starts with, e.g. `"model path/to/dir"`.
+        parameter: the argument at fault, for `InputError.parameter`.
+
+    Example:
+    ```python
+    check_vocabulary_fits(base.tokenizer, base.backbone_config["vocabulary_size"], "model x", "model")
+    ```
     """
     pieces = tokenizer.vocabulary_size()
     if pieces > rows:
         raise InputError(
             f"{where}: the tokenizer has {pieces} pieces but the model's embedding has {rows} rows, so ids "
-            f"{rows} to {pieces - 1} have none; pass the tokenizer the model was trained with"
+            f"{rows} to {pieces - 1} have none; pass the tokenizer the model was trained with",
+            parameter=parameter,
         )
