@@ -1,6 +1,9 @@
 """Per-epoch training / validation loss scalars, and the validation perplexity."""
 
+from __future__ import annotations
+
 import keras
+import tensorflow as tf
 
 from lora_keras.models.token_loss import perplexity
 
@@ -8,30 +11,35 @@ from ._summary import flush, write_scalars
 
 
 class LossScalars(keras.callbacks.Callback):
-    """Writes ``epoch_loss``, ``val_loss`` and ``val_perplexity`` (when validating) per epoch.
+    """Writes `epoch_loss`, `val_loss` and `val_perplexity` (when validating) per epoch.
 
-    The losses are whatever the model logs as ``loss`` and ``val_loss``; with
+    The losses are whatever the model logs as `loss` and `val_loss`; with
     `lora_keras.models.token_loss.TokenLossSeq2SeqLM` that is the mean negative
     log-likelihood per real target token over the epoch (training, with dropout,
     as the weights moved) or over the validation set (at the epoch's end).
 
+    Args:
+        writer: a TensorBoard summary writer, or None for no scalars.
+
     Example:
-        losses = LossScalars(writer=writer)
-        model.fit(ds, validation_data=val_ds, epochs=3, callbacks=[losses])
-        losses.results()  # {"final_loss": ..., "val_loss": ..., "val_perplexity": ...}
+    ``python
+    losses = LossScalars(writer=writer)
+    model.fit(ds, validation_data=val_ds, epochs=3, callbacks=[losses])
+    losses.results()  # {"final_loss": ..., "val_loss": ..., "val_perplexity": ...}
+    ``
     """
 
-    def __init__(self, writer=None):
+    def __init__(self, writer: tf.summary.SummaryWriter | None = None) -> None:
         super().__init__()
         self.writer = writer
         self.final_loss = None
         self.val_loss = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self.final_loss = None
         self.val_loss = None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         if "loss" in logs:
             self.final_loss = float(logs["loss"])
@@ -47,8 +55,9 @@ class LossScalars(keras.callbacks.Callback):
             step=epoch,
         )
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         flush(self.writer)
 
-    def results(self):
+    def results(self) -> dict[str, float | None]:
+        """`final_loss`, `val_loss` and `val_perplexity` of the last epoch (None when not logged)."""
         return {"final_loss": self.final_loss, "val_loss": self.val_loss, "val_perplexity": perplexity(self.val_loss)}

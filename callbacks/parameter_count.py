@@ -1,39 +1,54 @@
 """Trainable / total parameter counts of the model being fitted."""
 
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable
 
 import keras
+import tensorflow as tf
 
 from ._summary import flush, write_scalars
 
 
-def count_params(variables):
-    """Sum of the element counts of ``variables``."""
+def count_params(variables: Iterable[keras.Variable]) -> int:
+    """Sum of the element counts of `variables`.
+
+    Example:
+    ``python
+    count_params(model.trainable_weights)
+    ``
+    """
     return int(sum(math.prod(int(d) for d in v.shape) for v in variables))
 
 
 class ParameterCount(keras.callbacks.Callback):
-    """Counts ``self.model``'s trainable and total parameters at train begin.
+    """Counts `self.model`'s trainable and total parameters at train begin.
 
-    Counting at ``on_train_begin`` (not construction) sees the model as
-    fitted: LoRA adapters added and frozen kernels (``trainable=False``)
-    excluded from ``trainable_weights`` but still in ``weights``.
+    Counting at `on_train_begin` (not construction) sees the model as
+    fitted: LoRA adapters added and frozen kernels (`trainable=False`)
+    excluded from `trainable_weights` but still in `weights`.
 
-    Scalars (step 0): ``trainable_params``, ``total_params``.
+    Scalars (step 0): `trainable_params`, `total_params`.
+
+    Args:
+        writer: a TensorBoard summary writer, or None for no scalars.
 
     Example:
-        counter = ParameterCount(writer=writer)
-        model.fit(ds, epochs=1, callbacks=[counter])
-        counter.results()["trainable_percent"]
+    ``python
+    counter = ParameterCount(writer=writer)
+    model.fit(ds, epochs=1, callbacks=[counter])
+    counter.results()["trainable_percent"]
+    ``
     """
 
-    def __init__(self, writer=None):
+    def __init__(self, writer: tf.summary.SummaryWriter | None = None) -> None:
         super().__init__()
         self.writer = writer
         self.trainable_params = 0
         self.total_params = 0
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self.trainable_params = count_params(self.model.trainable_weights)
         self.total_params = count_params(self.model.weights)
         write_scalars(
@@ -46,7 +61,8 @@ class ParameterCount(keras.callbacks.Callback):
         )
         flush(self.writer)
 
-    def results(self):
+    def results(self) -> dict[str, float]:
+        """`trainable_params`, `total_params` and `trainable_percent`."""
         total = self.total_params
         return {
             "trainable_params": int(self.trainable_params),

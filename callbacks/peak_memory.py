@@ -1,8 +1,11 @@
 """Peak memory of one trial: GPU allocator peak, else host RSS high-water as if the trial ran alone."""
 
+from __future__ import annotations
+
 import ctypes
 import gc
 import threading
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -50,10 +53,14 @@ class FirstTrialStart:
     host peak is reported as this first start plus the trial's own rise above its start:
     the peak the trial shows in a process that runs it alone, whatever ran before it here.
 
-    Example: `start = FirstTrialStart()`, then `PeakMemory(first_trial_start=start)` for every trial.
+    Example:
+    ``python
+    start = FirstTrialStart()
+    PeakMemory(first_trial_start=start)   # for every trial of the process
+    ``
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rss_mb = None
 
 
@@ -97,30 +104,45 @@ class _RssSampler:
 
 
 class PeakMemory(keras.callbacks.Callback):
-    """Peak memory during ``fit``, reset at ``on_train_begin``.
+    """Peak memory during `fit`, reset at `on_train_begin`.
 
-    With a GPU visible: TF's allocator peak on ``GPU:0``, or the highest
-    peak among ``gpus`` (those a mirrored model trains on)
-    (``memory_kind="gpu"``). Otherwise host RSS (``memory_kind="host_rss"``):
+    With a GPU visible: TF's allocator peak on `GPU:0`, or the highest
+    peak among `gpus` (those a mirrored model trains on)
+    (`memory_kind="gpu"`). Otherwise host RSS (`memory_kind="host_rss"`):
     garbage is collected and freed heap pages returned to the kernel, the
-    process's high-water mark (VmHWM) reset through ``/proc/self/clear_refs``
+    process's high-water mark (VmHWM) reset through `/proc/self/clear_refs`
     (if that cannot be written, a daemon thread samples RSS every
-    ``sample_interval_s`` and may miss very short spikes), and the figure is
-    the RSS at the start plus the rise above it during ``fit``. With a shared
+    `sample_interval_s` and may miss very short spikes), and the figure is
+    the RSS at the start plus the rise above it during `fit`. With a shared
     `FirstTrialStart`, the start is the first trial's of the process, so each
     trial reads as if it ran in a process of its own. VmHWM is per process:
     run one trial at a time per process.
 
-    Scalar per epoch: ``peak_memory_mb`` (MiB, peak so far).
+    Scalar per epoch: `peak_memory_mb` (MiB, peak so far).
+
+    Args:
+        writer: a TensorBoard summary writer, or None for no scalars.
+        force_sampling: sample host RSS even where VmHWM can be reset.
+        sample_interval_s: the sampler's period.
+        gpus: the GPUs to read, e.g. `strategy_gpus(strategy)`; `GPU:0` when None.
+        first_trial_start: shared by a process's trials, so each reads as if alone.
 
     Example:
-        mem = PeakMemory(writer=writer, first_trial_start=FirstTrialStart())
-        model.fit(ds, epochs=2, callbacks=[mem])
-        mem.results()  # {"peak_memory_mb": 1234.5, "memory_kind": "host_rss", ...}
+    ``python
+    mem = PeakMemory(writer=writer, first_trial_start=FirstTrialStart())
+    model.fit(ds, epochs=2, callbacks=[mem])
+    mem.results()  # {"peak_memory_mb": 1234.5, "memory_kind": "host_rss", ...}
+    ``
     """
 
-    def __init__(self, writer=None, force_sampling=False, sample_interval_s=0.02, gpus=None,
-                 first_trial_start=None):
+    def __init__(
+        self,
+        writer: tf.summary.SummaryWriter | None = None,
+        force_sampling: bool = False,
+        sample_interval_s: float = 0.02,
+        gpus: Sequence[str] | None = None,
+        first_trial_start: FirstTrialStart | None = None,
+    ) -> None:
         super().__init__()
         self.writer = writer
         self.force_sampling = force_sampling
@@ -134,7 +156,7 @@ class PeakMemory(keras.callbacks.Callback):
         self.method = None  # "gpu" | "vmhwm" | "sampling"
         self._sampler = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         if self._sampler is not None:  # a previous fit died before train end
             self._sampler.stop()
             self._sampler = None
@@ -175,10 +197,10 @@ class PeakMemory(keras.callbacks.Callback):
         self.peak_memory_mb = start + self.process_peak_mb - self.start_rss_mb
         return self.peak_memory_mb
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         write_scalars(self.writer, {"peak_memory_mb": self._measure()}, step=epoch)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         self._measure()
         if self._sampler is not None:
             self._sampler.stop()
@@ -186,7 +208,8 @@ class PeakMemory(keras.callbacks.Callback):
             self._sampler = None
         flush(self.writer)
 
-    def results(self):
+    def results(self) -> dict:
+        """`peak_memory_mb` and `memory_kind`; on the host also `process_peak_memory_mb`."""
         figures = {"peak_memory_mb": float(self.peak_memory_mb), "memory_kind": str(self.memory_kind)}
         if self.memory_kind == "host_rss":
             figures["process_peak_memory_mb"] = float(self.process_peak_mb)

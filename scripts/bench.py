@@ -27,7 +27,7 @@ from lora_keras.errors import InputError  # noqa: E402
 DEFAULT_PEER_SCRIPT = ROOT.parent / "shared" / "bench" / "peft_peer.py"
 
 
-def build_parser():
+def build_parser() -> OneLineErrorParser:
     parser = OneLineErrorParser(prog="bench.py", description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--preset", choices=["reference", "demo"], default="reference",
@@ -135,7 +135,7 @@ def _trial_runner(args, base, train, val):
     return run
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.vs_peer and not pathlib.Path(args.peer_script).is_file():
         with exit_on_input_error("bench.py"):

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from lora_keras.cli import OneLineErrorParser, exit_on_input_error, positive_float  # noqa: E402
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     parser = OneLineErrorParser(prog="report.py", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run's output directory, LOGDIR/NAME")
     parser.add_argument("--memory-budget-mb", type=positive_float, help="peak memory budget (MiB)")

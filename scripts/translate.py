@@ -23,7 +23,7 @@ from lora_keras.cli import (  # noqa: E402
 )
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     parser = OneLineErrorParser(prog="translate.py", description=__doc__.splitlines()[0])
     parser.add_argument("text", nargs="*", help="sentences to translate; default: lines of stdin")
     parser.add_argument("--model", default="tiny", help="'tiny', a keras-hub T5 preset dir, a Hugging Face "

@@ -9,9 +9,13 @@ write_recommendations("logs/sweep/recommendations.md", rows, memory_budget_mb=80
 ```
 """
 
+from __future__ import annotations
+
 import math
+import os
 import pathlib
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -27,11 +31,14 @@ POOR_R_SQUARED = 0.5
 MEMORY_KIND_NAMES = {"gpu": "GPU peak", "host_rss": "host RSS peak"}
 
 
-def completed_trials(rows):
+def completed_trials(rows: Iterable[Mapping]) -> list[dict]:
     """The COMPLETED rows as new dicts, numeric columns as int/float and missing values as None.
 
-    Example: `completed_trials([{"status": "COMPLETED", "rank": "4", "val_loss": ""}])`
-    -> `[{"status": "COMPLETED", "rank": 4, "val_loss": None}]`.
+    Example:
+    ```python
+    completed_trials([{"status": "COMPLETED", "rank": "4", "val_loss": ""}])
+    # [{"status": "COMPLETED", "rank": 4, "val_loss": None}]
+    ```
     """
     completed = typed_rows([row for row in rows if row.get("status") == "COMPLETED"])
     # A diverged trial can log NaN; as a number it would poison every min() and fit below.
@@ -41,14 +48,19 @@ def completed_trials(rows):
     ]
 
 
-def _with(trials, *columns):
+def _with(trials: list[dict], *columns: str) -> list[dict]:
     return [trial for trial in trials if all(trial.get(column) is not None for column in columns)]
 
 
-def pareto_front(rows, objectives=("val_loss", "training_time_s", "peak_memory_mb")):
+def pareto_front(
+    rows: Iterable[Mapping], objectives: Sequence[str] = ("val_loss", "training_time_s", "peak_memory_mb")
+) -> list[dict]:
     """The completed trials no other trial beats on every objective (all minimised), best val loss first.
 
-    Example: `[t["trial_id"] for t in pareto_front(rows)]` -> `["t04", "t02", "t03"]`.
+    Example:
+    ```python
+    [t["trial_id"] for t in pareto_front(rows)]   # ["t04", "t02", "t03"]
+    ```
     """
     candidates = _with(completed_trials(rows), *objectives)
 
@@ -59,13 +71,16 @@ def pareto_front(rows, objectives=("val_loss", "training_time_s", "peak_memory_m
     return sorted(front, key=lambda trial: tuple(trial[o] for o in objectives))
 
 
-def fit_power_law(xs, ys):
+def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float | None, float | None]:
     """`(exponent, r_squared)` of y = c * x**exponent, fitted by least squares in log-log space.
 
     Pairs with a non-positive x or y are dropped (no logarithm); fewer than two distinct x
     values left gives `(None, None)`.
 
-    Example: `fit_power_law([1, 4, 16], [3, 1.5, 0.75])` -> `(-0.5, 1.0)`.
+    Example:
+    ```python
+    fit_power_law([1, 4, 16], [3, 1.5, 0.75])   # (-0.5, 1.0)
+    ```
     """
     pairs = [(float(x), float(y)) for x, y in zip(xs, ys) if x is not None and y is not None and x > 0 and y > 0]
     if len({x for x, _ in pairs}) < 2:
@@ -106,10 +121,13 @@ def _fits(trials, group_columns, x_column, y_column):
     return fits
 
 
-def several_learning_rates(trials):
+def several_learning_rates(trials: Iterable[Mapping]) -> bool:
     """Whether the (parsed) trials swept more than one learning rate, so series must be split by it.
 
-    Example: `several_learning_rates(completed_trials(rows))` -> `False` for a rank x batch grid.
+    Example:
+    ```python
+    several_learning_rates(completed_trials(rows))   # False for a rank x batch grid
+    ```
     """
     return len({t["learning_rate"] for t in trials if t.get("learning_rate") is not None}) > 1
 
@@ -160,10 +178,13 @@ def _loss_trends(trials):
     return sentences + _pooled(fits, "series", "val loss vs rank", verdict)
 
 
-def memory_kind_label(trials):
+def memory_kind_label(trials: Iterable[Mapping]) -> str:
     """What the trials' peak memory measured, from `memory_kind`: "GPU peak", "host RSS peak" or both.
 
-    Example: `memory_kind_label([{"peak_memory_mb": 900.0, "memory_kind": "gpu"}])` -> `"GPU peak"`.
+    Example:
+    ```python
+    memory_kind_label([{"peak_memory_mb": 900.0, "memory_kind": "gpu"}])   # "GPU peak"
+    ```
     """
     measured = _with(trials, "peak_memory_mb")
     return " / ".join(sorted({MEMORY_KIND_NAMES.get(t.get("memory_kind"), "peak") for t in measured})) or "peak"
@@ -189,11 +210,15 @@ def _memory_trend(trials):
     ]
 
 
-def measured_trends(rows):
+def measured_trends(rows: Iterable[Mapping]) -> list[str]:
     """Plain sentences with fitted power laws of time, loss and memory, set against the folk laws.
 
-    Example: `measured_trends(rows)[0]` -> `"Training time vs batch size at rank 4: time ~ batch^-0.21
-    (R² 0.93); this contradicts the folk law ... larger batches help far less than 1/batch; ..."`.
+    Example:
+    ```python
+    measured_trends(rows)[0]
+    # "Training time vs batch size at rank 4: time ~ batch^-0.21 (R² 0.93); this contradicts
+    #  the folk law ... larger batches help far less than 1/batch; ..."
+    ```
     """
     trials = completed_trials(rows)
     return _time_trends(trials) + _loss_trends(trials) + _memory_trend(trials)
@@ -212,20 +237,28 @@ def _lowest_loss(trials):
     return min(trials, key=lambda t: t["val_loss"]) if trials else None
 
 
-def best_within(rows, memory_budget_mb=None, time_budget_s=None):
+def best_within(
+    rows: Iterable[Mapping], memory_budget_mb: float | None = None, time_budget_s: float | None = None
+) -> dict | None:
     """The completed trial with the lowest val loss within both budgets (None = no limit), or None.
 
-    Example: `best_within(rows, memory_budget_mb=1000)["trial_id"]` -> `"t02"`.
+    Example:
+    ```python
+    best_within(rows, memory_budget_mb=1000)["trial_id"]   # "t02"
+    ```
     """
     return _lowest_loss(_within(_with(completed_trials(rows), "val_loss"), memory_budget_mb, time_budget_s))
 
 
-def scenario_picks(rows):
+def scenario_picks(rows: Iterable[Mapping]) -> list[tuple[str, str, dict | None]]:
     """`[(scenario, explanation, trial or None)]` for the seed study's three hardware scenarios.
 
     Thresholds come from this sweep's measured spread, so the scenarios mean the same on any machine.
 
-    Example: `[(name, pick["trial_id"]) for name, _, pick in scenario_picks(rows)]`.
+    Example:
+    ```python
+    [(name, pick["trial_id"]) for name, _, pick in scenario_picks(rows)]
+    ```
     """
     trials = _with(completed_trials(rows), "val_loss")
     picks = []
@@ -335,10 +368,18 @@ def _trial_cells(trial):
 TRIAL_HEADER = ["trial", "rank", "batch size", "learning rate", "val loss", "BLEU", "time (s)", "peak memory (MiB)"]
 
 
-def recommendations_markdown(rows, memory_budget_mb=None, time_budget_s=None, baseline=None):
+def recommendations_markdown(
+    rows: Iterable[Mapping],
+    memory_budget_mb: float | None = None,
+    time_budget_s: float | None = None,
+    baseline: Mapping | None = None,
+) -> str:
     """`recommendations.md` as text: budget pick, scenario picks, Pareto front, measured trends, baseline.
 
-    Example: `print(recommendations_markdown(rows, memory_budget_mb=8000, baseline={"val_loss": 3.2}))`.
+    Example:
+    ```python
+    print(recommendations_markdown(rows, memory_budget_mb=8000, baseline={"val_loss": 3.2}))
+    ```
     """
     trials = _with(completed_trials(rows), "val_loss")
     lines = ["# LoRA recommendations", ""]
@@ -379,10 +420,19 @@ def recommendations_markdown(rows, memory_budget_mb=None, time_budget_s=None, ba
     return "\n".join(lines)
 
 
-def write_recommendations(path, rows, memory_budget_mb=None, time_budget_s=None, baseline=None):
+def write_recommendations(
+    path: str | os.PathLike,
+    rows: Iterable[Mapping],
+    memory_budget_mb: float | None = None,
+    time_budget_s: float | None = None,
+    baseline: Mapping | None = None,
+) -> pathlib.Path:
     """Write `recommendations_markdown(...)` to `path`; returns the path.
 
-    Example: `write_recommendations("logs/sweep/recommendations.md", rows, time_budget_s=600)`.
+    Example:
+    ```python
+    write_recommendations("logs/sweep/recommendations.md", rows, time_budget_s=600)
+    ```
     """
     path = pathlib.Path(path)
     path.write_text(recommendations_markdown(rows, memory_budget_mb, time_budget_s, baseline) + "\n")

@@ -6,8 +6,12 @@ rebuild_reports("logs/sweep", memory_budget_mb=2000)   # after a run, without tr
 ```
 """
 
+from __future__ import annotations
+
 import json
+import os
 import pathlib
+from collections.abc import Sequence
 
 from lora_keras.errors import InputError
 from lora_keras.results.plots import write_plots
@@ -15,8 +19,32 @@ from lora_keras.results.recommend import write_recommendations
 from lora_keras.results.table import SUMMARY_FILE, read_results_csv, typed_rows, write_results_md
 
 
-def write_reports(run_dir, rows, baseline=None, wall_time_s=None, memory_budget_mb=None, time_budget_s=None):
-    """`results.md`, the plots and `recommendations.md` of a run; returns the plot paths."""
+def write_reports(
+    run_dir: str | os.PathLike,
+    rows: Sequence[dict],
+    baseline: dict | None = None,
+    wall_time_s: float | None = None,
+    memory_budget_mb: float | None = None,
+    time_budget_s: float | None = None,
+) -> dict[str, pathlib.Path]:
+    """`results.md`, the plots and `recommendations.md` of a run.
+
+    Args:
+        run_dir: the run's directory.
+        rows: the trials' typed rows (`typed_rows`).
+        baseline: the base model's scores (`baseline.json`), if measured.
+        wall_time_s: the run's wall time, for `results.md`.
+        memory_budget_mb: a peak memory budget for the recommendations.
+        time_budget_s: a training time budget for the recommendations.
+
+    Returns:
+        The plots' `{file stem: path}`.
+
+    Example:
+    ```python
+    write_reports("logs/sweep", rows, baseline, wall_time_s=312.0)
+    ```
+    """
     run_dir = pathlib.Path(run_dir)
     write_results_md(rows, run_dir / "results.md", baseline, wall_time_s)
     write_recommendations(
@@ -26,10 +54,23 @@ def write_reports(run_dir, rows, baseline=None, wall_time_s=None, memory_budget_
     return write_plots(rows, run_dir)
 
 
-def rebuild_reports(run_dir, memory_budget_mb=None, time_budget_s=None):
+def rebuild_reports(
+    run_dir: str | os.PathLike, memory_budget_mb: float | None = None, time_budget_s: float | None = None
+) -> dict[str, pathlib.Path]:
     """Every report file of `run_dir` again from its `results.csv`, without training.
 
-    Example: `rebuild_reports("logs/sweep", memory_budget_mb=2000)`.
+    Args:
+        run_dir: a run's directory, LOGDIR/NAME.
+        memory_budget_mb: a peak memory budget for the recommendations.
+        time_budget_s: a training time budget for the recommendations.
+
+    Returns:
+        The plots' `{file stem: path}`; an `InputError` naming `run_dir` without `results.csv`.
+
+    Example:
+    ```python
+    rebuild_reports("logs/sweep", memory_budget_mb=2000)
+    ```
     """
     run_dir = pathlib.Path(run_dir)
     results = run_dir / "results.csv"

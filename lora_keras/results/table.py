@@ -7,10 +7,14 @@ print(results_table(rows))
 ```
 """
 
+from __future__ import annotations
+
 import csv
 import json
 import math
+import os
 import pathlib
+from collections.abc import Iterable, Mapping, Sequence
 
 COLUMNS = (
     "trial_id", "status", "rank", "batch_size", "learning_rate", "lora_alpha", "epochs",
@@ -31,7 +35,7 @@ TABLE_COLUMNS = (
 )
 
 
-def _format(value):
+def _format(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
@@ -39,8 +43,14 @@ def _format(value):
     return str(value)
 
 
-def write_results_csv(rows, path):
-    """One row per trial with exactly `COLUMNS`; missing values are left empty."""
+def write_results_csv(rows: Iterable[Mapping], path: str | os.PathLike) -> None:
+    """One row per trial with exactly `COLUMNS`; missing values are left empty.
+
+    Example:
+    ```python
+    write_results_csv([{"trial_id": "0", "rank": 4, "val_loss": 1.9}], "logs/sweep/results.csv")
+    ```
+    """
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -48,13 +58,19 @@ def write_results_csv(rows, path):
             writer.writerow({column: row.get(column) for column in COLUMNS})
 
 
-def read_results_csv(path):
-    """The rows of a `results.csv`, values as strings."""
+def read_results_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a `results.csv`, values as strings.
+
+    Example:
+    ```python
+    rows = typed_rows(read_results_csv("logs/sweep/results.csv"))
+    ```
+    """
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-def _differs(rows, column):
+def _differs(rows: Sequence[Mapping], column: str) -> bool:
     if column == "lora_alpha":  # alpha = rank (scale 1) is the default setting, not a sweep
         return any(
             row.get("lora_alpha") not in (None, "") and row.get("rank") not in (None, "")
@@ -64,10 +80,15 @@ def _differs(rows, column):
     return len({_format(row.get(column)) for row in rows}) > 1
 
 
-def results_table(rows):
+def results_table(rows: Sequence[Mapping]) -> str:
     """A Markdown table of the trials: time, losses, memory, parameters, throughput.
 
     Learning rate, alpha, targets, dropout and epochs get a column when they differ between trials.
+
+    Example:
+    ```python
+    print(results_table(typed_rows(read_results_csv("logs/sweep/results.csv"))))
+    ```
     """
     swept = [column for column in SWEPT_COLUMNS if _differs(rows, column[0])]
     columns = TABLE_COLUMNS[:2] + tuple(swept) + TABLE_COLUMNS[2:]
@@ -84,8 +105,15 @@ TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id
 SUMMARY_FILE = "run_summary.json"
 
 
-def typed_rows(rows):
-    """Rows read from `results.csv` with numbers as numbers and empty cells as None."""
+def typed_rows(rows: Iterable[Mapping]) -> list[dict]:
+    """Rows read from `results.csv` with numbers as numbers and empty cells as None.
+
+    Example:
+    ```python
+    typed_rows([{"rank": "4", "val_loss": "", "status": "COMPLETED"}])
+    # [{"rank": 4, "val_loss": None, "status": "COMPLETED"}]
+    ```
+    """
     typed = []
     for row in rows:
         converted = {}
@@ -109,8 +137,14 @@ MEMORY_MEANINGS = {
 }
 
 
-def reading_guide(rows):
-    """What the table's numbers are, as lines of Markdown."""
+def reading_guide(rows: Sequence[Mapping]) -> list[str]:
+    """What the table's numbers are, as lines of Markdown.
+
+    Example:
+    ```python
+    "\n".join(reading_guide(rows))
+    ```
+    """
     lines = [
         "Losses are mean negative log-likelihoods in nats per real (non-padding) target token: `final loss` "
         "over the last training epoch (LoRA dropout on, weights moving), `val loss` over the whole validation "
@@ -125,8 +159,22 @@ def reading_guide(rows):
     return lines
 
 
-def write_results_md(rows, path, baseline=None, wall_time_s=None):
-    """`results.md`: the table, what its numbers are, the unadapted baseline, the best trial, the overhead."""
+def write_results_md(
+    rows: Sequence[Mapping], path: str | os.PathLike, baseline: Mapping | None = None, wall_time_s: float | None = None
+) -> None:
+    """`results.md`: the table, what its numbers are, the unadapted baseline, the best trial, the overhead.
+
+    Args:
+        rows: the trials' typed rows (`typed_rows`).
+        path: the file to write.
+        baseline: the base model's scores (`val_loss`, `bleu`), if measured.
+        wall_time_s: the run's wall time, to tell the overhead beside the trials' training.
+
+    Example:
+    ```python
+    write_results_md(rows, "logs/sweep/results.md", baseline, wall_time_s=312.0)
+    ```
+    """
     lines = ["# LoRA sweep results", "", results_table(rows), "", *reading_guide(rows), ""]
     completed = [r for r in rows if r.get("status") == "COMPLETED" and r.get("val_loss") is not None]
     if baseline is not None:
