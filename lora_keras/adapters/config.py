@@ -10,6 +10,7 @@ layers = target_layers(backbone, config.targets)   # {"encoder/0/self_attention/
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import keras
 
@@ -93,7 +94,7 @@ class LoraConfig:
             raise InputError(f"LoRA init {self.init!r} is unknown; choose from {' '.join(INITIALIZERS)}")
 
 
-def target_layers(backbone: keras.Model, targets) -> dict[str, keras.layers.Dense]:
+def target_layers(backbone: keras.Model, targets: Iterable[str]) -> dict[str, keras.layers.Dense]:
     """The `Dense` layers of `backbone` named by `targets`, keyed by a stable path.
 
     Args:
@@ -109,6 +110,7 @@ def target_layers(backbone: keras.Model, targets) -> dict[str, keras.layers.Dens
     # {"encoder/0/self_attention/q": Dense, ..., "decoder/0/cross_attention/q": Dense}
     ```
     """
+    targets = tuple(targets)
     unknown = sorted(set(targets) - set(TARGETS))
     if unknown:
         raise InputError(

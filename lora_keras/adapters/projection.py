@@ -28,13 +28,17 @@ projection_of(backbone.encoder_transformer_layers[0].self_attention.query_projec
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
 from lora_keras.adapters.config import TARGETS, target_layers
 
+Tensor = Any  # a backend tensor or Keras variable
 
-def project(inputs, kernel):
+
+def project(inputs: Tensor, kernel: Tensor) -> Tensor:
     """`inputs @ kernel` over the last axis of `inputs`, as a single 2-D matmul.
 
     Example:
@@ -84,7 +88,7 @@ class Projection:
         """Whether the layer carries a LoRA adapter."""
         return bool(self.dense.lora_enabled)
 
-    def __call__(self, inputs, training=None):
+    def __call__(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         dense = self.dense
         if not (training and self.adapted):  # Keras's merged kernel (plain W without LoRA)
             outputs = project(inputs, dense.kernel)
