@@ -8,6 +8,7 @@
     python scripts/tune.py --distributed worker --oracle-address CHIEF_HOST:8000 ...  # then workers
 """
 
+import argparse
 import os
 import pathlib
 import sys
@@ -28,10 +29,16 @@ from lora_keras.data.corpus import read_pairs  # noqa: E402
 from lora_keras.runtime.devices import HELP as DEVICES_HELP  # noqa: E402
 
 
-def target_sets(tokens):
-    """`q v` -> one set `(("q", "v"),)`; tokens with commas each name a set: `q,v q,k,v,o` -> two.
+def target_sets(tokens: list[str]) -> tuple[tuple[str, ...], ...] | None:
+    """The sets of projections `--targets` names: all tokens one set, unless they hold commas.
 
-    Returns `None` for an empty set (`,`), which the caller reports.
+    Args:
+        tokens: the words given to `--targets`.
+
+    Returns:
+        The sets, each once however written; `None` for an empty set (`,`), which the caller reports.
+
+    Example: `target_sets(["q", "v"])` -> `(("q", "v"),)`; `target_sets(["q,v", "q,k,v,o"])` -> two sets.
     """
     groups = [token.split(",") for token in tokens] if any("," in t for t in tokens) else [tokens]
     sets = [tuple(dict.fromkeys(name for name in group if name)) for group in groups]
@@ -43,14 +50,27 @@ def target_sets(tokens):
     return tuple(unique.values())
 
 
-def strategy_names():
-    """The registered strategies, for --help (their modules load TensorFlow)."""
+def strategy_names() -> str:
+    """The registered strategies, for --help (their modules load TensorFlow).
+
+    Example: `strategy_names()` -> `"bayesian, cost_aware, grid, hyperband, random"`.
+    """
     with native_stderr_silenced():
         from tuners.strategies import STRATEGIES
     return ", ".join(sorted(STRATEGIES))
 
 
-def build_parser(strategies="a registered name (--help lists them)"):
+def build_parser(strategies: str = "a registered name (--help lists them)") -> OneLineErrorParser:
+    """tune.py's argument parser.
+
+    Args:
+        strategies: how `--help` lists the strategies (listing them loads TensorFlow).
+
+    Returns:
+        The parser; its errors are one line on stderr and exit status 2.
+
+    Example: `build_parser().parse_args(["--ranks", "4", "16"]).ranks` -> `[4, 16]`.
+    """
     parser = OneLineErrorParser(prog="tune.py", description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--model", default="tiny", help="'tiny' (offline demo base), a keras-hub T5 preset dir, a Hugging "
@@ -97,8 +117,12 @@ def build_parser(strategies="a registered name (--help lists them)"):
     return parser
 
 
-def distributed_conflict(args):
-    """The first flag that contradicts --distributed, as an argparse error message, or None."""
+def distributed_conflict(args: argparse.Namespace) -> str | None:
+    """The first flag that contradicts --distributed, as an argparse error message, or None.
+
+    Example: `distributed_conflict(build_parser().parse_args(["--distributed", "worker"]))`
+    -> `"--distributed worker needs --oracle-address HOST:PORT (the chief's)"`.
+    """
     if args.distributed is None:
         extra = "--oracle-address" if args.oracle_address else "--worker-id" if args.worker_id else None
         return extra and f"{extra} needs --distributed chief or --distributed worker"
@@ -113,7 +137,65 @@ def distributed_conflict(args):
     return None
 
 
-def main(argv=None):
+def epochs_conflict(args: argparse.Namespace) -> str | None:
+    """`--epochs` too few for a strategy that budgets in epochs, as an argparse error message, or None.
+
+    The strategy's own check names its parameter (`max_epochs`); this names the flag. Loads TensorFlow.
+
+    Example: `epochs_conflict(build_parser().parse_args(["--strategy", "hyperband", "--epochs", "1"]))`
+    -> `"--strategy hyperband budgets in epochs; pass --epochs 2 or more"`.
+    """
+    from tuners.strategies import STRATEGIES, budgets_in_epochs
+
+    if args.strategy in STRATEGIES and budgets_in_epochs(args.strategy) and args.epochs < 2:
+        return f"--strategy {args.strategy} budgets in epochs; pass --epochs 2 or more"
+    return None
+
+
+def sweep_config(args: argparse.Namespace, targets: tuple[tuple[str, ...], ...]) -> "SweepConfig":
+    """The `tuners.sweep.SweepConfig` the flags describe (loads TensorFlow).
+
+    Args:
+        args: the parsed flags.
+        targets: the sets of projections, from `target_sets`.
+
+    Returns:
+        The sweep's config; a value given twice to a list flag counts once.
+
+    Example: `sweep_config(build_parser().parse_args([]), (("q", "v"),)).space.ranks` -> `(1, 4, 16)`.
+    """
+    from tuners.cluster import Cluster
+    from tuners.search_space import SearchSpace
+    from tuners.sweep import SweepConfig
+
+    space = SearchSpace(
+        ranks=tuple(dict.fromkeys(args.ranks)),
+        batch_sizes=tuple(dict.fromkeys(args.batch_sizes)),
+        learning_rates=tuple(dict.fromkeys(args.learning_rates)),
+        lora_alphas=tuple(dict.fromkeys(args.lora_alpha or ())),
+        target_sets=targets,
+        lora_dropouts=tuple(dict.fromkeys(args.lora_dropouts)),
+    )
+    config = SweepConfig(
+        model=args.model, train=args.train, val=args.val, source_lang=args.source_lang,
+        target_lang=args.target_lang, prefix=args.prefix, space=space, epochs=args.epochs,
+        strategy=args.strategy, max_trials=args.max_trials, logdir=args.logdir, name=args.name,
+        overwrite=args.overwrite, max_train_examples=args.max_train_examples,
+        max_val_examples=args.max_val_examples, max_source_length=args.max_source_length,
+        max_target_length=args.max_target_length, seed=args.seed, lora_init=args.lora_init,
+        memory_budget_mb=args.memory_budget_mb, time_budget_s=args.time_budget_s,
+        verbose=0 if args.quiet else 1, devices=args.devices,
+    )
+    if args.distributed:
+        config.cluster = Cluster(args.distributed, *args.oracle_address, args.worker_id, args.chief_timeout)
+    return config
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run tune.py with `argv` (default: the command line); exits 2 on bad input, 1 when the sweep stopped.
+
+    Example: `main(["--ranks", "1", "4", "--epochs", "1", "--name", "quick"])`.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(strategy_names()) if {"-h", "--help"} & set(argv) else build_parser()
     args = parser.parse_args(argv)
@@ -129,33 +211,15 @@ def main(argv=None):
                 read_pairs(path, flag)
     with native_stderr_silenced():
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
+    conflict = epochs_conflict(args)
+    if conflict:
+        parser.error(conflict)
     with exit_on_input_error("tune.py"):
-        from tuners.cluster import Cluster
-        from tuners.hypermodel import SearchSpace
-        from tuners.sweep import SweepConfig, SweepStopped, run_sweep
+        from tuners.failures import SweepStopped
+        from tuners.sweep import run_sweep
 
-        space = SearchSpace(
-            ranks=tuple(dict.fromkeys(args.ranks)),
-            batch_sizes=tuple(dict.fromkeys(args.batch_sizes)),
-            learning_rates=tuple(dict.fromkeys(args.learning_rates)),
-            lora_alphas=tuple(dict.fromkeys(args.lora_alpha or ())),
-            target_sets=targets,
-            lora_dropouts=tuple(dict.fromkeys(args.lora_dropouts)),
-        )
-        config = SweepConfig(
-            model=args.model, train=args.train, val=args.val, source_lang=args.source_lang,
-            target_lang=args.target_lang, prefix=args.prefix, space=space, epochs=args.epochs,
-            strategy=args.strategy, max_trials=args.max_trials, logdir=args.logdir, name=args.name,
-            overwrite=args.overwrite, max_train_examples=args.max_train_examples,
-            max_val_examples=args.max_val_examples, max_source_length=args.max_source_length,
-            max_target_length=args.max_target_length, seed=args.seed, lora_init=args.lora_init,
-            memory_budget_mb=args.memory_budget_mb, time_budget_s=args.time_budget_s,
-            verbose=0 if args.quiet else 1, devices=args.devices,
-        )
-        if args.distributed:
-            config.cluster = Cluster(args.distributed, *args.oracle_address, args.worker_id, args.chief_timeout)
         try:
-            run_sweep(config)
+            run_sweep(sweep_config(args, targets))
         except SweepStopped as error:
             sys.stderr.write(f"tune.py: error: {error}\n")
             sys.exit(1)

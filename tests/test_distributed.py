@@ -18,10 +18,11 @@ from lora_keras.runtime.devices import device_names
 from lora_keras.errors import InputError
 from test_tune_errors import assert_one_line_exit_2, load_tune
 from tuners.cluster import Cluster
-from tuners.hypermodel import LoraT5HyperModel, SearchSpace
 from tuners.oracle_server import serve_oracle
 from tuners.strategies import make_oracle
-from tuners.sweep import SweepStopped, chief_error
+from tuners.failures import SweepStopped
+from tuners.roles import chief_error
+from tuners.search_space import SearchSpace
 from tuners.sweep_tuner import LoraSweepTuner
 
 RANKS, BATCH_SIZES = (1,), (8, 16)  # two trials of one LoRA config: each worker builds one model at most
@@ -174,14 +175,13 @@ def test_device_names():
 
 
 def chief_tuner(run_dir, ranks, max_failures=3):
-    """A chief's tuner over a grid of `ranks`, as `run_sweep` builds it (no model)."""
+    """A chief's tuner over a grid of `ranks`, as `serve_as_chief` builds it (no hypermodel)."""
     space = SearchSpace(ranks=ranks, batch_sizes=(8,))
-    hypermodel = LoraT5HyperModel(None, space, epochs=1)
     hp = keras_tuner.HyperParameters()
-    hypermodel.declare_hyperparameters(hp)
+    space.declare(hp)
     oracle = make_oracle("grid", keras_tuner.Objective("val_loss", "min"), len(ranks), hp, 0)
     oracle.max_consecutive_failed_trials = max_failures
-    return LoraSweepTuner(hypermodel, oracle, run_dir, verbose=0)
+    return LoraSweepTuner(oracle, run_dir, space, max_epochs=1, verbose=0)
 
 
 def serve_in_thread(tuner, port, on_trial_end):

@@ -8,8 +8,10 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from tuners.hypermodel import LoraT5HyperModel, SearchSpace
-from tuners.sweep import SweepConfig, SweepStopped, run_sweep
+from tuners.failures import SweepStopped
+from tuners.hypermodel import LoraT5HyperModel
+from tuners.search_space import SearchSpace
+from tuners.sweep import SweepConfig, run_sweep
 
 ORIGINAL_BUILD = LoraT5HyperModel.build
 

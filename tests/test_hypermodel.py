@@ -8,7 +8,8 @@ import pytest
 
 from lora_keras.runtime.benchmark import reference_base, reference_tokens
 from lora_keras.runtime.graph_memory import custom_gradient_names
-from tuners.hypermodel import LoraT5HyperModel, SearchSpace
+from tuners.hypermodel import LoraT5HyperModel
+from tuners.search_space import SearchSpace
 
 SMALL = dict(vocabulary_size=200, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64,
              key_value_dim=16, dropout=0.1)

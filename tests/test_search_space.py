@@ -8,7 +8,7 @@ from test_tune_errors import load_tune
 
 from lora_keras.results.table import results_table
 from tuners.hparams import experiment_hparams
-from tuners.hypermodel import SearchSpace
+from tuners.search_space import SearchSpace
 from tuners.strategies import STRATEGIES
 from tuners.strategies.grid import grid_values
 

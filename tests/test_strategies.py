@@ -199,7 +199,7 @@ def test_hyperband_budgets_in_epochs_and_continues_the_best(tmp_path):
 
 
 def test_hyperband_needs_two_epochs_or_more():
-    with pytest.raises(InputError, match="pass --epochs 2 or more"):
+    with pytest.raises(InputError, match="max_epochs=1: .* needs max_epochs of 2 or more"):
         make_oracle("hyperband", "val_loss", None, space(), 0, max_epochs=1)
 
 

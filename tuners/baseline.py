@@ -15,12 +15,15 @@ import contextlib
 import fcntl
 import json
 import os
+import pathlib
 
 import keras
 
-from lora_keras.data.pipeline import make_dataset
+from lora_keras.data.pipeline import TokenizedPairs, make_dataset
+from lora_keras.models.base import BaseModel
 from lora_keras.models.token_loss import perplexity
 from tuners.hypermodel import EVAL_BATCH_SIZE
+from tuners.sweep_tuner import ValidationTexts
 
 BASELINE_FILE = "baseline.json"
 LOCK_FILE = ".baseline.lock"
@@ -46,10 +49,21 @@ def _read(run_dir):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def measure_baseline(base, val_tokens, val_texts, run_dir):
+def measure_baseline(
+    base: BaseModel, val_tokens: TokenizedPairs, val_texts: ValidationTexts, run_dir: pathlib.Path,
+) -> dict | None:
     """Val loss, BLEU and chrF of the unadapted base, from `baseline.json` or measured into it.
 
-    Returns None when another process is measuring it now.
+    Args:
+        base: the frozen T5 the trials start from.
+        val_tokens: the validation pairs, tokenized.
+        val_texts: the validation set as text, for BLEU and chrF.
+        run_dir: the run's directory, which must exist.
+
+    Returns:
+        `val_loss`, `val_perplexity`, `bleu` and `chrf`; None when another process is measuring it now.
+
+    Example: `measure_baseline(base, val_tokens, val_texts, run_dir)["val_loss"]`.
     """
     with _locked(run_dir, wait=False) as mine:
         baseline = _read(run_dir)
@@ -68,7 +82,16 @@ def measure_baseline(base, val_tokens, val_texts, run_dir):
         return baseline
 
 
-def read_baseline(run_dir):
-    """`baseline.json` of the run, once no process is measuring it; None if nobody has."""
+def read_baseline(run_dir: pathlib.Path) -> dict | None:
+    """`baseline.json` of the run, once no process is measuring it.
+
+    Args:
+        run_dir: the run's directory.
+
+    Returns:
+        The baseline; None if nobody has measured it.
+
+    Example: `read_baseline(pathlib.Path("logs/sweep"))`.
+    """
     with _locked(run_dir, wait=True):
         return _read(run_dir)

@@ -23,22 +23,38 @@ DEFAULT_CHIEF_TIMEOUT_S = 300.0
 _ID = re.compile(r"[A-Za-z0-9._-]+")
 
 
-def default_worker_id():
-    """`worker-<host>-<pid>`: distinct for every worker process on every machine."""
+def default_worker_id() -> str:
+    """`worker-<host>-<pid>`: distinct for every worker process on every machine.
+
+    Example: `default_worker_id()` -> `"worker-node1-4242"`.
+    """
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())
     return f"worker-{host.replace(CHIEF, 'chf')}-{os.getpid()}"
 
 
-def is_worker():
-    """True in a worker process once `Cluster.export()` ran (keras-tuner's own rule)."""
-    from keras_tuner.src.distribute import utils
+def is_worker() -> bool:
+    """True in a worker process once `Cluster.export()` ran (keras-tuner's own rule).
+
+    Example: `Cluster("worker", "10.0.0.5", 8000).export()`; then `is_worker()` -> `True`.
+    """
+    from keras_tuner.src.distribute import utils  # private: keras-tuner is pinned (setup.cfg)
 
     return utils.has_chief_oracle() and not utils.is_chief_oracle()
 
 
 @dataclasses.dataclass
 class Cluster:
-    """The role, the chief's address and, for a worker, its id and its patience with the chief."""
+    """The role, the chief's address and, for a worker, its id and its patience with the chief.
+
+    Args:
+        role: `"chief"` or `"worker"`.
+        host: the chief's host (the chief: the address it listens on).
+        port: the chief's port.
+        worker_id: a worker's id, distinct per worker; default `default_worker_id()`.
+        chief_timeout_s: how long a worker waits for an unreachable chief.
+
+    Example: `Cluster("worker", "10.0.0.5", 8000, worker_id="w1").tuner_id` -> `"w1"`.
+    """
 
     role: str
     host: str
@@ -59,26 +75,28 @@ class Cluster:
                 )
 
     @property
-    def address(self):
+    def address(self) -> str:
+        """`HOST:PORT` of the chief."""
         return f"{self.host}:{self.port}"
 
     @property
-    def tuner_id(self):
+    def tuner_id(self) -> str:
+        """keras-tuner's id of this process: `chief`, or the worker's id."""
         return CHIEF if self.role == CHIEF else self.worker_id
 
-    def export(self):
+    def export(self) -> None:
         """Tell keras-tuner this process's part; call before building a tuner."""
         os.environ["KERASTUNER_TUNER_ID"] = self.tuner_id
         os.environ["KERASTUNER_ORACLE_IP"] = self.host
         os.environ["KERASTUNER_ORACLE_PORT"] = str(self.port)
         if self.role == WORKER:
-            from keras_tuner.src.distribute import oracle_client
+            from keras_tuner.src.distribute import oracle_client  # private: keras-tuner is pinned
 
             # Every call to the chief waits this long for it (keras-tuner: an hour), so a worker
             # whose chief is gone says so instead of hanging.
             oracle_client.TIMEOUT = self.chief_timeout_s
 
-    def wait_for_chief(self):
+    def wait_for_chief(self) -> None:
         """Return once the chief answers at `address`; `InputError` after `chief_timeout_s`."""
         import grpc
 

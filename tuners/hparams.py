@@ -1,13 +1,22 @@
-"""TensorBoard HParams: the experiment (domains, metric columns) and one session per trial."""
+"""TensorBoard HParams: the experiment (domains, metric columns) and the report's figures.
+
+Each trial's session (its row) is written by `LoraSweepTuner.run_trial` with `SearchSpace.trial_hparams`.
+
+Example:
+```python
+write_experiment(run_dir / "tensorboard", SearchSpace(), max_epochs=2)
+```
+"""
 
 import pathlib
 import shutil
 
 import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tuners.hypermodel import targets_name
+from tuners.search_space import SearchSpace, targets_name
 
 # (tag, column title, what the number is)
 METRICS = (
@@ -37,8 +46,18 @@ HPARAM_DESCRIPTIONS = {
 }
 
 
-def experiment_hparams(space, max_epochs):
-    """`HParam`s: discrete domains for the six LoRA hyperparameters, epochs reached in 1..max."""
+def experiment_hparams(space: SearchSpace, max_epochs: int) -> list[hparams_api.HParam]:
+    """The experiment's hyperparameters: discrete domains for the six LoRA ones, epochs reached in 1..max.
+
+    Args:
+        space: the sweep's search space.
+        max_epochs: the most epochs a trial trains to.
+
+    Returns:
+        One `HParam` per hyperparameter, with its description.
+
+    Example: `{h.name: h.domain for h in experiment_hparams(SearchSpace(), 2)}["rank"].values` -> `[1, 4, 16]`.
+    """
     discrete = hparams_api.Discrete
     domains = {
         "rank": discrete([int(r) for r in space.ranks]),
@@ -53,8 +72,15 @@ def experiment_hparams(space, max_epochs):
     return [hparams_api.HParam(name, domain, description=HPARAM_DESCRIPTIONS[name]) for name, domain in domains.items()]
 
 
-def varying_hparams(space, epochs_vary=False):
+def varying_hparams(space: SearchSpace, epochs_vary: bool = False) -> set[str]:
     """The names of the hyperparameters that take more than one value in a run of `space`.
+
+    Args:
+        space: the sweep's search space.
+        epochs_vary: whether trials train to different epochs (a strategy that budgets in epochs).
+
+    Returns:
+        The names, `epochs` included when `epochs_vary`.
 
     Example: `varying_hparams(SearchSpace())` -> `{"rank", "batch_size"}`.
     """
@@ -66,11 +92,21 @@ def varying_hparams(space, epochs_vary=False):
     return {name for name, count in counts.items() if count > 1} | ({"epochs"} if epochs_vary else set())
 
 
-def experiment_summary(space, max_epochs, epochs_vary=False):
+def experiment_summary(space: SearchSpace, max_epochs: int, epochs_vary: bool = False) -> summary_pb2.Summary:
     """The HParams experiment as a `Summary` proto, each varying hyperparameter marked `differs`.
 
     TensorBoard lists hyperparameters that differ first and shows the first five as columns
     by default; without the mark it sorts by name, and `rank` fell behind five settings.
+
+    Args:
+        space: the sweep's search space.
+        max_epochs: the most epochs a trial trains to.
+        epochs_vary: whether trials train to different epochs.
+
+    Returns:
+        A `Summary` proto to write with `tf.summary.experimental.write_raw_pb`.
+
+    Example: `experiment_summary(SearchSpace(), 2).SerializeToString()`.
     """
     summary = hparams_api.hparams_config_pb(
         hparams=experiment_hparams(space, max_epochs),
@@ -85,8 +121,19 @@ def experiment_summary(space, max_epochs, epochs_vary=False):
     return summary
 
 
-def write_experiment(log_dir, space, max_epochs, epochs_vary=False):
-    """Declare the HParams experiment at the root of `log_dir` (once: a resumed run keeps it)."""
+def write_experiment(
+    log_dir: str | pathlib.Path, space: SearchSpace, max_epochs: int, epochs_vary: bool = False,
+) -> None:
+    """Declare the HParams experiment at the root of `log_dir` (once: a resumed run keeps it).
+
+    Args:
+        log_dir: the run's TensorBoard directory.
+        space: the sweep's search space.
+        max_epochs: the most epochs a trial trains to.
+        epochs_vary: whether trials train to different epochs.
+
+    Example: `write_experiment("logs/sweep/tensorboard", SearchSpace(), 2)`.
+    """
     if any(pathlib.Path(log_dir).glob("events.out.tfevents*")):
         return
     writer = tf.summary.create_file_writer(str(log_dir))
@@ -96,13 +143,15 @@ def write_experiment(log_dir, space, max_epochs, epochs_vary=False):
     writer.close()
 
 
-def trial_hparams(hp, space, epochs):
-    """The HParams row of a trial: its six hyperparameters and the epochs it trains to."""
-    return {**space.trial_values(hp), "epochs": int(epochs)}
+def write_figures(log_dir: str | pathlib.Path, paths: list) -> None:
+    """The report's PNG plots as TensorBoard images (IMAGES tab) in `log_dir`, replacing earlier ones.
 
+    Args:
+        log_dir: a directory of its own under the run's TensorBoard directory.
+        paths: the PNG files (`write_reports`'s), none for no images.
 
-def write_figures(log_dir, paths):
-    """The report's PNG plots as TensorBoard images (IMAGES tab) in `log_dir`."""
+    Example: `write_figures(run_dir / "tensorboard" / "report", [run_dir / "loss_vs_rank.png"])`.
+    """
     from lora_keras.results.plots import figure_images
 
     shutil.rmtree(log_dir, ignore_errors=True)  # a resumed run replaces, not repeats, its images

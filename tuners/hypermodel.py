@@ -1,6 +1,14 @@
-"""The keras-tuner `HyperModel`: LoRA rank in `build`, batch size in `fit`."""
+"""The keras-tuner `HyperModel`: builds a LoRA-adapted T5 per trial (`build`) and trains it (`fit`).
 
-import dataclasses
+What a trial's hyperparameters mean (its values, epochs, LoRA config) is the `SearchSpace`'s;
+this builds and fits with them.
+
+Example:
+```python
+hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(4,), batch_sizes=(8,)), epochs=1)
+```
+"""
+
 import time
 
 import keras
@@ -12,71 +20,10 @@ from lora_keras.data.pipeline import TokenizedPairs, make_dataset
 from lora_keras.runtime.graph_memory import CustomGradientRegistrations
 from lora_keras.adapters import LoraConfig, add_lora, reset_lora
 from lora_keras.adapters import lean_projections
+from lora_keras.models.base import BaseModel
+from tuners.search_space import SearchSpace
 
 EVAL_BATCH_SIZE = 64
-
-
-def targets_name(targets):
-    """The name of a set of LoRA targets as HParams and results.csv show it: `("q", "v")` -> `"q,v"`."""
-    return ",".join(targets)
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchSpace:
-    """The values each hyperparameter may take; no `lora_alphas` means alpha = rank (scale 1).
-
-    `target_sets` holds one or more sets of projections to adapt, each swept as one value.
-
-    Example: `SearchSpace(ranks=(1, 4, 16), batch_sizes=(8, 64, 128), learning_rates=(3e-3,),
-    lora_alphas=(8, 16), target_sets=(("q", "v"), ("q", "k", "v", "o")), lora_dropouts=(0.0, 0.1))`.
-    """
-
-    ranks: tuple = (1, 4, 16)
-    batch_sizes: tuple = (8, 64, 128)
-    learning_rates: tuple = (3e-3,)
-    lora_alphas: tuple = ()
-    target_sets: tuple = (("q", "v"),)
-    lora_dropouts: tuple = (0.0,)
-
-    @property
-    def alphas(self):
-        """Every alpha a trial may use: the given ones, else the ranks."""
-        return tuple(sorted({float(a) for a in (self.lora_alphas or self.ranks)}))
-
-    def declare(self, hp):
-        """Declare the searched hyperparameters on `hp` (a `keras_tuner.HyperParameters`).
-
-        Rank, batch size and learning rate always; alpha, targets and dropout
-        only when given several values: one value is a setting, not a dimension
-        to search (and keeps the search space, random draws included, as before).
-        """
-        hp.Choice("rank", list(self.ranks), ordered=True)
-        hp.Choice("batch_size", list(self.batch_sizes), ordered=True)
-        hp.Choice("learning_rate", list(self.learning_rates), ordered=True)
-        if len(self.lora_alphas) > 1:
-            hp.Choice("lora_alpha", [float(a) for a in self.lora_alphas], ordered=True)
-        if len(self.target_sets) > 1:
-            hp.Choice("targets", [targets_name(t) for t in self.target_sets], ordered=False)
-        if len(self.lora_dropouts) > 1:
-            hp.Choice("lora_dropout", [float(p) for p in self.lora_dropouts], ordered=True)
-
-    def trial_values(self, hp):
-        """A trial's six hyperparameters: searched ones from `hp`, the others fixed here.
-
-        Example: `{"rank": 4, "batch_size": 8, "learning_rate": 0.003, "lora_alpha": 4.0,
-        "targets": "q,v", "lora_dropout": 0.0}`.
-        """
-        values = hp.values
-        rank = int(values["rank"])
-        fixed_alpha = self.lora_alphas[0] if self.lora_alphas else rank
-        return {
-            "rank": rank,
-            "batch_size": int(values["batch_size"]),
-            "learning_rate": float(values["learning_rate"]),
-            "lora_alpha": float(values.get("lora_alpha", fixed_alpha)),
-            "targets": values.get("targets", targets_name(self.target_sets[0])),
-            "lora_dropout": float(values.get("lora_dropout", self.lora_dropouts[0])),
-        }
 
 
 class _TrialModel:
@@ -101,7 +48,8 @@ class _TrialModel:
             if "seed_generator" in variable.path
         ]
 
-    def reset(self, learning_rate):
+    def reset(self, learning_rate: float) -> keras.Model:
+        """The model as right after `build`, its optimizer at `learning_rate`."""
         reset_lora(self.model.backbone, self.config, self.seed)
         for variable, value in self.seed_states:
             variable.assign(value)
@@ -123,6 +71,15 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     reset to its freshly built state, so only the first of them pays for
     building and tracing; results are identical to building anew.
 
+    Args:
+        base: the frozen T5 each trial starts from.
+        space: the search space; what a trial's values mean is read there.
+        epochs: epochs per trial, unless the strategy sets a trial's (Hyperband).
+        seed: initialisation, dropout and data order of every trial.
+        reuse_models: share one compiled model among consecutive trials of one LoRA config.
+        jit_compile: XLA (one compile per batch shape; no gain measured on CPU).
+        lora_init: how LoRA's A is drawn (`lora_keras.adapters.config.INITIALIZERS`).
+
     Example:
     ```python
     hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(4,)), epochs=2, seed=0)
@@ -133,32 +90,37 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     ```
     """
 
-    def __init__(self, base, space, epochs=2, seed=0, reuse_models=True, jit_compile=False, lora_init="peft"):
+    def __init__(
+        self, base: BaseModel, space: SearchSpace, epochs: int = 2, seed: int = 0, reuse_models: bool = True,
+        jit_compile: bool = False, lora_init: str = "peft",
+    ):
         super().__init__(name="lora_t5")
         self.base = base
         self.space = space
         self.epochs = epochs
         self.seed = seed
-        self.lora_init = lora_init  # how A is drawn: `lora_keras.adapters.config.INITIALIZERS`
+        self.lora_init = lora_init
         self.reuse_models = reuse_models
-        self.jit_compile = jit_compile  # XLA: one compile per batch shape; no gain measured on CPU
+        self.jit_compile = jit_compile
         self._current = None
 
-    def declare_hyperparameters(self, hp):
+    def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
+        """Declare the search space on `hp` (keras-tuner's hook; the space does it)."""
         self.space.declare(hp)
 
-    def lora_config(self, hp):
-        values = self.space.trial_values(hp)
-        return LoraConfig(
-            values["rank"], values["lora_alpha"], tuple(values["targets"].split(",")), values["lora_dropout"],
-            self.lora_init,
-        )
+    def lora_config(self, hp: keras_tuner.HyperParameters) -> LoraConfig:
+        """The `LoraConfig` that `build(hp)` adapts the model with."""
+        return self.space.lora_config(hp, self.lora_init)
 
-    def trial_epochs(self, hp):
-        """`(initial_epoch, epochs)` of a trial: 0 to `self.epochs`, unless Hyperband set a budget."""
-        return int(hp.values.get("tuner/initial_epoch", 0)), int(hp.values.get("tuner/epochs", self.epochs))
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        """A compiled, LoRA-adapted model for the trial `hp`: new, or the kept one reset.
 
-    def build(self, hp):
+        Args:
+            hp: the trial's hyperparameters.
+
+        Returns:
+            A `T5Seq2SeqLM` with LoRA at the trial's config, compiled with Adam at its learning rate.
+        """
         self.declare_hyperparameters(hp)
         config = self.lora_config(hp)
         current = self._current
@@ -175,7 +137,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         self._current = _TrialModel(config, model, self.seed, registrations)
         return model
 
-    def release(self):
+    def release(self) -> None:
         """Drop the kept model and free what TensorFlow holds for it."""
         if self._current is None:
             return
@@ -185,11 +147,23 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
             keras.backend.clear_session()
         registrations.release()  # else TensorFlow keeps the model's training graph to the end
 
-    def trace(self, hp, model, train_tokens, val_tokens):
+    def trace(
+        self, hp: keras_tuner.HyperParameters, model: keras.Model, train_tokens: TokenizedPairs,
+        val_tokens: TokenizedPairs,
+    ) -> float:
         """Trace `model`'s train and eval steps on one batch, then reset it to its built state.
 
         `fit` calls this first, so every trial's clock measures training, not tracing,
-        whether its model is new or reused. Returns the seconds spent (0 if already traced).
+        whether its model is new or reused.
+
+        Args:
+            hp: the trial's hyperparameters (its batch size and learning rate).
+            model: the model `build(hp)` returned.
+            train_tokens: training pairs; their first batch is traced.
+            val_tokens: validation pairs; their first batch is traced.
+
+        Returns:
+            The seconds spent (0 if already traced).
         """
         current = self._current
         if current is None or current.model is not model or current.traced:
@@ -204,9 +178,26 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         current.traced = True
         return time.perf_counter() - started
 
-    def fit(self, hp, model, train_tokens, val_tokens, callbacks=None, verbose=1, **kwargs):
+    def fit(
+        self, hp: keras_tuner.HyperParameters, model: keras.Model, train_tokens: TokenizedPairs,
+        val_tokens: TokenizedPairs, callbacks: list | None = None, verbose: int = 1, **kwargs,
+    ) -> keras.callbacks.History:
+        """Train `model` for the trial `hp`: its batch size, over its epochs (`SearchSpace.trial_epochs`).
+
+        Args:
+            hp: the trial's hyperparameters.
+            model: the model `build(hp)` returned.
+            train_tokens: training pairs, reshuffled every epoch.
+            val_tokens: validation pairs, evaluated after every epoch.
+            callbacks: Keras callbacks of the trial.
+            verbose: Keras's progress output.
+            **kwargs: passed on to `keras.Model.fit`.
+
+        Returns:
+            Keras's `History` of the trial.
+        """
         self.trace(hp, model, train_tokens, val_tokens)
-        initial_epoch, epochs = self.trial_epochs(hp)
+        initial_epoch, epochs = self.space.trial_epochs(hp, self.epochs)
         return model.fit(
             make_dataset(train_tokens, hp.get("batch_size"), shuffle=True, seed=self.seed),
             validation_data=make_dataset(val_tokens, EVAL_BATCH_SIZE),

@@ -7,18 +7,21 @@ a clean stop when the oracle stops the sweep (too many failed trials in a row).
 
 Example:
 ```python
-serve_oracle(tuner.oracle, "0.0.0.0", 8000, on_trial_end=write_tables)  # returns when the search is over
+serve_oracle(tuner.oracle, "0.0.0.0", 8000, on_trial_end=lambda: write_tables(tuner))  # returns when it is over
 ```
 """
 
 import time
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
-from keras_tuner.src import protos
+import keras_tuner
+from keras_tuner.src import protos  # private: keras-tuner is pinned (setup.cfg)
 from keras_tuner.src.distribute import oracle_chief
 
 from lora_keras.errors import InputError
+from tuners.failures import is_failure_limit
 
 POLL_S = 0.5
 STOP_GRACE_S = 5
@@ -38,7 +41,8 @@ class _SweepServicer(oracle_chief.OracleServicer):
         self.failure = None
         self.finished = False
 
-    def CreateTrial(self, request, context):  # gRPC method names
+    def CreateTrial(self, request, context: grpc.ServicerContext):  # gRPC method names
+        """keras-tuner's, unless the sweep is stopping: then the worker is told so and let go."""
         try:
             if self.failure is not None:  # the sweep is stopping: no new trials
                 self.oracle.tuner_ids.discard(request.tuner_id)
@@ -47,12 +51,13 @@ class _SweepServicer(oracle_chief.OracleServicer):
         finally:
             self._check_finished()
 
-    def EndTrial(self, request, context):
+    def EndTrial(self, request, context: grpc.ServicerContext):
+        """keras-tuner's, then save and `on_trial_end`; at the failure limit, the worker is told so."""
         try:
             try:
                 response = super().EndTrial(request, context)
             except RuntimeError as error:
-                if "consecutive failures" not in str(error):
+                if not is_failure_limit(error):
                     raise
                 self.failure = error
                 self._release(request.trial.trial_id)
@@ -82,11 +87,22 @@ class _SweepServicer(oracle_chief.OracleServicer):
         self.finished = stopping and not self.oracle.ongoing_trials and not self.oracle.tuner_ids
 
 
-def serve_oracle(oracle, host, port, on_trial_end=lambda: None):
+def serve_oracle(
+    oracle: keras_tuner.Oracle, host: str, port: int, on_trial_end: Callable[[], object] = lambda: None,
+) -> None:
     """Serve `oracle` at `host:port` until every worker has been told the search is over.
 
-    Calls `on_trial_end()` after each trial a worker ends. Re-raises the oracle's `RuntimeError`
-    when too many trials failed in a row, once every running trial has ended.
+    Args:
+        oracle: the sweep's oracle, its project directory set (by a tuner).
+        host: the address to listen on (`0.0.0.0` for every interface).
+        port: the port to listen on.
+        on_trial_end: called after each trial a worker ends.
+
+    Raises the oracle's `RuntimeError` when too many trials failed in a row
+    (`tuners.failures.is_failure_limit`), once every running trial has ended; `InputError`
+    when it cannot listen there.
+
+    Example: `serve_oracle(tuner.oracle, "0.0.0.0", 8000, on_trial_end=lambda: write_tables(tuner))`.
     """
     # One request at a time; and no port sharing, so a second chief on the port fails to start.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 0)])

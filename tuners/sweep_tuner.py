@@ -1,4 +1,12 @@
-"""The tuner that runs one LoRA trial: measure, log to TensorBoard, keep the adapter alone."""
+"""The tuner that runs one LoRA trial: measure, log to TensorBoard, keep the adapter alone.
+
+Example:
+```python
+tuner = LoraSweepTuner(oracle, "logs/sweep", space, max_epochs=2, hypermodel=hypermodel)
+tuner.search(train_tokens, val_tokens, val_texts)
+tuner.trial_rows()  # one dict per ended trial, as results.csv shows them
+```
+"""
 
 import contextlib
 import dataclasses
@@ -6,11 +14,14 @@ import json
 import math
 import pathlib
 import shutil
+from collections.abc import Callable
 
 import keras
+import keras_hub
+import keras_tuner
 import tensorflow as tf
 from keras_tuner.engine.base_tuner import BaseTuner
-from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.engine.trial import Trial, TrialStatus
 from keras_tuner.errors import FailedTrialError
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.hparams import api_pb2
@@ -19,9 +30,12 @@ from tensorboard.plugins.hparams import summary as hparams_summary
 from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory
 from lora_keras.runtime.devices import strategy_gpus
 from lora_keras.evaluation import shared_translator, translation_scores
-from lora_keras.adapters import load_adapter, save_adapter
+from lora_keras.adapters import LoraConfig, load_adapter, save_adapter
+from lora_keras.data.pipeline import TokenizedPairs
 from tuners.cluster import is_worker
-from tuners.hparams import trial_hparams
+from tuners.failures import failure_reason
+from tuners.hypermodel import LoraT5HyperModel
+from tuners.search_space import SearchSpace
 
 MEASUREMENTS_FILE = "measurements.json"
 SAMPLE_TRANSLATIONS = 5
@@ -29,37 +43,43 @@ SAMPLE_TRANSLATIONS = 5
 
 @dataclasses.dataclass(frozen=True)
 class ValidationTexts:
-    """The validation set as text, for translation scores: prefixed sources and references."""
+    """The validation set as text, for translation scores: prefixed sources and references.
+
+    Example: `ValidationTexts(["translate English to French: hello ."], ["bonjour ."])`.
+    """
 
     sources: list
     references: list
     max_source_length: int = 64
     max_target_length: int = 64
 
-    def scores(self, backbone, tokenizer):
-        """`({"bleu", "chrf"}, translations)` of `backbone` on these sources.
+    def scores(self, backbone: keras.Model, tokenizer: keras_hub.models.T5Tokenizer) -> tuple[dict, list[str]]:
+        """BLEU and chrF of `backbone`'s greedy translations of these sources.
 
         The process's `shared_translator` serves every call, so `generate` is compiled
         once per process (per model shape), not once per LoRA config or run.
+
+        Args:
+            backbone: a `T5Backbone`, adapted or not.
+            tokenizer: the base's `T5Tokenizer`.
+
+        Returns:
+            `({"bleu": ..., "chrf": ...}, translations)`.
+
+        Example: `scores, translations = val_texts.scores(model.backbone, base.tokenizer)`.
         """
         translations = shared_translator(tokenizer, self.max_source_length, self.max_target_length)(
             backbone, self.sources)
         return translation_scores(translations, self.references), translations
 
-    def samples_markdown(self, translations):
+    def samples_markdown(self, translations: list[str]) -> str:
+        """The first sources, their translations and references as a markdown table (TensorBoard's TEXT tab)."""
         rows = ["| source | translation | reference |", "|---|---|---|"]
         for source, hypothesis, reference in list(
             zip(self.sources, translations, self.references)
         )[:SAMPLE_TRANSLATIONS]:
             rows.append(f"| {source} | {hypothesis} | {reference} |")
         return "\n".join(rows)
-
-
-def failure_reason(message):
-    """`"ResourceExhaustedError: OOM when ..."` from a failed trial's traceback."""
-    last = (message or "unknown error").strip().splitlines()[-1]
-    name, _, text = last.partition(": ")
-    return f"{name.rsplit('.', 1)[-1]}: {text}" if text else last
 
 
 def _end_session(writer, status):
@@ -71,7 +91,7 @@ def _end_session(writer, status):
 
 
 class LoraSweepTuner(BaseTuner):
-    """Runs trials of a `LoraT5HyperModel` under any keras-tuner oracle.
+    """Runs trials of a `LoraT5HyperModel` under any keras-tuner oracle, and lists the trials ended.
 
     Per trial: a TensorBoard HParams session in `<run_dir>/tensorboard/trial_<id>/`
     with the measurement callbacks' scalars, the LoRA weights alone in
@@ -84,20 +104,38 @@ class LoraSweepTuner(BaseTuner):
     Each trial's `measurements.json` also records the `tuner_id` that ran it and its
     `num_replicas`. With a `strategy` (a `tf.distribute.MirroredStrategy`), each trial builds
     and trains its model in the strategy's scope: the batch size is the global batch.
+    Without a hypermodel (a distributed sweep's chief) it runs no trial: it holds the oracle's
+    state in `run_dir` and lists the trials (`trial_rows`).
+
+    Args:
+        oracle: the strategy's `keras_tuner.Oracle`, over `space` as declared.
+        run_dir: the run's directory (`LOGDIR/NAME`).
+        space: the search space; a trial's values and epochs are read there.
+        max_epochs: the sweep's epochs per trial (Hyperband: the most a trial gets).
+        hypermodel: builds and fits each trial's model; None where no trial runs.
+        overwrite: drop the oracle's saved state instead of resuming it.
+        verbose: Keras's progress output.
+        on_trial_done: called after every trial that ends here (the tables, for a local run).
+        baseline_val_loss: the unadapted base's val loss, reported to the oracle with every trial.
+        strategy: a `tf.distribute.Strategy` to build and train each trial in, or None.
 
     Example:
     ```python
-    tuner = LoraSweepTuner(hypermodel, GridOracle(objective="val_loss", hyperparameters=hp),
-                           run_dir="logs/sweep")
-    tuner.search(train_tokens, val_tokens)
+    tuner = LoraSweepTuner(GridOracle(objective="val_loss", hyperparameters=hp), "logs/sweep",
+                           space, max_epochs=2, hypermodel=hypermodel)
+    tuner.search(train_tokens, val_tokens, val_texts)
     ```
     """
 
     def __init__(
-        self, hypermodel, oracle, run_dir, overwrite=False, verbose=1, on_trial_done=None,
-        baseline_val_loss=None, strategy=None,
+        self, oracle: keras_tuner.Oracle, run_dir: str | pathlib.Path, space: SearchSpace, max_epochs: int,
+        hypermodel: LoraT5HyperModel | None = None, overwrite: bool = False, verbose: int = 1,
+        on_trial_done: Callable[[], object] | None = None, baseline_val_loss: float | None = None,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         self.run_dir = pathlib.Path(run_dir)
+        self.space = space
+        self.max_epochs = max_epochs
         self.verbose = verbose
         self.on_trial_done = on_trial_done
         self.baseline_val_loss = baseline_val_loss
@@ -113,11 +151,13 @@ class LoraSweepTuner(BaseTuner):
         )
 
     @property
-    def tensorboard_dir(self):
+    def tensorboard_dir(self) -> pathlib.Path:
+        """The run's TensorBoard directory: one HParams session per trial."""
         return self.run_dir / "tensorboard"
 
     @property
-    def adapters_dir(self):
+    def adapters_dir(self) -> pathlib.Path:
+        """Where each trial's LoRA weights are saved alone."""
         return self.run_dir / "adapters"
 
     def _populate_initial_space(self):
@@ -129,64 +169,47 @@ class LoraSweepTuner(BaseTuner):
         # keras-tuner's default builds a whole model to discover the space;
         # ours is declared up front, so declaring is enough.
         hp = self.oracle.get_space()
-        self.hypermodel.declare_hyperparameters(hp)
+        self.space.declare(hp)
         self.oracle.update_space(hp)
 
-    def adapter_path(self, trial_id):
+    def adapter_path(self, trial_id: str) -> pathlib.Path:
+        """The trial's LoRA weights: `<run_dir>/adapters/trial_<id>.safetensors`."""
         return self.adapters_dir / f"trial_{trial_id}.safetensors"
 
-    def measurements_path(self, trial_id):
+    def measurements_path(self, trial_id: str) -> pathlib.Path:
+        """The trial's figures: `measurements.json` in keras-tuner's trial directory."""
         return pathlib.Path(self.get_trial_dir(trial_id)) / MEASUREMENTS_FILE
 
-    def run_trial(self, trial, train_tokens, val_tokens, val_texts):
+    def run_trial(
+        self, trial: Trial, train_tokens: TokenizedPairs, val_tokens: TokenizedPairs,
+        val_texts: ValidationTexts,
+    ) -> dict:
+        """Train, measure and score one trial; keep its adapter and `measurements.json`.
+
+        Args:
+            trial: the oracle's trial.
+            train_tokens: training pairs.
+            val_tokens: validation pairs.
+            val_texts: the validation set as text, for BLEU and chrF.
+
+        Returns:
+            The metrics the oracle gets: `val_loss`, `final_loss`, `training_time_s`,
+            `peak_memory_mb` (and `baseline_val_loss` when known).
+        """
         hp = trial.hyperparameters
-        session_dir = self.tensorboard_dir / f"trial_{trial.trial_id}"
-        shutil.rmtree(session_dir, ignore_errors=True)  # drop a killed attempt's events
-        writer = tf.summary.create_file_writer(str(session_dir))
-        initial_epoch, epochs = self.hypermodel.trial_epochs(hp)
-        parent = hp.values.get("tuner/trial_id")
-        hparams = trial_hparams(hp, self.hypermodel.space, epochs)
-        measures = [
-            EpochTimer(train_tokens.token_count, writer),
-            PeakMemory(writer, gpus=strategy_gpus(self.strategy), first_trial_start=self.first_trial_start),
-            ParameterCount(writer),
-            LossScalars(writer),
-        ]
-        callbacks = measures + [keras.callbacks.TerminateOnNaN()]  # a diverged trial stops at once
-        with writer.as_default():  # the HParams session: its end says whether the trial succeeded
-            hparams_api.hparams(hparams, trial_id=f"trial_{trial.trial_id}")
+        hparams = self.space.trial_hparams(hp, self.max_epochs)
+        writer = self._open_session(trial.trial_id, hparams)
+        measures = self._measures(train_tokens, writer)  # the losses last: `_train` reads them
         self.trials_run.append(trial.trial_id)
         try:
-            with self.strategy.scope() if self.strategy else contextlib.nullcontext():
-                model = self.hypermodel.build(hp)
-                # Trace before the clock starts (and before a parent's adapter: tracing resets).
-                self.hypermodel.trace(hp, model, train_tokens, val_tokens)
-                if parent is not None:  # Hyperband continues the parent trial's training
-                    load_adapter(model.backbone, self.adapter_path(parent))
-                self.hypermodel.fit(hp, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose)
-            losses = measures[-1].results()
-            if not all(losses[name] is not None and math.isfinite(losses[name]) for name in ("final_loss", "val_loss")):
-                raise FailedTrialError(
-                    f"loss diverged to {losses['final_loss']} (val {losses['val_loss']}); "
-                    "try a lower learning rate"
-                )
+            model = self._train(hp, measures, train_tokens, val_tokens)
         except Exception:
             _end_session(writer, api_pb2.STATUS_FAILURE)
             writer.close()
             raise
         _end_session(writer, api_pb2.STATUS_SUCCESS)
-        figures = {**hparams, "lora_init": self.hypermodel.lora_init, "initial_epoch": initial_epoch,
-                   "parent_trial_id": parent, "tuner_id": self.tuner_id,
-                   "num_replicas": self.strategy.num_replicas_in_sync if self.strategy else 1}
-        for measure in measures:
-            figures.update(measure.results())
-        scores, translations = val_texts.scores(model.backbone, self.hypermodel.base.tokenizer)
-        figures.update(scores)
-        with writer.as_default():
-            step = epochs - 1
-            tf.summary.scalar("bleu", scores["bleu"], step=step)
-            tf.summary.scalar("chrf", scores["chrf"], step=step)
-            tf.summary.text("sample_translations", val_texts.samples_markdown(translations), step=step)
+        figures = self._figures(hp, hparams, measures)
+        self._score(model, val_texts, figures, writer, step=hparams["epochs"] - 1)
         writer.close()
         self.save_model(trial.trial_id, model, config=self.hypermodel.lora_config(hp))
         with open(self.measurements_path(trial.trial_id), "w") as handle:
@@ -194,42 +217,112 @@ class LoraSweepTuner(BaseTuner):
         del model
         if not self.hypermodel.reuse_models:
             self.hypermodel.release()  # the next trial starts from a clean graph
+        return self._oracle_metrics(figures)
+
+    def _open_session(self, trial_id, hparams):
+        """A new TensorBoard writer for the trial, its HParams session started (its end says how it went)."""
+        session_dir = self.tensorboard_dir / f"trial_{trial_id}"
+        shutil.rmtree(session_dir, ignore_errors=True)  # drop a killed attempt's events
+        writer = tf.summary.create_file_writer(str(session_dir))
+        with writer.as_default():
+            hparams_api.hparams(hparams, trial_id=f"trial_{trial_id}")
+        return writer
+
+    def _measures(self, train_tokens, writer):
+        """The trial's measurement callbacks, each writing its scalars to the trial's session."""
+        return [
+            EpochTimer(train_tokens.token_count, writer),
+            PeakMemory(writer, gpus=strategy_gpus(self.strategy), first_trial_start=self.first_trial_start),
+            ParameterCount(writer),
+            LossScalars(writer),
+        ]
+
+    def _train(self, hp, measures, train_tokens, val_tokens):
+        """Build and fit the trial's model under the measures; `FailedTrialError` if its loss diverged."""
+        parent = hp.values.get("tuner/trial_id")
+        callbacks = measures + [keras.callbacks.TerminateOnNaN()]  # a diverged trial stops at once
+        with self.strategy.scope() if self.strategy else contextlib.nullcontext():
+            model = self.hypermodel.build(hp)
+            # Trace before the clock starts (and before a parent's adapter: tracing resets).
+            self.hypermodel.trace(hp, model, train_tokens, val_tokens)
+            if parent is not None:  # Hyperband continues the parent trial's training
+                load_adapter(model.backbone, self.adapter_path(parent))
+            self.hypermodel.fit(hp, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose)
+        losses = measures[-1].results()
+        if not all(losses[name] is not None and math.isfinite(losses[name]) for name in ("final_loss", "val_loss")):
+            raise FailedTrialError(
+                f"loss diverged to {losses['final_loss']} (val {losses['val_loss']}); try a lower learning rate"
+            )
+        return model
+
+    def _figures(self, hp, hparams, measures):
+        """What `measurements.json` holds before the scores: the trial's settings and every measure's results."""
+        figures = {
+            **hparams, "lora_init": self.hypermodel.lora_init,
+            "initial_epoch": self.space.trial_epochs(hp, self.max_epochs)[0],
+            "parent_trial_id": hp.values.get("tuner/trial_id"), "tuner_id": self.tuner_id,
+            "num_replicas": self.strategy.num_replicas_in_sync if self.strategy else 1,
+        }
+        for measure in measures:
+            figures.update(measure.results())
+        return figures
+
+    def _score(self, model, val_texts, figures, writer, step):
+        """BLEU and chrF into `figures` and, with sample translations, into the trial's session."""
+        scores, translations = val_texts.scores(model.backbone, self.hypermodel.base.tokenizer)
+        figures.update(scores)
+        with writer.as_default():
+            tf.summary.scalar("bleu", scores["bleu"], step=step)
+            tf.summary.scalar("chrf", scores["chrf"], step=step)
+            tf.summary.text("sample_translations", val_texts.samples_markdown(translations), step=step)
+
+    def _oracle_metrics(self, figures):
         metrics = {name: figures[name] for name in ("val_loss", "final_loss", "training_time_s", "peak_memory_mb")}
         if self.baseline_val_loss is not None:
             metrics["baseline_val_loss"] = self.baseline_val_loss
         return metrics
 
-    def save_model(self, trial_id, model, step=0, config=None):
+    def save_model(self, trial_id: str, model: keras.Model, step: int = 0, config: LoraConfig | None = None) -> None:
+        """Save the trial's LoRA weights alone (keras-tuner's hook; no full checkpoint)."""
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         save_adapter(model.backbone, self.adapter_path(trial_id), config)
 
-    def load_model(self, trial):
+    def load_model(self, trial: Trial) -> keras.Model:
         """The trial's adapted model: the base rebuilt plus the saved adapter."""
         backbone = self.hypermodel.base.build_backbone()
         load_adapter(backbone, self.adapter_path(trial.trial_id))
         return self.hypermodel.base.build_model(backbone)
 
-    def save(self):
-        if not is_worker():  # a worker keeps no state: the chief's oracle holds the run
+    def save(self) -> None:
+        """Save the oracle's state, except in a worker: the chief's oracle holds the run."""
+        if not is_worker():
             super().save()
 
-    def on_trial_end(self, trial):
+    def on_trial_end(self, trial: Trial) -> None:
+        """keras-tuner's end of a trial, then `on_trial_done`."""
         super().on_trial_end(trial)
         if self.on_trial_done is not None:
             self.on_trial_done()
 
-    def trial_rows(self):
-        """One dict per trial with hyperparameters, status and measurements."""
+    def trial_rows(self) -> list[dict]:
+        """One dict per ended trial: its hyperparameters, epochs, status and measurements.
+
+        Returns:
+            Rows in trial-id order, as `results.csv` holds them; `status` is `COMPLETED` or
+            `FAILED: <reason>`.
+
+        Example: `tuner.trial_rows()[0]["status"]` -> `"COMPLETED"`.
+        """
         rows = []
         for trial_id in sorted(self.oracle.trials):
             trial = self.oracle.trials[trial_id]
             if trial.status == TrialStatus.RUNNING:
                 continue
             hp = trial.hyperparameters
-            initial_epoch, epochs = self.hypermodel.trial_epochs(hp)
             row = {
-                "trial_id": trial_id, **trial_hparams(hp, self.hypermodel.space, epochs),
-                "initial_epoch": initial_epoch, "parent_trial_id": hp.values.get("tuner/trial_id"),
+                "trial_id": trial_id, **self.space.trial_hparams(hp, self.max_epochs),
+                "initial_epoch": self.space.trial_epochs(hp, self.max_epochs)[0],
+                "parent_trial_id": hp.values.get("tuner/trial_id"),
             }
             path = self.measurements_path(trial_id)
             if trial.status == TrialStatus.COMPLETED and path.is_file():

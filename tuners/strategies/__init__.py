@@ -16,6 +16,9 @@ import importlib
 import inspect
 import math
 import pkgutil
+from collections.abc import Callable
+
+import keras_tuner
 
 STRATEGIES = {}
 # keras-tuner reads seed 0 as "no seed" and draws one at random (`seed or randint`),
@@ -23,10 +26,19 @@ STRATEGIES = {}
 SEED_FOR_ZERO = 104_729
 
 
-def register(name, oracle_class=None):
+def register(
+    name: str, oracle_class: type[keras_tuner.Oracle] | None = None,
+) -> type[keras_tuner.Oracle] | Callable[[type], type]:
     """Make `oracle_class` the strategy `name`; without a class, a class decorator.
 
-    Example: `register("cost_aware", CostAwareOracle)`.
+    Args:
+        name: the strategy's name (`--strategy NAME`).
+        oracle_class: a `keras_tuner.Oracle` subclass; None to decorate one.
+
+    Returns:
+        `oracle_class`, or the decorator.
+
+    Example: `register("cost_aware", CostAwareOracle)`, or `@register("my_search")` on the class.
     """
     if oracle_class is None:
         return lambda cls: register(name, cls)
@@ -34,18 +46,41 @@ def register(name, oracle_class=None):
     return oracle_class
 
 
-def budgets_in_epochs(name):
-    """Whether strategy `name` sets each trial's epochs (its constructor takes `max_epochs`, as Hyperband's)."""
+def budgets_in_epochs(name: str) -> bool:
+    """Whether strategy `name` sets each trial's epochs (its constructor takes `max_epochs`, as Hyperband's).
+
+    Args:
+        name: a registered strategy.
+
+    Returns:
+        True when its trials train to different epochs.
+
+    Example: `budgets_in_epochs("hyperband")` -> `True`; `budgets_in_epochs("grid")` -> `False`.
+    """
     return "max_epochs" in inspect.signature(STRATEGIES[name]).parameters
 
 
-def make_oracle(name, objective, max_trials, hyperparameters, seed, max_epochs=1):
+def make_oracle(
+    name: str, objective: keras_tuner.Objective | str, max_trials: int | None,
+    hyperparameters: keras_tuner.HyperParameters, seed: int, max_epochs: int = 1,
+) -> keras_tuner.Oracle:
     """The oracle of strategy `name` over `hyperparameters`; `KeyError` if none is registered.
 
     Oracles that budget in epochs (their constructor takes `max_epochs`, as
     Hyperband's does) get `max_epochs` and set their own number of trials, which
     `max_trials` only caps; for the others `max_trials=None` means one trial per
     combination of the space.
+
+    Args:
+        name: a registered strategy.
+        objective: what the oracle optimises.
+        max_trials: the trial budget; None for one trial per combination (or the strategy's own).
+        hyperparameters: the declared search space.
+        seed: the strategy's seed; 0 is a seed like any other (see `SEED_FOR_ZERO`).
+        max_epochs: the most epochs a trial trains to, for strategies that budget in epochs.
+
+    Returns:
+        The oracle.
 
     Example: `make_oracle("grid", keras_tuner.Objective("val_loss", "min"), 9, hp, seed=0)`.
     """

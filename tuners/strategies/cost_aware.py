@@ -16,10 +16,11 @@ with the same next choice.
 
 import math
 import random
+from collections.abc import Callable
 
 import keras_tuner
 import numpy as np
-from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.engine.trial import Trial, TrialStatus
 
 from tuners.strategies import register
 from tuners.strategies.grid import grid_values
@@ -73,15 +74,22 @@ class CostAwareOracle(keras_tuner.Oracle):
     `peak_memory_mb` for gain per MiB); `probe_trials` (default a third of the
     budget, at least 2) are sampled at random first. The objective is minimised.
 
+    Args:
+        *args: `keras_tuner.Oracle`'s.
+        cost_metric: the trial metric to spend.
+        probe_trials: trials sampled at random first; None for a third of the budget (at least 2).
+        **kwargs: `keras_tuner.Oracle`'s (objective, max_trials, hyperparameters, seed, ...).
+
     Example: `CostAwareOracle(objective="val_loss", max_trials=6, hyperparameters=hp, seed=1)`.
     """
 
-    def __init__(self, *args, cost_metric="training_time_s", probe_trials=None, **kwargs):
+    def __init__(self, *args, cost_metric: str = "training_time_s", probe_trials: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cost_metric = cost_metric
         self.probe_trials = probe_trials
 
-    def populate_space(self, trial_id):
+    def populate_space(self, trial_id: str) -> dict:
+        """A probe at first, then the untried combination of the best predicted gain per cost."""
         candidates = grid_values(self.hyperparameters)
         taken = [trial.hyperparameters.values for trial in self.trials.values()]
         untried = [values for values in candidates if not any(_same(values, done) for done in taken)]
@@ -95,11 +103,12 @@ class CostAwareOracle(keras_tuner.Oracle):
             values = max(untried, key=self.efficiency(measured))  # the first of equals: grid order
         return {"status": TrialStatus.RUNNING, "values": values}
 
-    def probe_count(self, n_candidates):
+    def probe_count(self, n_candidates: int) -> int:
+        """How many trials are random probes, of a space of `n_candidates` combinations."""
         budget = min(self.max_trials or n_candidates, n_candidates)
         return self.probe_trials or max(2, math.ceil(budget / 3))
 
-    def measured_trials(self):
+    def measured_trials(self) -> list[Trial]:
         """The completed trials that reported the objective and the cost."""
         return [
             trial for trial in self.trials.values()
@@ -107,7 +116,7 @@ class CostAwareOracle(keras_tuner.Oracle):
             and trial.metrics.exists(self.cost_metric)
         ]
 
-    def efficiency(self, measured):
+    def efficiency(self, measured: list[Trial]) -> Callable[[dict], tuple]:
         """`values -> sort key`: predicted gain per predicted cost (gain first when none gains)."""
         encode = _encoder(self.hyperparameters)
         features = np.array([encode(trial.hyperparameters.values) for trial in measured])

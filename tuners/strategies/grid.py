@@ -12,8 +12,17 @@ from keras_tuner.engine import trial as trial_module
 from tuners.strategies import register
 
 
-def grid_values(hyperparameters):
-    """Every combination of the space's `Choice`/`Fixed` values, in declaration order."""
+def grid_values(hyperparameters: keras_tuner.HyperParameters) -> list[dict]:
+    """Every combination of the space's `Choice`/`Fixed` values, in declaration order.
+
+    Args:
+        hyperparameters: the declared space.
+
+    Returns:
+        One `{name: value}` per combination, the last name varying fastest.
+
+    Example: `grid_values(hp)` -> `[{"rank": 1, "batch_size": 8}, {"rank": 1, "batch_size": 16}, ...]`.
+    """
     names, options = [], []
     for hp in hyperparameters.space:
         names.append(hp.name)
@@ -27,7 +36,8 @@ class GridOracle(keras_tuner.Oracle):
     Example: `GridOracle(objective="val_loss", hyperparameters=hp)`.
     """
 
-    def populate_space(self, trial_id):
+    def populate_space(self, trial_id: str) -> dict:
+        """The first combination no trial has taken; `STOPPED` when every one has."""
         taken = [trial.hyperparameters.values for trial in self.trials.values()]
         for values in grid_values(self.hyperparameters):
             if not any(all(done.get(k) == v for k, v in values.items()) for done in taken):

@@ -1,0 +1,169 @@
+"""Preparing a sweep, whatever this process's role: checked inputs, the oracle, the tokenized data.
+
+Everything that can be wrong with the arguments or the inputs fails here, before any training:
+an unregistered strategy or unknown target when the oracle is made (before the model loads),
+bad corpus files before the model loads, a rank wider than a layer before any data is tokenized.
+
+Example:
+```python
+oracle = make_sweep_oracle(config)   # InputError at once for a strategy that cannot run the sweep
+run = prepare_run(config)            # the base, the tokenized pairs, the devices
+baseline = run.measure_baseline(config.run_dir)
+```
+"""
+
+import dataclasses
+import itertools
+import pathlib
+import random
+
+import keras_tuner
+import tensorflow as tf
+
+from lora_keras.adapters import TARGETS, LoraConfig, check_rank
+from lora_keras.data.corpus import read_pairs
+from lora_keras.data.pipeline import TokenizedPairs, tokenize_pairs
+from lora_keras.errors import InputError
+from lora_keras.models.base import BaseModel
+from lora_keras.models.demo import base as demo
+from lora_keras.models.sources import load_base
+from lora_keras.runtime.devices import mirrored_strategy
+from tuners.baseline import measure_baseline
+from tuners.strategies import STRATEGIES, make_oracle
+from tuners.sweep_config import SweepConfig
+from tuners.sweep_tuner import ValidationTexts
+
+HELD_OUT_FRACTION = 0.1  # of --train, for validation when no --val is given
+
+
+def make_sweep_oracle(config: SweepConfig) -> keras_tuner.Oracle:
+    """The sweep's oracle over its search space, once its strategy and targets are checked.
+
+    Made before the model loads: a strategy that cannot run this sweep says so at once.
+
+    Args:
+        config: the sweep.
+
+    Returns:
+        The strategy's oracle, minimising `val_loss`.
+
+    Example: `make_sweep_oracle(SweepConfig(strategy="random", max_trials=4))`.
+    """
+    if config.strategy not in STRATEGIES:
+        raise InputError(
+            f"--strategy {config.strategy} is not registered; choose from {', '.join(sorted(STRATEGIES))}"
+        )
+    unknown = sorted(set().union(*config.space.target_sets) - set(TARGETS))
+    if unknown:
+        raise InputError(f"--targets: unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}")
+    hp = keras_tuner.HyperParameters()
+    config.space.declare(hp)
+    return make_oracle(
+        config.strategy, keras_tuner.Objective("val_loss", "min"), config.max_trials, hp, config.seed,
+        max_epochs=config.epochs,
+    )
+
+
+@dataclasses.dataclass
+class PreparedRun:
+    """What every trial of this process shares: the devices, the base and the data.
+
+    Example: `tuner.search(run.train_tokens, run.val_tokens, run.val_texts)`.
+    """
+
+    strategy: tf.distribute.Strategy | None  # each trial's devices (`--devices`), None for the default
+    base: BaseModel
+    train_tokens: TokenizedPairs
+    val_tokens: TokenizedPairs
+    val_texts: ValidationTexts
+
+    def measure_baseline(self, run_dir: pathlib.Path) -> dict | None:
+        """The unadapted base's val loss and scores, measured into `baseline.json` by one process.
+
+        Args:
+            run_dir: the run's directory, which must exist.
+
+        Returns:
+            The baseline, or None while another process measures it.
+
+        Example: `run.measure_baseline(config.run_dir)["val_loss"]`.
+        """
+        return measure_baseline(self.base, self.val_tokens, self.val_texts, run_dir)
+
+
+def prepare_run(config: SweepConfig) -> PreparedRun:
+    """Load the base and the corpus, check every LoRA config of the space, tokenize the pairs.
+
+    Writes nothing: a run with bad inputs leaves no run directory.
+
+    Args:
+        config: the sweep.
+
+    Returns:
+        The prepared run.
+
+    Example: `run = prepare_run(SweepConfig(model="tiny", max_train_examples=64))`.
+    """
+    strategy = mirrored_strategy(config.devices)  # before any model: TensorFlow fixes devices at start
+    file_pairs = _file_pairs(config)  # bad files fail before the model loads
+    base = load_base(config.model, verbose=config.verbose)
+    _check_lora_configs(config, base)  # a rank wider than a layer, a bad alpha or dropout: before training
+    train_pairs, val_pairs = file_pairs or _demo_pairs(config, base)
+    if config.max_train_examples:
+        train_pairs = train_pairs[: config.max_train_examples]
+    if config.max_val_examples:
+        val_pairs = val_pairs[: config.max_val_examples]
+    prefix = _prefix(config, base)
+    lengths = dict(max_source_length=config.max_source_length, max_target_length=config.max_target_length)
+    val_texts = ValidationTexts(
+        [prefix + source for source, _ in val_pairs], [target for _, target in val_pairs],
+        config.max_source_length, config.max_target_length,
+    )
+    return PreparedRun(
+        strategy, base, tokenize_pairs(base.tokenizer, train_pairs, prefix, **lengths),
+        tokenize_pairs(base.tokenizer, val_pairs, prefix, **lengths), val_texts,
+    )
+
+
+def _file_pairs(config):
+    """(train, val) pairs from the files given, or None for the demo corpus."""
+    if not config.train:
+        if config.val:
+            raise InputError("--val given without --train; pass both, or neither for the demo corpus")
+        return None
+    train = read_pairs(config.train, "--train")
+    if config.val:
+        return train, read_pairs(config.val, "--val")
+    if len(train) < 2:
+        raise InputError("--train: one pair cannot be split for validation; pass --val too")
+    shuffled = train[:]
+    random.Random(config.seed).shuffle(shuffled)
+    held_out = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
+    return shuffled[held_out:], shuffled[:held_out]
+
+
+def _check_lora_configs(config, base):
+    space = config.space
+    backbone = base.build_backbone()
+    for rank, alpha, targets, dropout in itertools.product(
+        space.ranks, space.lora_alphas or (None,), space.target_sets, space.lora_dropouts
+    ):
+        check_rank(backbone, LoraConfig(rank, alpha, targets, dropout, config.lora_init))
+
+
+def _demo_pairs(config, base):
+    if base.task is None:
+        raise InputError(f"--model {config.model} has no demo corpus; pass --train (and --val)")
+    train = demo.adaptation_pairs("train", demo.TRAIN_EXAMPLES, config.seed)
+    return train, demo.adaptation_pairs("val", demo.VAL_EXAMPLES, config.seed)
+
+
+def _prefix(config, base):
+    if config.prefix is not None:
+        return config.prefix
+    task = base.task or {}
+    source = config.source_lang or task.get("source_lang")
+    target = config.target_lang or task.get("target_lang")
+    if not source or not target:
+        raise InputError("the task prefix needs --source-lang and --target-lang (or --prefix)")
+    return f"translate {source} to {target}: "

@@ -1,0 +1,160 @@
+"""Running a prepared sweep in one of three roles: alone, as a distributed sweep's worker, or its chief.
+
+`run_locally` runs every trial and writes the run; `run_as_worker` runs the trials its chief
+hands out; `serve_as_chief` builds no model and trains nothing: it serves the oracle, keeps the
+tables and writes the reports. Each reads top to bottom.
+
+Example:
+```python
+oracle = make_sweep_oracle(config)
+rows = run_locally(config, oracle, started=time.perf_counter())
+```
+"""
+
+import grpc
+import keras_tuner
+
+from lora_keras.errors import InputError
+from tuners.cluster import Cluster
+from tuners.failures import SweepStopped, is_failure_limit
+from tuners.hypermodel import LoraT5HyperModel
+from tuners.oracle_server import serve_oracle
+from tuners.prepare import prepare_run
+from tuners.run_files import (
+    check_joined_run,
+    claim_run_dir,
+    stopped,
+    write_final_reports,
+    write_run_files,
+    write_tables,
+)
+from tuners.sweep_config import SweepConfig
+from tuners.sweep_tuner import LoraSweepTuner
+
+
+def run_locally(config: SweepConfig, oracle: keras_tuner.Oracle, started: float) -> list[dict]:
+    """Run (or resume) every trial in this process, then write the tables and the reports.
+
+    Args:
+        config: the sweep, without a cluster.
+        oracle: the sweep's oracle (`make_sweep_oracle`).
+        started: `time.perf_counter()` when the sweep started.
+
+    Returns:
+        One row per trial.
+
+    Example: `rows = run_locally(config, make_sweep_oracle(config), time.perf_counter())`.
+    """
+    claim_run_dir(config)
+    run = prepare_run(config)
+    write_run_files(config)
+    tuner = _trial_tuner(config, oracle, run, on_trial_done=lambda: write_tables(tuner))
+    _search(tuner, run)
+    return write_final_reports(config, tuner, started)
+
+
+def run_as_worker(config: SweepConfig, oracle: keras_tuner.Oracle) -> list[dict]:
+    """Join the chief's run and run the trials it hands out, until it says the search is over.
+
+    The chief's oracle knows every trial, so the chief, not a worker, writes the tables.
+
+    Args:
+        config: the sweep, with a worker's `cluster`, exported.
+        oracle: the sweep's oracle; the chief's answers for it.
+
+    Returns:
+        No rows.
+
+    Example: `run_as_worker(config, make_sweep_oracle(config))`.
+    """
+    if config.overwrite:
+        raise InputError("--overwrite: give it to the chief only, which owns the run directory")
+    config.cluster.wait_for_chief()
+    check_joined_run(config)
+    run = prepare_run(config)
+    tuner = _trial_tuner(config, oracle, run)
+    try:
+        _search(tuner, run)
+    except grpc.RpcError as error:  # the chief stopped the sweep, or is gone
+        raise chief_error(config.cluster, error) from None
+    if config.verbose:
+        ran = ", ".join(tuner.trials_run) or "none"
+        print(f"Worker {config.cluster.worker_id} ran trial(s) {ran}; the chief writes {config.run_dir}/results.csv")
+    return []
+
+
+def serve_as_chief(config: SweepConfig, oracle: keras_tuner.Oracle, started: float) -> list[dict]:
+    """Hold the oracle for the workers, keep the tables after every trial, write the reports at the end.
+
+    Builds no model and trains nothing: the search space and the oracle are all it needs.
+
+    Args:
+        config: the sweep, with the chief's `cluster`, exported.
+        oracle: the sweep's oracle, served to the workers.
+        started: `time.perf_counter()` when the sweep started.
+
+    Returns:
+        One row per trial.
+
+    Example: `rows = serve_as_chief(config, make_sweep_oracle(config), time.perf_counter())`.
+    """
+    if config.devices:
+        raise InputError("--devices: the chief trains nothing; give --devices to the workers")
+    claim_run_dir(config)
+    write_run_files(config)
+    tuner = LoraSweepTuner(oracle, config.run_dir, config.space, config.epochs, verbose=config.verbose)
+    tuner.save()
+    if config.verbose:
+        print(f"Chief of {config.run_dir}: serving trials at {config.cluster.address}", flush=True)
+    try:
+        serve_oracle(tuner.oracle, config.cluster.host, config.cluster.port, lambda: write_tables(tuner))
+    except RuntimeError as error:
+        if not is_failure_limit(error):
+            raise
+        raise stopped(tuner) from None
+    return write_final_reports(config, tuner, started)
+
+
+def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped:
+    """A worker's one-line `SweepStopped` for a failed call to its chief.
+
+    Args:
+        cluster: the worker's part (the chief's address).
+        error: what the call to the chief raised.
+
+    Returns:
+        "the chief stopped the sweep: ..." when the chief's oracle hit its failure limit,
+        else "lost the chief at HOST:PORT (CODE)".
+
+    Example: `raise chief_error(cluster, rpc_error) from None`.
+    """
+    if is_failure_limit(error):
+        return SweepStopped(f"the chief stopped the sweep: {error.details().splitlines()[0]}; fix the cause and rerun")
+    return SweepStopped(
+        f"lost the chief at {cluster.address} ({error.code().name}); finished trials are kept: "
+        "restart the chief, then the workers, to resume"
+    )
+
+
+def _trial_tuner(config, oracle, run, on_trial_done=None):
+    """A tuner that runs trials here: the hypermodel on the prepared base, the baseline measured first."""
+    # One process measures the baseline; the others (workers) go on without it.
+    baseline = run.measure_baseline(config.run_dir)
+    hypermodel = LoraT5HyperModel(
+        run.base, config.space, epochs=config.epochs, seed=config.seed, lora_init=config.lora_init,
+    )
+    return LoraSweepTuner(
+        oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, verbose=config.verbose,
+        on_trial_done=on_trial_done, strategy=run.strategy,
+        baseline_val_loss=baseline["val_loss"] if baseline else None,
+    )
+
+
+def _search(tuner, run):
+    """Run trials until the oracle says the search is over; `SweepStopped` at its failure limit."""
+    try:
+        tuner.search(run.train_tokens, run.val_tokens, run.val_texts)
+    except RuntimeError as error:
+        if not is_failure_limit(error):
+            raise
+        raise stopped(tuner) from None
