@@ -64,14 +64,15 @@ class Cluster:
 
     def __post_init__(self):
         if self.role not in (CHIEF, WORKER):
-            raise InputError(f"--distributed {self.role}: choose {CHIEF} or {WORKER}")
+            raise InputError(f"distributed {self.role}: choose {CHIEF} or {WORKER}", parameter="distributed")
         if self.role == WORKER:
             self.worker_id = self.worker_id or default_worker_id()
             # keras-tuner takes any id containing "chief" for the chief.
             if not _ID.fullmatch(self.worker_id) or CHIEF in self.worker_id:
                 raise InputError(
-                    f"--worker-id {self.worker_id!r}: use letters, digits, '.', '_' or '-', "
-                    f"and not the word {CHIEF!r}"
+                    f"worker_id {self.worker_id!r}: use letters, digits, '.', '_' or '-', "
+                    f"and not the word {CHIEF!r}",
+                    parameter="worker_id",
                 )
 
     @property

@@ -114,8 +114,9 @@ def serve_oracle(
         bound = 0
     if not bound:
         raise InputError(
-            f"--oracle-address {host}:{port}: cannot listen there (port in use, or not an address "
-            "of this machine); pick another port, or 0.0.0.0 to listen on every interface"
+            f"oracle_address {host}:{port}: cannot listen there (port in use, or not an address "
+            "of this machine); pick another port, or 0.0.0.0 to listen on every interface",
+            parameter="oracle_address",
         )
     server.start()
     try:

@@ -51,11 +51,12 @@ def make_sweep_oracle(config: SweepConfig) -> keras_tuner.Oracle:
     """
     if config.strategy not in STRATEGIES:
         raise InputError(
-            f"--strategy {config.strategy} is not registered; choose from {', '.join(sorted(STRATEGIES))}"
+            f"strategy {config.strategy} is not registered; choose from {', '.join(sorted(STRATEGIES))}",
+            parameter="strategy",
         )
     unknown = sorted(set().union(*config.space.target_sets) - set(TARGETS))
     if unknown:
-        raise InputError(f"--targets: unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}")
+        raise InputError(f"unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}", parameter="targets")
     hp = keras_tuner.HyperParameters()
     config.space.declare(hp)
     return make_oracle(
@@ -129,13 +130,13 @@ def _file_pairs(config):
     """(train, val) pairs from the files given, or None for the demo corpus."""
     if not config.train:
         if config.val:
-            raise InputError("--val given without --train; pass both, or neither for the demo corpus")
+            raise InputError("val given without train; pass both, or neither for the demo corpus", parameter="val")
         return None
-    train = read_pairs(config.train, "--train")
+    train = read_pairs(config.train, "train")
     if config.val:
-        return train, read_pairs(config.val, "--val")
+        return train, read_pairs(config.val, "val")
     if len(train) < 2:
-        raise InputError("--train: one pair cannot be split for validation; pass --val too")
+        raise InputError("one pair cannot be split for validation; pass val pairs too", parameter="train")
     shuffled = train[:]
     random.Random(config.seed).shuffle(shuffled)
     held_out = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
@@ -153,7 +154,7 @@ def _check_lora_configs(config, base):
 
 def _demo_pairs(config, base):
     if base.task is None:
-        raise InputError(f"--model {config.model} has no demo corpus; pass --train (and --val)")
+        raise InputError(f"model {config.model} has no demo corpus; pass train (and val) pairs", parameter="model")
     train = demo.adaptation_pairs("train", demo.TRAIN_EXAMPLES, config.seed)
     return train, demo.adaptation_pairs("val", demo.VAL_EXAMPLES, config.seed)
 

@@ -68,7 +68,7 @@ def run_as_worker(config: SweepConfig, oracle: keras_tuner.Oracle) -> list[dict]
     Example: `run_as_worker(config, make_sweep_oracle(config))`.
     """
     if config.overwrite:
-        raise InputError("--overwrite: give it to the chief only, which owns the run directory")
+        raise InputError("give it to the chief only, which owns the run directory", parameter="overwrite")
     config.cluster.wait_for_chief()
     check_joined_run(config)
     run = prepare_run(config)
@@ -99,7 +99,7 @@ def serve_as_chief(config: SweepConfig, oracle: keras_tuner.Oracle, started: flo
     Example: `rows = serve_as_chief(config, make_sweep_oracle(config), time.perf_counter())`.
     """
     if config.devices:
-        raise InputError("--devices: the chief trains nothing; give --devices to the workers")
+        raise InputError("the chief trains nothing; give devices to the workers", parameter="devices")
     claim_run_dir(config)
     write_run_files(config)
     tuner = LoraSweepTuner(oracle, config.run_dir, config.space, config.epochs, verbose=config.verbose)
