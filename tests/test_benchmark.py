@@ -6,7 +6,8 @@ import tempfile
 import time
 
 import psutil
-from conftest import ROOT, run_script
+import pytest
+from conftest import ROOT, run_main
 
 from lora_keras.runtime.benchmark import (
     matmul_ceiling,
@@ -89,6 +90,7 @@ def run_watching_rss(command):
         return out.read(), err.read(), process.returncode, largest / 2**20
 
 
+@pytest.mark.e2e
 def test_bench_script_runs_and_compares_with_a_peer(tmp_path):
     peer = tmp_path / "peer.py"
     peer.write_text(FAKE_PEER)
@@ -115,9 +117,9 @@ def test_bench_script_runs_and_compares_with_a_peer(tmp_path):
 
 
 def test_bench_script_rejects_bad_input(tmp_path):
-    result = run_script("bench.py", "--vs-peer", "--peer-script", tmp_path / "none.py")
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "peft_peer.py" in result.stderr
-    result = run_script("bench.py", "--shape", "layers=3")
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "num_layers" in result.stderr
+    code, _, stderr = run_main("bench.py", "--vs-peer", "--peer-script", tmp_path / "none.py")
+    assert code == 2
+    assert stderr.count("\n") == 1 and "peft_peer.py" in stderr
+    code, _, stderr = run_main("bench.py", "--shape", "layers=3")
+    assert code == 2
+    assert stderr.count("\n") == 1 and "num_layers" in stderr

@@ -8,8 +8,9 @@ from conftest import run_script
 from lora_keras.models.demo import base as demo
 from lora_keras.models.sources import load_base
 
-SMALL = demo.DemoConfig(vocabulary_size=300, hidden_dim=32, intermediate_dim=64, num_heads=2,
-                        examples=300, epochs=1, batch_size=32)
+# One layer each side and a few steps: what is under test is the build-once-and-cache path, not quality.
+SMALL = demo.DemoConfig(vocabulary_size=300, num_layers=1, hidden_dim=32, intermediate_dim=64, num_heads=2,
+                        examples=128, epochs=1, batch_size=32)
 
 
 def test_demo_base_is_built_once_and_cached(tmp_path, monkeypatch):

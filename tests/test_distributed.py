@@ -94,6 +94,7 @@ def shared_run(tiny_preset, tiny_corpus, tmp_path_factory):
     return codes, errors, logdir / "shared"
 
 
+@pytest.mark.e2e
 def test_chief_and_two_workers_run_each_combination_once(shared_run):
     codes, errors, run_dir = shared_run
     assert codes == {"chief": 0, "w1": 0, "w2": 0}, errors
@@ -104,6 +105,7 @@ def test_chief_and_two_workers_run_each_combination_once(shared_run):
     assert json.loads((run_dir / "tuner" / "oracle.json").read_text())["ongoing_trials"] == {}
 
 
+@pytest.mark.e2e
 def test_workers_ran_the_trials_and_w1_mirrored_its_over_two_devices(shared_run):
     """What the design guarantees: every trial ran on a worker, never the chief; w1 (up first) ran one
     at least, each over two replicas; w2's, if it got any, on one."""
@@ -116,6 +118,7 @@ def test_workers_ran_the_trials_and_w1_mirrored_its_over_two_devices(shared_run)
     assert set(ran["w1"]) == {2} and set(ran.get("w2", [1])) == {1}
 
 
+@pytest.mark.e2e
 def test_shared_run_dir_holds_every_trial_output_once(shared_run):
     _, _, run_dir = shared_run
     assert len(list((run_dir / "tensorboard").glob("trial_*"))) == 2
@@ -127,6 +130,7 @@ def test_shared_run_dir_holds_every_trial_output_once(shared_run):
     assert not list((run_dir / "tuner").glob("w*.json"))  # workers keep no tuner state of their own
 
 
+@pytest.mark.e2e
 def test_local_rerun_of_a_distributed_run_repeats_no_trial(shared_run, tiny_preset, tiny_corpus, capsys):
     codes, _, run_dir = shared_run
     before = read_rows(run_dir)

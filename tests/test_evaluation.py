@@ -28,19 +28,26 @@ def test_scores_equal_sacrebleu():
     assert translation_scores(REFERENCES, REFERENCES)["bleu"] == pytest.approx(100.0)
 
 
-def test_translate_batches_in_order(tiny_preset):
+DOGS = [f"translate English to Dravic: the {n} dogs run ." for n in ("two", "three", "four")]
+
+
+@pytest.fixture(scope="module")
+def plain_dogs(tiny_preset):
+    """The unadapted tiny base and its plain (not XLA) translations of `DOGS` in batches of 2."""
     base = load_preset(tiny_preset)
-    sources = [f"translate English to Dravic: the {n} dogs run ." for n in ("two", "three", "four")]
-    translations = translate(base.build_backbone(), base.tokenizer, sources, max_new_tokens=8, batch_size=2)
+    return base, translate(base.build_backbone(), base.tokenizer, DOGS, max_new_tokens=8, batch_size=2)
+
+
+def test_translate_batches_in_order(plain_dogs):
+    base, translations = plain_dogs
     assert len(translations) == 3 and all(isinstance(t, str) for t in translations)
-    alone = translate(base.build_backbone(), base.tokenizer, sources[2:], max_new_tokens=8)
+    alone = translate(base.build_backbone(), base.tokenizer, DOGS[2:], max_new_tokens=8)
     assert translations[2] == alone[0]  # batching does not change a translation
 
 
-def test_xla_translator_pads_the_last_batch_and_decodes_as_the_plain_one(tiny_preset):
-    base = load_preset(tiny_preset)
-    sources = [f"translate English to Dravic: the {n} dogs run ." for n in ("two", "three", "four")]
-    plain = translate(base.build_backbone(), base.tokenizer, sources, max_new_tokens=8, batch_size=2)
+def test_xla_translator_pads_the_last_batch_and_decodes_as_the_plain_one(plain_dogs):
+    base, plain = plain_dogs
+    sources = DOGS
     compiled = Translator(base.build_backbone(), base.tokenizer, max_new_tokens=8, jit_compile=True)
     assert compiled(sources, batch_size=2) == plain  # the padded copy of "four" is dropped
     assert compiled(sources[:1], batch_size=2) == plain[:1]

@@ -11,7 +11,7 @@ from hf_models import load_reference, model_inputs, reference_logits
 from test_hf_checkpoint import SENTENCES, SOURCES, keras_logits
 from test_tune_errors import assert_one_line_exit_2
 
-from lora_keras.adapters import load_adapter, read_adapter
+from lora_keras.adapters import LoraConfig, add_lora, load_adapter, read_adapter, save_adapter
 from lora_keras.models.sources import load_base
 
 require("torch")
@@ -35,6 +35,7 @@ def tuned(hf_t5_wide, tiny_corpus, tmp_path_factory):
     return logdir / "hf"
 
 
+@pytest.mark.e2e
 def test_tune_runs_a_trial_on_a_hugging_face_checkpoint(tuned):
     with open(tuned / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -42,18 +43,36 @@ def test_tune_runs_a_trial_on_a_hugging_face_checkpoint(tuned):
     assert np.isfinite(float(rows[0]["val_loss"])) and int(rows[0]["trainable_params"]) > 0
     assert 0 <= float(rows[0]["bleu"]) <= 100  # decoded through generated sentinels and padding rows
     assert np.isfinite(json.loads((tuned / "baseline.json").read_text())["val_loss"])
+    (adapter,) = (tuned / "adapters").glob("*.safetensors")
+    _, weights = read_adapter(adapter)
+    assert any(np.any(value) for name, value in weights.items() if name.endswith("lora_b"))  # B trained
 
 
-def test_export_script_merges_the_trial_adapter_for_transformers(tuned, hf_t5_wide, tmp_path):
+@pytest.fixture(scope="module")
+def moved_adapter(hf_t5_wide, tmp_path_factory):
+    """An adapter file for the FLAN-like checkpoint whose `B` moved away from zero (as training leaves it)."""
+    base = load_base(str(hf_t5_wide[0]))
+    backbone = base.build_backbone()
+    layers = add_lora(backbone, LoraConfig(rank=2, alpha=4, targets=("q", "v")), seed=0)
+    rng = np.random.default_rng(0)
+    for dense in layers.values():
+        dense.lora_kernel_b.assign(rng.normal(0, 0.5, dense.lora_kernel_b.shape).astype("float32"))
+    path = tmp_path_factory.mktemp("adapter") / "trial_0.safetensors"
+    save_adapter(backbone, path)
+    return path
+
+
+def test_export_script_merges_an_adapter_for_transformers(moved_adapter, hf_t5_wide, tmp_path):
+    """An adapter (tune.py's, in the e2e run above, has the same format) merged by export.py, read by transformers."""
     import transformers
 
     directory, pieces = hf_t5_wide
-    (adapter,) = (tuned / "adapters").glob("*.safetensors")
+    adapter = moved_adapter
     out = tmp_path / "exported"
     code, _, stderr = run_main("export.py", "--model", directory, "--adapter", adapter, "--out", out)
     assert code == 0, stderr[-3000:]
     _, weights = read_adapter(adapter)
-    assert any(np.any(value) for name, value in weights.items() if name.endswith("lora_b"))  # B trained
+    assert all(np.any(value) for name, value in weights.items() if name.endswith("lora_b"))  # B moved
     base = load_base(str(directory))
     backbone = base.build_backbone()
     load_adapter(backbone, adapter)
@@ -98,9 +117,13 @@ def test_what_keras_hub_cannot_represent_exits_2_in_one_line(hf_t5, tmp_path):
     assert f"translate.py: error: --model {directory}: num_decoder_layers 1" in stderr
 
 
-def test_hub_id_offline_exits_2_telling_to_pass_a_directory(tmp_path):
-    result = run_script("translate.py", "--model", "google/flan-t5-small", "hello",
-                        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")})
-    assert_one_line_exit_2(result.returncode, result.stderr, "cannot download from the Hugging Face hub")
-    assert "pass the local directory" in result.stderr
-    assert "translate.py: error: --model google/flan-t5-small: " in result.stderr
+def test_hub_id_offline_exits_2_telling_to_pass_a_directory(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    # What HF_HUB_OFFLINE=1 and an empty HF_HOME give a fresh process (read once at import).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code, _, stderr = run_main("translate.py", "--model", "google/flan-t5-small", "hello")
+    assert_one_line_exit_2(code, stderr, "cannot download from the Hugging Face hub")
+    assert "pass the local directory" in stderr
+    assert "translate.py: error: --model google/flan-t5-small: " in stderr

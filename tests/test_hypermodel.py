@@ -73,17 +73,17 @@ def live_func_graphs():
 def test_a_released_model_leaves_no_training_graph_behind(base):
     """TensorFlow's registry of custom gradients pins each traced train step (lora_keras.runtime.graph_memory)."""
     tokens = reference_tokens(16, 6, 6, vocabulary_size=200)
-    hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(1, 2, 4), batch_sizes=(8,)), epochs=1)
+    hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(1, 2), batch_sizes=(8,)), epochs=1)
     registered, graphs_before = custom_gradient_names(), live_func_graphs()  # other tests' graphs may live
     graphs = []
-    for rank in (1, 2, 4):  # each rank needs a new model; the previous one is released
+    for rank in (1, 2):  # each rank needs a new model; the previous one is released
         _train(hypermodel, tokens, rank=rank, batch_size=8, learning_rate=1e-3)
         assert custom_gradient_names() - registered  # the live model's traced step registered some
         graphs.append(live_func_graphs())
     hypermodel.release()
     assert custom_gradient_names() == registered
-    print(f"\nlive FuncGraphs before, with the model of rank 1, 2, 4, after release: "
+    print(f"\nlive FuncGraphs before, with the model of rank 1, 2, after release: "
           f"{graphs_before}, {graphs}, {live_func_graphs()}")
     assert graphs[0] > graphs_before + 20  # a traced model holds graphs ...
-    assert graphs[2] <= graphs[1] + 2  # ... one model's at a time, not one more set per model
+    assert graphs[1] <= graphs[0] + 2  # ... one model's at a time, not one more set per model
     assert live_func_graphs() <= graphs_before + 2

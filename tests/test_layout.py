@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("lora_keras", "tuners", "callbacks")
 
@@ -84,6 +86,7 @@ def test_no_import_cycles_between_modules():
     assert find_cycle(graph) is None
 
 
+@pytest.mark.e2e  # a fresh process of its own
 def test_importing_the_library_changes_no_global_state():
     """Warning filters and matplotlib's backend are the caller's, whatever module is imported."""
     modules = sorted(name for name in _modules() if not name.startswith("tuners.strategies"))

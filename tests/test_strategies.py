@@ -374,6 +374,7 @@ def hyperband_run(tiny_preset, tiny_corpus, tmp_path_factory):
     return HyperbandRun(run_dir, child, killed_events, rows_at_kill, starts)
 
 
+@pytest.mark.e2e
 def test_hyperband_from_the_cli_resumes_after_kill_9_and_runs_each_trial_once(hyperband_run):
     run_dir, child = hyperband_run.run_dir, hyperband_run.child
     # Killed while the child ran: the two 1-epoch trials were finished, the child was not.
@@ -409,6 +410,7 @@ def test_hyperband_from_the_cli_resumes_after_kill_9_and_runs_each_trial_once(hy
     assert [event.step for event in accumulator.Tensors("val_loss")] == [1]  # epoch 2, counted from 0
 
 
+@pytest.mark.e2e
 def test_hyperband_child_starts_from_its_parent_s_saved_adapter(hyperband_run):
     (child_values, at_child_start), *fresh = hyperband_run.starts
     parent = child_values["tuner/trial_id"]
@@ -428,6 +430,7 @@ def test_hyperband_child_starts_from_its_parent_s_saved_adapter(hyperband_run):
     assert any(not np.array_equal(saved[name], fresh[0][1][name]) for name in saved if name.endswith("lora_a"))
 
 
+@pytest.mark.e2e
 def test_translate_and_export_scripts_with_a_child_trial_s_adapter(hyperband_run, tiny_preset, capsys, tmp_path,
                                                                    monkeypatch):
     adapter = hyperband_run.run_dir / "adapters" / f"trial_{hyperband_run.child}.safetensors"

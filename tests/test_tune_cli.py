@@ -77,9 +77,11 @@ def test_results_csv_has_every_column_and_combination(tiny_run, tiny_preset):
         measured = json.loads((run_dir / "tuner" / f"trial_{row['trial_id']}" / "measurements.json").read_text())
         peak = float(row["peak_memory_mb"])
         assert row["memory_kind"] == "host_rss" and peak == pytest.approx(measured["peak_memory_mb"])
-        # As if alone: never above this process's own peak during the trial; the first trial is its own
-        # reference. In MiB: kB or bytes would be 1024 times off the resident size read independently.
-        assert peak <= measured["process_peak_memory_mb"] + 1e-6
+        # As if alone: not above this process's own peak during the trial (a later trial may start a
+        # few MiB below the first, whose start is the reference, after heap went back to the kernel);
+        # the first trial is its own reference. In MiB: kB or bytes would be 1024 times off the
+        # resident size read independently.
+        assert peak <= 1.02 * measured["process_peak_memory_mb"]
         assert (peak == pytest.approx(measured["process_peak_memory_mb"])) == (row["trial_id"] == rows[0]["trial_id"])
         assert 0.5 * resident_now < peak < 2 * resident_now
         assert float(row["lora_alpha"]) == rank and int(row["epochs"]) == 1
@@ -203,6 +205,7 @@ def started():
         process.wait()
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset, tiny_corpus, tmp_path, started):
     args = sweep_args(tiny_preset, tiny_corpus, tmp_path)
     args[args.index("--ranks") + 1: args.index("--ranks") + 3] = [1]  # two trials of one model suffice
