@@ -240,7 +240,7 @@ def test_cost_aware_cli_sweep_over_alpha_targets_and_dropout(tiny_preset, tiny_c
         "--model", tiny_preset, "--train", train, "--val", val, "--source-lang", "English", "--target-lang",
         "Dravic", "--ranks", 2, "--batch-sizes", 16, "--lora-alpha", 2, 8, "--targets", "q,v", "q,",
         "--lora-dropouts", 0, 0.1, "--strategy", "cost_aware", "--max-trials", 2, "--epochs", 1,
-        "--max-train-examples", 16, "--max-val-examples", 4, "--max-target-length", 12,
+        "--max-train-examples", 16, "--max-val-examples", 4, "--max-target-length", 16,  # 16: the generate other CLI sweeps compile
         "--logdir", tmp_path, "--name", "ca", "--quiet",
     )])
     run_dir = tmp_path / "ca"
