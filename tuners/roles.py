@@ -19,6 +19,8 @@ from tuners.cluster import Cluster
 from tuners.failures import SweepStopped, is_failure_limit
 from tuners.hypermodel import LoraT5HyperModel
 from tuners.oracle_server import serve_oracle
+from tuners.packing import PackedLoraHyperModel
+from tuners.packing_tuner import PackingSweepTuner
 from tuners.prepare import prepare_run
 from tuners.run_files import (
     check_joined_run,
@@ -137,7 +139,23 @@ def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped:
 
 
 def _trial_tuner(config, oracle, run, on_trial_done=None):
-    """A tuner that runs trials here: the hypermodel on the prepared base, the baseline measured first."""
+    """A tuner that runs trials here: the hypermodel on the prepared base, the baseline measured first.
+
+    On the default devices, one packed model serves every trial (`tuners.packing`); with `--devices`,
+    each LoRA config builds its own model in the strategy's scope.
+    """
+    if run.strategy is None:
+        hypermodel = PackedLoraHyperModel(
+            run.base, config.space, epochs=config.epochs, seed=config.seed, slots=config.pack_slots(),
+            lora_init=config.lora_init,
+        )
+        # The packed model, all its adapters zero, is the base: the baseline costs no model of its own.
+        first = config.space.lora_config(_first_values(config.space), config.lora_init)
+        baseline = run.measure_baseline(config.run_dir, model=hypermodel.model_for(first))
+        return PackingSweepTuner(
+            oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, verbose=config.verbose,
+            on_trial_done=on_trial_done, baseline_val_loss=baseline["val_loss"] if baseline else None,
+        )
     # One process measures the baseline; the others (workers) go on without it.
     baseline = run.measure_baseline(config.run_dir)
     hypermodel = LoraT5HyperModel(
@@ -148,6 +166,13 @@ def _trial_tuner(config, oracle, run, on_trial_done=None):
         on_trial_done=on_trial_done, strategy=run.strategy,
         baseline_val_loss=baseline["val_loss"] if baseline else None,
     )
+
+
+def _first_values(space):
+    """Hyperparameters holding the space's first values: the targets and dropout the packed model starts with."""
+    hp = keras_tuner.HyperParameters()
+    space.declare(hp)
+    return hp
 
 
 def _search(tuner, run):
