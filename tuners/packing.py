@@ -36,6 +36,10 @@ from tuners.hypermodel import EVAL_BATCH_SIZE, LoraT5HyperModel
 from tuners.search_space import SearchSpace
 
 ALONE_STEPS = 4  # timed steps of each configuration alone, after one untimed step on its longest batch
+# The default pack holds at most this many rows per step. On the 2-core CPU a step's time per row is
+# lowest at 64-128 rows, and grows beyond: three trials of batch 64 in one step (192 rows) took longer
+# than the three alone, three of batch 8 or 32 took 0.5-0.65 of their time (docs/measured.md).
+DEFAULT_MAX_ROWS = 96
 
 
 def pack_key(space: SearchSpace, hp: keras_tuner.HyperParameters, max_epochs: int) -> tuple:
@@ -57,6 +61,7 @@ class PackedLoraHyperModel(LoraT5HyperModel):
         epochs: epochs per trial, unless the strategy sets a trial's.
         seed: initialisation, dropout and data order of every trial.
         slots: the most configurations trained in one step (1: one at a time, still traced once).
+        max_rows: the most rows (configurations x batch size) of a packed step; None for no limit.
         jit_compile: XLA for the train and eval steps.
         lora_init: how LoRA's A is drawn.
 
@@ -64,13 +69,23 @@ class PackedLoraHyperModel(LoraT5HyperModel):
     """
 
     def __init__(self, base: BaseModel, space: SearchSpace, epochs: int = 2, seed: int = 0, slots: int = 1,
-                 jit_compile: bool = False, lora_init: str = "peft"):
+                 jit_compile: bool = False, lora_init: str = "peft", max_rows: int | None = None):
         super().__init__(base, space, epochs=epochs, seed=seed, jit_compile=jit_compile, lora_init=lora_init)
         self.slots = int(slots)
+        self.max_rows = max_rows
         self._model = None
         self._model_key = None
         self._seed_states = []
         self.traced = False
+
+    def slots_for(self, hp: keras_tuner.HyperParameters) -> int:
+        """How many trials of `hp`'s batch size may train in one step: `slots`, within `max_rows`.
+
+        Example: with `slots=3, max_rows=96`: 3 at batch size 8 or 32, 1 at 64 or 128.
+        """
+        if self.max_rows is None:
+            return self.slots
+        return max(1, min(self.slots, self.max_rows // hp.get("batch_size")))
 
     def model_for(self, config: LoraConfig) -> PackedTokenLossSeq2SeqLM:
         """The packed model that can train `config`: the kept one, or a new one for other targets or dropout.

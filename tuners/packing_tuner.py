@@ -41,43 +41,56 @@ class PackingSweepTuner(LoraSweepTuner):
     """
 
     def search(self, *fit_args, **fit_kwargs) -> None:
-        """Run packs of trials until the oracle says the search is over."""
+        """Run packs of trials until the oracle says the search is over, to every tuner id used."""
         self.on_search_begin()
-        held, busy = None, {}
+        held, busy, stopped = None, {}, set()
+        used = []  # tuner ids this tuner asked with, in order
         while True:
-            group, held, done = self._draw(held, busy)
+            group, held = self._draw(held, busy, stopped, used)
             if not group:
-                break
+                # The oracle counts every tuner id that asked as a worker still to be told the
+                # search is over (a distributed chief waits for them all): tell each.
+                waiting = [tuner_id for tuner_id in used if tuner_id not in stopped]
+                if not waiting:
+                    break
+                trial = self.oracle.create_trial(waiting[0])
+                if trial.status == TrialStatus.STOPPED:
+                    stopped.add(waiting[0])
+                elif trial.status == TrialStatus.IDLE:
+                    time.sleep(1)
+                else:  # a trial to retry turned up
+                    held, busy[trial.trial_id] = trial, waiting[0]
+                continue
             self._pending = self._run_pack(group, *fit_args)
             for trial in group:
                 self.on_trial_begin(trial)
                 self._try_run_and_update_trial(trial, *fit_args, **fit_kwargs)
                 self.on_trial_end(trial)
                 busy.pop(trial.trial_id, None)
-            if done and held is None:
-                break
         self.on_search_end()
 
-    def _draw(self, held, busy):
-        """(trials sharing a pack key, the first that did not fit or None, whether the oracle is done)."""
+    def _draw(self, held, busy, stopped, used):
+        """(trials sharing a pack key, the first drawn that did not fit or None); no trials once the oracle stopped."""
         group = [held] if held is not None else []
-        slots = self.hypermodel.slots
-        while len(group) < slots:
+        while not stopped and (not group or len(group) < self.hypermodel.slots_for(group[0].hyperparameters)):
             tuner_id = next(tid for tid in self._tuner_ids() if tid not in busy.values())
+            if tuner_id not in used:
+                used.append(tuner_id)
             trial = self.oracle.create_trial(tuner_id)
             if trial.status == TrialStatus.STOPPED:
-                return group, None, True
+                stopped.add(tuner_id)
+                break
             if trial.status == TrialStatus.IDLE:
                 if group:
-                    return group, None, False
+                    break
                 time.sleep(1)
                 continue
             busy[trial.trial_id] = tuner_id
             if group and pack_key(self.space, trial.hyperparameters, self.max_epochs) != pack_key(
                     self.space, group[0].hyperparameters, self.max_epochs):
-                return group, trial, False
+                return group, trial
             group.append(trial)
-        return group, None, False
+        return group, None
 
     def _tuner_ids(self):
         yield self.tuner_id
@@ -102,29 +115,34 @@ class PackingSweepTuner(LoraSweepTuner):
         writers = [self._open_session(trial_id, values) for trial_id, values in zip(ids, hparams)]
         self.trials_run.extend(ids)
         losses = [LossScalars(writer, slot=slot) for slot, writer in enumerate(writers)]
-        timer = EpochTimer(train_tokens.token_count * len(group))
+        packed = len(group) > 1
+        # A trial trained alone is measured in its own fit; packed ones each alone beforehand.
+        timer = EpochTimer(train_tokens.token_count * len(group), None if packed else writers[0])
+        measures = [] if packed else [timer, self._peak_memory(writers[0])]
         try:
             model = hypermodel.build_pack(hps)
             hypermodel.trace(model, train_tokens, val_tokens)
-            alone = [self._measure_alone(hp, model, train_tokens, writer) for hp, writer in zip(hps, writers)]
+            alone = [self._measure_alone(hp, model, train_tokens, writer) if packed else {}
+                     for hp, writer in zip(hps, writers)]
             parents = [hp.values.get("tuner/trial_id") for hp in hps]
             hypermodel.start(hps, [self.adapter_path(p) if p is not None else None for p in parents])
-            hypermodel.fit_pack(hps, model, train_tokens, val_tokens, callbacks=[timer, *losses],
-                                verbose=self.verbose)
+            callbacks = [*measures, *losses] if measures else [timer, *losses]
+            hypermodel.fit_pack(hps, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose)
         except Exception as error:
             for writer in writers:
                 _end_session(writer, api_pb2.STATUS_FAILURE)
                 writer.close()
             return {trial_id: error for trial_id in ids}
         pack = model.pack
-        packed = timer.results()
+        fit = timer.results()
         results = {}
         for slot, (trial_id, hp, writer) in enumerate(zip(ids, hps, writers)):
-            figures = {
-                **self._figures(hp, hparams[slot], [losses[slot]]), **alone[slot],
-                "pack_group": "+".join(ids), "pack_training_time_s": packed["training_time_s"],
-                "pack_tokens_per_s": packed["tokens_per_s"],
-            }
+            figures = {**self._figures(hp, hparams[slot], [*measures, losses[slot]]), **alone[slot]}
+            if packed:
+                figures.update(pack_group="+".join(ids), pack_training_time_s=fit["training_time_s"],
+                               pack_tokens_per_s=fit["tokens_per_s"])
+            else:
+                figures.update(self._parameters(hp, model, writer))
             if not all(figures[k] is not None and math.isfinite(figures[k]) for k in ("final_loss", "val_loss")):
                 _end_session(writer, api_pb2.STATUS_FAILURE)
                 writer.close()
@@ -147,23 +165,30 @@ class PackingSweepTuner(LoraSweepTuner):
         hypermodel = self.hypermodel
         started = time.perf_counter()
         steps = StepTimer(warmup=1)
-        memory = PeakMemory(writer, gpus=strategy_gpus(self.strategy), first_trial_start=self.first_trial_start)
+        memory = self._peak_memory(writer)
         hypermodel.measure_alone(hp, model, train_tokens, [steps, memory])
         step_s = steps.results()["median_step_s"]
+        memory_figures = memory.results()
         initial_epoch, epochs = self.space.trial_epochs(hp, self.max_epochs)
         epoch_s = step_s * hypermodel.steps_per_epoch(hp, train_tokens)
         tokens_per_s = train_tokens.token_count / epoch_s if epoch_s > 0 else 0.0
         for epoch in range(initial_epoch, epochs):
             write_scalars(writer, {"epoch_time_s": epoch_s, "tokens_per_s": tokens_per_s}, step=epoch)
-        config = hypermodel.lora_config(hp)
-        trainable = sum(config.rank * sum(p.dense.kernel.shape) for p in model.pack.layers.values())
-        total = count_params(model.weights) - count_params(model.pack.variables) + trainable
-        write_scalars(writer, {"trainable_params": trainable, "total_params": total}, step=0)
         return {
             "training_time_s": epoch_s * (epochs - initial_epoch), "mean_epoch_time_s": epoch_s,
             "tokens_per_s": tokens_per_s, "epoch_times_s": [epoch_s] * (epochs - initial_epoch),
             "alone_step_s": step_s, "alone_steps": steps.results()["timed_steps"],
-            "cost_measure_s": time.perf_counter() - started,
-            **memory.results(),
-            "trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total,
+            "cost_measure_s": time.perf_counter() - started, **memory_figures,
+            **self._parameters(hp, model, writer),
         }
+
+    def _peak_memory(self, writer):
+        return PeakMemory(writer, gpus=strategy_gpus(self.strategy), first_trial_start=self.first_trial_start)
+
+    def _parameters(self, hp, model, writer):
+        """The trial's own parameter counts (its rank, not the packed model's slots), also as scalars."""
+        config = self.hypermodel.lora_config(hp)
+        trainable = sum(config.rank * sum(p.dense.kernel.shape) for p in model.pack.layers.values())
+        total = count_params(model.weights) - count_params(model.pack.variables) + trainable
+        write_scalars(writer, {"trainable_params": trainable, "total_params": total}, step=0)
+        return {"trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total}

@@ -19,7 +19,7 @@ from tuners.cluster import Cluster
 from tuners.failures import SweepStopped, is_failure_limit
 from tuners.hypermodel import LoraT5HyperModel
 from tuners.oracle_server import serve_oracle
-from tuners.packing import PackedLoraHyperModel
+from tuners.packing import DEFAULT_MAX_ROWS, PackedLoraHyperModel
 from tuners.packing_tuner import PackingSweepTuner
 from tuners.prepare import prepare_run
 from tuners.run_files import (
@@ -141,13 +141,14 @@ def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped:
 def _trial_tuner(config, oracle, run, on_trial_done=None):
     """A tuner that runs trials here: the hypermodel on the prepared base, the baseline measured first.
 
-    On the default devices, one packed model serves every trial (`tuners.packing`); with `--devices`,
-    each LoRA config builds its own model in the strategy's scope.
+    On the default devices, one packed model serves every trial, traced once (`tuners.packing`),
+    `config.pack_slots()` trials per step at most; with `--devices`, each LoRA config builds its own
+    model in the strategy's scope, reused by its consecutive trials.
     """
     if run.strategy is None:
         hypermodel = PackedLoraHyperModel(
             run.base, config.space, epochs=config.epochs, seed=config.seed, slots=config.pack_slots(),
-            lora_init=config.lora_init,
+            lora_init=config.lora_init, max_rows=DEFAULT_MAX_ROWS if config.pack is None else None,
         )
         # The packed model, all its adapters zero, is the base: the baseline costs no model of its own.
         first = config.space.lora_config(_first_values(config.space), config.lora_init)

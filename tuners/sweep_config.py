@@ -64,14 +64,15 @@ class SweepConfig:
     def pack_slots(self) -> int:
         """How many trials train in one step: `pack` if given, else the number of ranks for the grid, else 1.
 
-        Only the grid (the default) packs by default: it hands out every rank of a batch size in a
-        row, and no later trial depends on an earlier one's result.
+        Only the grid (the default) packs by default: it hands out every rank (and alpha) of a batch
+        size in a row, and no later trial depends on an earlier one's result. By default a pack also
+        stays within `tuners.packing.DEFAULT_MAX_ROWS` rows per step; a given `pack` does not.
 
         Example: `SweepConfig().pack_slots()` -> `3`; `SweepConfig(pack=1).pack_slots()` -> `1`.
         """
         if self.pack is not None:
             return self.pack
-        return len(self.space.ranks) if self.strategy == "grid" else 1
+        return len(self.space.ranks) * max(1, len(self.space.lora_alphas)) if self.strategy == "grid" else 1
 
     @property
     def run_dir(self) -> pathlib.Path:

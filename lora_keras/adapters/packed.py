@@ -177,8 +177,9 @@ class LoraPack:
         """
         weights = {}
         for path, projection in self.layers.items():
-            weights[f"{path}/lora_a"] = keras.ops.convert_to_numpy(projection.lora_a[slot])[:, :rank]
-            weights[f"{path}/lora_b"] = keras.ops.convert_to_numpy(projection.lora_b[slot])[:rank]
+            # Contiguous copies: safetensors writes an array's buffer, and a column slice's is the whole.
+            weights[f"{path}/lora_a"] = np.ascontiguousarray(keras.ops.convert_to_numpy(projection.lora_a[slot])[:, :rank])
+            weights[f"{path}/lora_b"] = np.ascontiguousarray(keras.ops.convert_to_numpy(projection.lora_b[slot])[:rank])
         return weights
 
     def save_slot(self, slot: int, config: LoraConfig, path: str | os.PathLike) -> None:
