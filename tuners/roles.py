@@ -147,6 +147,7 @@ def _trial_tuner(config, oracle, run, on_trial_done=None):
         oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, verbose=config.verbose,
         on_trial_done=on_trial_done, strategy=run.strategy,
         baseline_val_loss=baseline["val_loss"] if baseline else None,
+        base_translations=tuple(baseline.get("sample_translations", ())) if baseline else (),
     )
 
 

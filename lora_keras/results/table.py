@@ -103,6 +103,7 @@ def results_table(rows: Sequence[Mapping]) -> str:
 INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch")
 TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init")
 SUMMARY_FILE = "run_summary.json"
+SAMPLES_FILE = "sample_translations.json"  # each trial's first validation translations, by trial id
 
 
 def typed_rows(rows: Iterable[Mapping]) -> list[dict]:
@@ -159,6 +160,27 @@ def reading_guide(rows: Sequence[Mapping]) -> list[str]:
     return lines
 
 
+def sample_translations_markdown(best: Mapping, baseline: Mapping | None) -> list[str]:
+    """The first validation sentences, their references, the base's and the best trial's translations.
+
+    Empty when the baseline or the trial kept no samples (`sample_*` in `baseline.json`,
+    `sample_translations` in the trial's measurements).
+
+    Example:
+    ```python
+    "\n".join(sample_translations_markdown(best_row, baseline))
+    ```
+    """
+    after = best.get("sample_translations")
+    if not baseline or not after or not baseline.get("sample_translations"):
+        return []
+    lines = ["", f"Sample translations (validation set; best trial {best['trial_id']}):", "",
+             "| source | reference | unadapted base | best trial |", "|---|---|---|---|"]
+    for row in zip(baseline["sample_sources"], baseline["sample_references"], baseline["sample_translations"], after):
+        lines.append("| " + " | ".join(text.replace("|", "\\|") for text in row) + " |")
+    return lines + [""]
+
+
 def write_results_md(
     rows: Sequence[Mapping], path: str | os.PathLike, baseline: Mapping | None = None, wall_time_s: float | None = None
 ) -> None:
@@ -189,6 +211,8 @@ def write_results_md(
             f"learning rate {_format(best['learning_rate'])}): val loss {_format(best['val_loss'])}, "
             f"BLEU {_format(best.get('bleu'))}."
         )
+    if completed:
+        lines += sample_translations_markdown(min(completed, key=lambda r: r["val_loss"]), baseline)
     if wall_time_s is not None and completed:
         trained = sum(r["training_time_s"] for r in rows if r.get("training_time_s") is not None)
         if trained <= wall_time_s:
