@@ -21,7 +21,7 @@ COLUMNS = (
     "training_time_s", "mean_epoch_time_s", "tokens_per_s", "final_loss", "val_loss",
     "bleu", "chrf", "peak_memory_mb", "memory_kind", "trainable_params", "total_params",
     "trainable_percent", "targets", "lora_dropout", "initial_epoch", "parent_trial_id", "val_perplexity",
-    "lora_init",
+    "lora_init", "precision", "jit_compile",
 )
 # Shown after batch size when they differ between trials (a sweep over them, or Hyperband's epochs).
 SWEPT_COLUMNS = (
