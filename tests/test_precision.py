@@ -26,6 +26,17 @@ def base():
     return reference_base(0, **SMALL)
 
 
+@pytest.fixture(scope="module")
+def data():
+    return padded_tokens(64, 0), padded_tokens(32, 1)
+
+
+@pytest.fixture(scope="module")
+def float32_history(base, data):
+    """The float32 trial every other precision is compared with."""
+    return train(base, "float32", *data)[1]
+
+
 def padded_tokens(count, seed):
     """Random ids with random lengths (padding included), so masks matter."""
     rng = np.random.default_rng(seed)
@@ -65,9 +76,9 @@ def test_float16_scales_the_loss_and_a_reset_restores_the_scale():
     assert optimizer.learning_rate.numpy() == pytest.approx(5e-4)
 
 
-def test_bfloat16_trains_near_float32_and_its_adapter_loads_into_a_float32_model(base, tmp_path):
-    tokens, val = padded_tokens(64, 0), padded_tokens(32, 1)
-    _, reference = train(base, "float32", tokens, val)
+def test_bfloat16_trains_near_float32_and_its_adapter_loads_into_a_float32_model(base, data, float32_history,
+                                                                                tmp_path):
+    reference, (tokens, val) = float32_history, data
     model, history = train(base, "mixed_bfloat16", tokens, val)
     print(f"\nval loss per real target token: float32 {reference['val_loss']}, mixed_bfloat16 {history['val_loss']}")
     assert history["val_loss"][-1] < history["val_loss"][0] < np.log(200) + 0.5  # it learned
@@ -92,11 +103,10 @@ def test_bfloat16_trains_near_float32_and_its_adapter_loads_into_a_float32_model
     assert float32_loss == pytest.approx(history["val_loss"][-1], abs=BF16_VAL_LOSS_TOLERANCE)
 
 
-def test_float16_trains_to_finite_losses_near_float32(base):
+def test_float16_trains_to_finite_losses_near_float32(base, data, float32_history):
     """keras-hub 0.32's T5 attention mask turns into NaN in float16: attention computes in float32 there."""
-    tokens, val = padded_tokens(32, 2), padded_tokens(16, 3)
-    _, reference = train(base, "float32", tokens, val)
-    model, history = train(base, "mixed_float16", tokens, val)
+    reference = float32_history
+    model, history = train(base, "mixed_float16", *data)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert np.isfinite(history["loss"]).all() and np.isfinite(history["val_loss"]).all()
     assert abs(history["val_loss"][-1] - reference["val_loss"][-1]) < BF16_VAL_LOSS_TOLERANCE
