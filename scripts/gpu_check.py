@@ -19,8 +19,11 @@ nothing is downloaded. Sections, each in its own process so a failure leaves the
   rank, optimizer and batch sizes, float32 and bfloat16 autocast, peak = `torch.cuda.max_memory_allocated`
   reset per batch size.
 * `study`: ranks 1, 4, 16 x batch sizes 8, 64, 128, one short epoch each, in mixed_bfloat16 with
-  XLA, on demo-corpus sentence pairs tokenized by a SentencePiece vocabulary trained on the spot; one
-  TensorBoard HParams session per trial under `--tensorboard`. It runs until `--deadline-s`.
+  XLA (batches padded to the set's longest pair, so each trial's one train shape compiles before its
+  clock; XLA's GEMM autotuning off to shorten the compiles), on demo-corpus sentence pairs tokenized
+  by a SentencePiece vocabulary trained on the spot; one TensorBoard HParams session per trial under
+  `--tensorboard`. It runs until `--deadline-s`; `peak_memory_mb` there is the process's peak so far
+  on JAX.
 
 The results go to one JSON file (`--out`), rewritten after every section, and a table is printed.
 """
@@ -140,6 +143,10 @@ def child_study(args: argparse.Namespace) -> None:
     space = SearchSpace(ranks=tuple(plan["ranks"]), batch_sizes=tuple(plan["study_batches"]),
                         learning_rates=(3e-3,))
     hypermodel = LoraT5HyperModel(base, space, epochs=1, jit_compile=True, precision=args.point)
+    # One short epoch per trial: every batch padded to the set's width, so the one train shape per batch
+    # size is compiled while tracing, before the trial's clock (buckets of 16 would compile inside it).
+    hypermodel.length_multiple = max(train.source_ids.shape[1], train.target_ids.shape[1],
+                                     val.source_ids.shape[1], val.target_ids.shape[1])
     trial = 0
     for rank in plan["ranks"]:
         for batch in plan["study_batches"]:

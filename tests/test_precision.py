@@ -110,3 +110,10 @@ def test_float16_trains_to_finite_losses_near_float32(base, data, float32_histor
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert np.isfinite(history["loss"]).all() and np.isfinite(history["val_loss"]).all()
     assert abs(history["val_loss"][-1] - reference["val_loss"][-1]) < BF16_VAL_LOSS_TOLERANCE
+
+
+def test_results_rows_read_back_precision_and_xla_as_written():
+    from lora_keras.results.table import typed_rows
+
+    row = typed_rows([{"precision": "mixed_bfloat16", "jit_compile": "True", "val_loss": "1.5", "rank": "4"}])[0]
+    assert row == {"precision": "mixed_bfloat16", "jit_compile": True, "val_loss": 1.5, "rank": 4}

@@ -101,7 +101,8 @@ def results_table(rows: Sequence[Mapping]) -> str:
 
 
 INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch")
-TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init")
+TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init", "precision")
+BOOLEAN_COLUMNS = ("jit_compile",)
 SUMMARY_FILE = "run_summary.json"
 
 
@@ -122,6 +123,8 @@ def typed_rows(rows: Iterable[Mapping]) -> list[dict]:
                 converted[column] = value
             elif value == "":
                 converted[column] = None
+            elif column in BOOLEAN_COLUMNS:
+                converted[column] = value == "True"
             else:
                 converted[column] = int(float(value)) if column in INTEGER_COLUMNS else float(value)
         typed.append(converted)
