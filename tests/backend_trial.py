@@ -1,7 +1,7 @@
 """Run the trial path (`tuners.single_trial.run_trial`) on the Keras backend of the environment; print `RESULT {json}`.
 
 Run by the tests in a subprocess: with `KERAS_BACKEND=jax` and tests/no_tensorflow first on PYTHONPATH
-(importing TensorFlow fails, as on the lent GPU machines) by tests/test_jax_backend.py; on TensorFlow,
+(importing TensorFlow fails, as on GPU machines that have JAX but no TensorFlow) by tests/test_jax_backend.py; on TensorFlow,
 with XLA's compile log on (`TF_CPP_VMODULE=device_compiler=1`), by tests/test_xla.py.
 
     python tests/backend_trial.py TENSORBOARD_DIR [xla eager bf16]
@@ -70,20 +70,21 @@ def batch_shapes(tokens, batch_size, multiple):
 
 
 def main(tensorboard, runs):
-    pairs = demo_corpus.generate_pairs("Dravic", 192, seed=1)
+    pairs = demo_corpus.generate_pairs("Dravic", 200, seed=1)
     tokenizer = SentencePieceIds(train_sentencepiece([PREFIX + s for s, _ in pairs] + [t for _, t in pairs], 300))
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.T5Backbone(
         vocabulary_size=300, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64, key_value_dim=16,
         dropout=0.0, activation="gelu", use_gated_activation=True, tie_embedding_weights=False)
     base = BaseModel("tiny", backbone.get_config(), backbone.get_weights(), tokenizer)
-    train = tokenize_pairs(tokenizer, pairs[:160], PREFIX, 48, 48)
-    val = tokenize_pairs(tokenizer, pairs[160:], PREFIX, 48, 48)
-    space = SearchSpace(ranks=(4,), batch_sizes=(16,))
-    values = {"rank": 4, "batch_size": 16, "learning_rate": 3e-3}
-    report = {"shapes_bound": batch_shapes(train, 16, LENGTH_MULTIPLE), "train": train.token_count}
+    # Few steps and lengths up to 32 (at most 2 x 2 padded shapes): JAX without jit dispatches op by op.
+    train = tokenize_pairs(tokenizer, pairs[:64], PREFIX, 32, 32)
+    val = tokenize_pairs(tokenizer, pairs[184:], PREFIX, 32, 32)
+    space = SearchSpace(ranks=(4,), batch_sizes=(8,))
+    values = {"rank": 4, "batch_size": 8, "learning_rate": 3e-3}
+    report = {"shapes_bound": batch_shapes(train, 8, LENGTH_MULTIPLE), "train": train.token_count}
     report["exact_shapes"] = len({(tuple(b[0]["encoder_token_ids"].shape), tuple(b[0]["decoder_token_ids"].shape))
-                                  for b in make_dataset(train, 16)})
+                                  for b in make_dataset(train, 8)})
     configs = {"xla": ("float32", True), "eager": ("float32", False), "bf16": ("mixed_bfloat16", True)}
     for name in runs:
         precision, jit = configs[name]

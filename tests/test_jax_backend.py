@@ -1,4 +1,4 @@
-"""The trial path on Keras's JAX backend with TensorFlow unimportable, as on the lent GPU machines."""
+"""The trial path on Keras's JAX backend with TensorFlow unimportable, as on GPU machines that have JAX but no TensorFlow."""
 
 import json
 import os
@@ -57,7 +57,7 @@ def test_a_trial_runs_on_jax_without_tensorflow(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "no_tensorflow"), str(ROOT)])}
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "backend_trial.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+                          capture_output=True, text=True, timeout=1800, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
     report = json.loads(line[len("RESULT "):])
@@ -72,21 +72,22 @@ def test_a_trial_runs_on_jax_without_tensorflow(tmp_path):
     assert xla["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
     assert eager["train_step_compiles"] == 0
     # A handful of compiles, within the bound the ids alone give, not one per batch.
-    assert 1 <= xla["train_step_compiles"] <= report["shapes_bound"] <= 9
+    assert 1 <= xla["train_step_compiles"] <= report["shapes_bound"] <= 4 < report["exact_shapes"]
     assert bf16["val_loss"] == pytest.approx(xla["val_loss"], abs=0.02)
     assert xla["val_loss"] < np.log(300)  # it learned
     assert xla["peak_memory_mb"] > 0 and xla["memory_kind"] == "host_rss"
-    assert xla["trainable_params"] == 2 * 2 * 4 * (32 + 32)  # q, v in encoder self, decoder self and cross
+    assert xla["trainable_params"] == 6 * 4 * (32 + 32)  # q, v of encoder self, decoder self and cross attention
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
 
     events = EventAccumulator(str(tmp_path / "xla"), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
     written = {tag: [e.value for e in events.Scalars(tag)] for tag in tags.get("scalars", [])}
     if not written:  # TensorBoard's own writer stores scalars as tensors
-        written = {tag: [float(np.asarray(e.tensor_proto.float_val or e.tensor_proto.double_val)[0])
-                         for e in events.Tensors(tag)] for tag in tags.get("tensors", [])}
+        written = {tag: [float(make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+                   for tag in tags.get("tensors", [])}
     assert written["val_loss"][-1] == pytest.approx(xla["val_loss"], rel=1e-6)
     assert written["tokens_per_s"][-1] == pytest.approx(xla["epoch_times_s"] and
                                                        report["train"] / xla["epoch_times_s"][-1], rel=1e-6)

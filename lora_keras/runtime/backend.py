@@ -2,7 +2,7 @@
 
 TensorFlow is the default backend. The trial path (data, model, LoRA, the callbacks'
 measurements, TensorBoard scalars) also runs under `KERAS_BACKEND=jax` on a machine
-without TensorFlow, as on the lent GPU machines: there each question below is answered
+without TensorFlow (a GPU machine with JAX only): there each question below is answered
 without importing TensorFlow.
 
 Example:

@@ -1,4 +1,4 @@
-"""Make this Python behave as on a machine without TensorFlow (the lent GPU machines): its import fails.
+"""Make this Python behave as on a machine without TensorFlow (a GPU machine with JAX only): its import fails.
 
 Put this folder first on `PYTHONPATH`; Python runs `sitecustomize` at start-up. Importing TensorFlow
 raises `ModuleNotFoundError`, and `importlib.util.find_spec` (how transformers and others probe for
