@@ -72,7 +72,8 @@ def test_a_trial_runs_on_jax_without_tensorflow(tmp_path):
     assert xla["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
     assert eager["train_step_compiles"] == 0
     # A handful of compiles, within the bound the ids alone give, not one per batch.
-    assert 1 <= xla["train_step_compiles"] <= report["shapes_bound"] <= 4 < report["exact_shapes"]
+    # (cut exactly, the batches would take more shapes than that bound: the count can fail)
+    assert 1 <= xla["train_step_compiles"] <= report["shapes_bound"] < report["exact_shapes"]
     assert bf16["val_loss"] == pytest.approx(xla["val_loss"], abs=0.02)
     assert xla["val_loss"] < np.log(300)  # it learned
     assert xla["peak_memory_mb"] > 0 and xla["memory_kind"] == "host_rss"
@@ -84,10 +85,10 @@ def test_a_trial_runs_on_jax_without_tensorflow(tmp_path):
     events = EventAccumulator(str(tmp_path / "xla"), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    written = {tag: [e.value for e in events.Scalars(tag)] for tag in tags.get("scalars", [])}
-    if not written:  # TensorBoard's own writer stores scalars as tensors
-        written = {tag: [float(make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
-                   for tag in tags.get("tensors", [])}
+    assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(tags["tensors"])  # HParams row
+    # TensorBoard's own writer stores scalars as tensors (as tf.summary does)
+    written = {tag: [float(make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+               for tag in tags["tensors"] if not tag.startswith("_hparams_")}
     assert written["val_loss"][-1] == pytest.approx(xla["val_loss"], rel=1e-6)
     assert written["tokens_per_s"][-1] == pytest.approx(xla["epoch_times_s"] and
                                                        report["train"] / xla["epoch_times_s"][-1], rel=1e-6)
