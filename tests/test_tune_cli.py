@@ -125,6 +125,7 @@ def test_hparams_read_back_from_event_files(tiny_run):
     assert [v.number_value for v in infos["rank"].domain_discrete.values] == list(RANKS)
     assert [v.number_value for v in infos["batch_size"].domain_discrete.values] == list(BATCH_SIZES)
     assert {"learning_rate", "lora_alpha"} <= set(infos)
+    assert [v.string_value for v in infos["precision"].domain_discrete.values] == ["float32"]
     declared = {m.name.tag: m for m in experiment.experiment.metric_infos}
     assert set(METRICS) | {"val_perplexity"} <= set(declared)
     assert "per real (non-padding) target token" in declared["val_loss"].description
@@ -143,6 +144,8 @@ def test_hparams_read_back_from_event_files(tiny_run):
         hparams = {k: v.number_value for k, v in start.session_start_info.hparams.items()}
         row = rows[session.name.removeprefix("trial_")]
         assert hparams["rank"] == int(row["rank"]) and hparams["batch_size"] == int(row["batch_size"])
+        assert start.session_start_info.hparams["precision"].string_value == row["precision"] == "float32"
+        assert row["jit_compile"] == "False"  # off on CPU by default
         assert set(METRICS) | {"chrf", "sample_translations"} <= set(accumulator.Tags()["tensors"])
         samples = tf.make_ndarray(accumulator.Tensors("sample_translations")[-1].tensor_proto).item().decode()
         assert "| source | reference | unadapted base | this trial |" in samples

@@ -17,6 +17,8 @@ import keras_tuner
 from lora_keras.errors import InputError
 from tuners.cluster import Cluster
 from tuners.failures import SweepStopped, is_failure_limit
+from lora_keras.runtime.backend import gpu_count
+from lora_keras.runtime.xla import default_jit_compile
 from tuners.hypermodel import LoraT5HyperModel
 from tuners.oracle_server import serve_oracle
 from tuners.prepare import prepare_run
@@ -140,8 +142,10 @@ def _trial_tuner(config, oracle, run, on_trial_done=None):
     """A tuner that runs trials here: the hypermodel on the prepared base, the baseline measured first."""
     # One process measures the baseline; the others (workers) go on without it.
     baseline = run.measure_baseline(config.run_dir)
+    jit_compile = default_jit_compile(gpu_count()) if config.jit_compile is None else config.jit_compile
     hypermodel = LoraT5HyperModel(
         run.base, config.space, epochs=config.epochs, seed=config.seed, lora_init=config.lora_init,
+        jit_compile=jit_compile, precision=config.precision,
     )
     return LoraSweepTuner(
         oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, verbose=config.verbose,

@@ -16,7 +16,9 @@ from tuners.cluster import Cluster
 from tuners.search_space import SearchSpace
 
 # Settings that may change between a run and its resumption.
-TRANSIENT = ("overwrite", "verbose", "logdir", "name", "memory_budget_mb", "time_budget_s", "devices", "cluster")
+# XLA (`jit_compile`) changes how a step runs, not what it computes: a run resumes with it on or off.
+TRANSIENT = ("overwrite", "verbose", "logdir", "name", "memory_budget_mb", "time_budget_s", "devices", "cluster",
+             "jit_compile")
 
 
 @dataclasses.dataclass
@@ -51,6 +53,8 @@ class SweepConfig:
     max_target_length: int = 64
     seed: int = 0
     lora_init: str = "peft"  # how LoRA's A is drawn: `lora_keras.adapters.config.INITIALIZERS`
+    precision: str = "float32"  # `lora_keras.runtime.precision.PRECISIONS`
+    jit_compile: bool | None = None  # XLA for training; None: on with a GPU, off on CPU
     memory_budget_mb: float | None = None
     time_budget_s: float | None = None
     verbose: int = 1

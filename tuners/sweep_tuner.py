@@ -207,7 +207,7 @@ class LoraSweepTuner(BaseTuner):
             `peak_memory_mb` (and `baseline_val_loss` when known).
         """
         hp = trial.hyperparameters
-        hparams = self.space.trial_hparams(hp, self.max_epochs)
+        hparams = {**self.space.trial_hparams(hp, self.max_epochs), "precision": self.hypermodel.precision}
         writer = self._open_session(trial.trial_id, hparams)
         measures = self._measures(train_tokens, writer)  # the losses last: `_train` reads them
         self.trials_run.append(trial.trial_id)
@@ -271,6 +271,7 @@ class LoraSweepTuner(BaseTuner):
             **hparams, "lora_init": self.hypermodel.lora_init,
             "initial_epoch": self.space.trial_epochs(hp, self.max_epochs)[0],
             "parent_trial_id": hp.values.get("tuner/trial_id"), "tuner_id": self.tuner_id,
+            "jit_compile": self.hypermodel.jit_compile,
             "num_replicas": self.strategy.num_replicas_in_sync if self.strategy else 1,
         }
         for measure in measures:

@@ -21,7 +21,7 @@ COLUMNS = (
     "training_time_s", "mean_epoch_time_s", "tokens_per_s", "final_loss", "val_loss",
     "bleu", "chrf", "peak_memory_mb", "memory_kind", "trainable_params", "total_params",
     "trainable_percent", "targets", "lora_dropout", "initial_epoch", "parent_trial_id", "val_perplexity",
-    "lora_init",
+    "lora_init", "precision", "jit_compile",
 )
 # Shown after batch size when they differ between trials (a sweep over them, or Hyperband's epochs).
 SWEPT_COLUMNS = (
@@ -101,7 +101,8 @@ def results_table(rows: Sequence[Mapping]) -> str:
 
 
 INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch")
-TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init")
+TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init", "precision")
+BOOLEAN_COLUMNS = ("jit_compile",)
 SUMMARY_FILE = "run_summary.json"
 SAMPLES_FILE = "sample_translations.json"  # each trial's first validation translations, by trial id
 
@@ -123,6 +124,8 @@ def typed_rows(rows: Iterable[Mapping]) -> list[dict]:
                 converted[column] = value
             elif value == "":
                 converted[column] = None
+            elif column in BOOLEAN_COLUMNS:
+                converted[column] = value == "True"
             else:
                 converted[column] = int(float(value)) if column in INTEGER_COLUMNS else float(value)
         typed.append(converted)
