@@ -311,7 +311,9 @@ def measure_quality(model, tokenizer, val: dict[str, list[tuple[str, str]]]) -> 
     from lora_keras.data.pipeline import make_dataset, tokenize_pairs
     from lora_keras.evaluation import Translator, translation_scores
 
-    translator = Translator(model.backbone, tokenizer, max_new_tokens=48, jit_compile=True)
+    # XLA's compile (seconds) pays off over thousands of sentences, not over a test's few
+    sentences = sum(map(len, val.values()))
+    translator = Translator(model.backbone, tokenizer, max_new_tokens=48, jit_compile=sentences >= 1000)
     quality = {}
     for language, pairs in val.items():
         tokens = tokenize_pairs(tokenizer, pairs, prefix(language))
