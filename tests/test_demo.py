@@ -97,7 +97,7 @@ def test_demo_task_pairs_are_deterministic():
 
 @pytest.mark.slow
 def test_rebuilt_demo_base_is_as_good_as_the_shipped_one(tmp_path):
-    """`scripts/build_demo_base.py --out` from scratch (about 20 minutes): the quality the shipped base records."""
+    """`scripts/build_demo_base.py --out` from scratch (about 30 minutes): the quality the shipped base records."""
     result = run_script("build_demo_base.py", "--out", tmp_path / "base", "--quiet", timeout=7200)
     assert result.returncode == 0, result.stderr[-3000:]
     rebuilt = demo.read_task(tmp_path / "base")["quality"]

@@ -153,7 +153,7 @@ def ensure_demo_base(
     root.mkdir(parents=True, exist_ok=True)
     if verbose:
         print(f"Building the demo base model for this config once (cached in {preset}); "
-              "the shipped one took about 20 minutes on 2 CPU cores.", flush=True)
+              "the shipped one took 31 minutes on 2 CPU cores.", flush=True)
     build_demo_base(config, preset, verbose)
     return preset
 
