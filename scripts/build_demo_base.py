@@ -5,7 +5,7 @@
 
 Deterministic: the corpora are generated from fixed seeds, the tokenizer is trained single-threaded
 and TensorFlow's op determinism is on, so a rebuild on the same machine and versions gives the same
-files. It takes about 30 minutes on 2 CPU cores (1,842 s for the shipped one); the preset's
+vocabulary and weights (metadata.json's save date and the recorded build time differ). It takes about 30 minutes on 2 CPU cores (1,842 s for the shipped one); the preset's
 lora_keras_task.json records the time and the base's quality per language (loss per real token,
 token accuracy, greedy BLEU).
 """
