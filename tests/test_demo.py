@@ -51,6 +51,7 @@ def _weights(preset):
     return arrays
 
 
+@pytest.mark.e2e  # a second build (half a minute): CI's e2e run, beside the default one
 def test_demo_base_build_is_deterministic(small_preset, tmp_path):
     """The same config builds the same vocabulary, weights and quality (file bytes differ only in the
     save date and in Keras's per-process layer names)."""

@@ -76,6 +76,7 @@ def test_float16_scales_the_loss_and_a_reset_restores_the_scale():
     assert optimizer.learning_rate.numpy() == pytest.approx(5e-4)
 
 
+@pytest.mark.e2e  # two trainings (a minute on 2 cores): CI's e2e run, beside the default one
 def test_bfloat16_trains_near_float32_and_its_adapter_loads_into_a_float32_model(base, data, float32_history,
                                                                                 tmp_path):
     reference, (tokens, val) = float32_history, data
@@ -103,6 +104,7 @@ def test_bfloat16_trains_near_float32_and_its_adapter_loads_into_a_float32_model
     assert float32_loss == pytest.approx(history["val_loss"][-1], abs=BF16_VAL_LOSS_TOLERANCE)
 
 
+@pytest.mark.e2e
 def test_float16_trains_to_finite_losses_near_float32(base, data, float32_history):
     """keras-hub 0.32's T5 attention mask turns into NaN in float16: attention computes in float32 there."""
     reference = float32_history
