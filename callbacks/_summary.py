@@ -1,14 +1,34 @@
-"""Tiny shared helper: write scalars to an optional TensorBoard writer."""
+"""Tiny shared helper: TensorBoard scalars through TensorFlow's writer or, without TensorFlow, TensorBoard's own."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-import tensorflow as tf
+from lora_keras.runtime.backend import uses_tensorflow
 
 
-def write_scalars(writer: tf.summary.SummaryWriter | None, scalars: Mapping[str, float | None], step: int) -> None:
-    """Write `{tag: value}` at `step` with `writer`; no-op if it is None.
+def create_writer(logdir: str) -> Any:
+    """A summary writer for `logdir`: `tf.summary.create_file_writer` on TensorFlow, else `tensorboard.summary.Writer`.
+
+    Both write event files TensorBoard reads the same way; the second imports no TensorFlow.
+
+    Example:
+    ``python
+    write_scalars(create_writer("logs/run/trial_0"), {"val_loss": 1.9}, step=0)
+    ``
+    """
+    if uses_tensorflow():
+        import tensorflow as tf
+
+        return tf.summary.create_file_writer(logdir)
+    from tensorboard.summary import Writer
+
+    return Writer(logdir)
+
+
+def write_scalars(writer: Any, scalars: Mapping[str, float | None], step: int) -> None:
+    """Write `{tag: value}` at `step` with `writer` (either kind `create_writer` makes); no-op if it is None.
 
     Values that are None are skipped (e.g. `val_loss` without validation).
 
@@ -19,13 +39,20 @@ def write_scalars(writer: tf.summary.SummaryWriter | None, scalars: Mapping[str,
     """
     if writer is None:
         return
+    if hasattr(writer, "add_scalar"):  # TensorBoard's own writer
+        for tag, value in scalars.items():
+            if value is not None:
+                writer.add_scalar(tag, float(value), int(step))
+        return
+    import tensorflow as tf
+
     with writer.as_default():
         for tag, value in scalars.items():
             if value is not None:
                 tf.summary.scalar(tag, float(value), step=int(step))
 
 
-def flush(writer: tf.summary.SummaryWriter | None) -> None:
+def flush(writer: Any) -> None:
     """Flush `writer`; no-op if it is None."""
     if writer is not None:
         writer.flush()

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import keras
-import tensorflow as tf
+
+from lora_keras.runtime.backend import sync_devices
 
 from ._summary import flush, write_scalars
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def _sync():
     # GPU kernels run asynchronously: without a sync, the clock could stop
     # while training steps are still queued on the device.
-    tf.test.experimental.sync_devices()
+    sync_devices()
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
-import tensorflow as tf
 
 from lora_keras.models.token_loss import perplexity
 
 from ._summary import flush, write_scalars
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 class LossScalars(keras.callbacks.Callback):

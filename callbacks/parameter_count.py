@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import keras
-import tensorflow as tf
 
 from ._summary import flush, write_scalars
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def count_params(variables: Iterable[keras.Variable]) -> int:

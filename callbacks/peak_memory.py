@@ -6,11 +6,16 @@ import ctypes
 import gc
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import keras
-import tensorflow as tf
+
+from lora_keras.runtime import gpu_memory
 
 from ._summary import flush, write_scalars
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 MIB = 2**20
 # Module-level so tests can point them elsewhere (e.g. to force the fallback).
@@ -108,7 +113,8 @@ class PeakMemory(keras.callbacks.Callback):
 
     With a GPU visible: TF's allocator peak on `GPU:0`, or the highest
     peak among `gpus` (those a mirrored model trains on)
-    (`memory_kind="gpu"`). Otherwise host RSS (`memory_kind="host_rss"`):
+    (`memory_kind="gpu"`); under JAX, whose peak cannot be reset, the
+    process's allocator peak so far (`memory_kind="gpu_process"`). Otherwise host RSS (`memory_kind="host_rss"`):
     garbage is collected and freed heap pages returned to the kernel, the
     process's high-water mark (VmHWM) reset through `/proc/self/clear_refs`
     (if that cannot be written, a daemon thread samples RSS every
@@ -162,11 +168,11 @@ class PeakMemory(keras.callbacks.Callback):
             self._sampler = None
         self.peak_memory_mb = self.process_peak_mb = 0.0
         self.method = None
-        if tf.config.list_logical_devices("GPU"):
+        if gpu_memory.gpus_present():
             try:
-                for gpu in self.gpus:
-                    tf.config.experimental.reset_memory_stats(gpu)
-                self.method = self.memory_kind = "gpu"
+                reset = gpu_memory.reset_peak(self.gpus)
+                self.method = "gpu"
+                self.memory_kind = "gpu" if reset else "gpu_process"  # JAX: the process's peak so far
             except (ValueError, RuntimeError):
                 pass  # stats not tracked for this device: measure host RSS
         if self.method is None:
@@ -184,7 +190,7 @@ class PeakMemory(keras.callbacks.Callback):
 
     def _measure(self):
         if self.method == "gpu":
-            peak = max(tf.config.experimental.get_memory_info(gpu)["peak"] for gpu in self.gpus) / MIB
+            peak = gpu_memory.peak_mb(self.gpus)
             self.peak_memory_mb = max(self.peak_memory_mb, float(peak))
             return self.peak_memory_mb
         if self.method == "vmhwm":

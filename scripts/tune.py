@@ -27,6 +27,7 @@ from lora_keras.cli import (  # noqa: E402
 )
 from lora_keras.data.corpus import read_pairs  # noqa: E402
 from lora_keras.runtime.devices import HELP as DEVICES_HELP  # noqa: E402
+from lora_keras.runtime.precision import PRECISIONS  # noqa: E402
 
 
 def target_sets(tokens: list[str]) -> tuple[tuple[str, ...], ...] | None:
@@ -97,6 +98,10 @@ def build_parser(strategies: str = "a registered name (--help lists them)") -> O
         help="the most trials trained together in one step on one frozen base (those sharing batch size, "
              "learning rate and epochs); default: every rank for --strategy grid, else 1")
     add("--no-pack", dest="pack", action="store_const", const=1, help="train one trial at a time (--pack 1)")
+    add("--precision", choices=PRECISIONS, default="float32",
+        help="training precision: mixed_* compute in 16 bits, weights and optimizer state stay float32")
+    add("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+        help="XLA for training, batch lengths padded to multiples of 16 (default: on with a GPU, off on CPU)")
     add("--epochs", type=positive_int, default=2, help="epochs per trial (hyperband: the most a trial gets)")
     add("--strategy", default="grid", help=f"search strategy: {strategies}")
     add("--max-trials", type=positive_int, help="trial budget (default: the number of combinations)")
@@ -188,7 +193,8 @@ def sweep_config(args: argparse.Namespace, targets: tuple[tuple[str, ...], ...])
         max_val_examples=args.max_val_examples, max_source_length=args.max_source_length,
         max_target_length=args.max_target_length, seed=args.seed, lora_init=args.lora_init,
         memory_budget_mb=args.memory_budget_mb, time_budget_s=args.time_budget_s,
-        verbose=0 if args.quiet else 1, devices=args.devices, pack=args.pack,
+        verbose=0 if args.quiet else 1, devices=args.devices, pack=args.pack, precision=args.precision,
+        jit_compile=args.jit_compile,
     )
     if args.distributed:
         config.cluster = Cluster(args.distributed, *args.oracle_address, args.worker_id, args.chief_timeout)

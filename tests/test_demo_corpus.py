@@ -1,19 +1,23 @@
-"""Tests for the offline English -> Velish / Dravic demo corpus."""
+"""Tests for the offline demo corpora: seven base languages and Dravic, built from shared features."""
 import doctest
 
 import pytest
 
 from lora_keras.models.demo import corpus as demo_corpus
-from lora_keras.models.demo.corpus import (ADAPT_LANGUAGE, BASE_LANGUAGE, LANGUAGES, generate_pairs,
-                                    vocabulary_words)
+import dataclasses
+
+import sacrebleu
+
+from lora_keras.models.demo.corpus import (ADAPT_LANGUAGE, BASE_LANGUAGES, GRAMMARS, LANGUAGES, Grammar,
+                                           generate_pairs, vocabulary_words)
 from lora_keras.models.demo.corpus import _Clause, _NounPhrase, _render, _GENDERS, _STEMS
 
-S = _STEMS  # English word -> shared Velish/Dravic stem
+S = _STEMS  # English word -> the stem every invented language shares
 
 
 @pytest.fixture(scope="module")
 def corpora():
-    return {lang: generate_pairs(lang, 5000, seed=0) for lang in LANGUAGES}
+    return {lang: generate_pairs(lang, 5000, seed=0) for lang in ("Velish", "Korvan", ADAPT_LANGUAGE)}
 
 
 def _noun(gender):
@@ -23,13 +27,66 @@ def _noun(gender):
 
 
 def test_languages_and_docstring_example():
-    assert LANGUAGES == ("Velish", "Dravic") == (BASE_LANGUAGE, ADAPT_LANGUAGE)
+    assert LANGUAGES == (*BASE_LANGUAGES, ADAPT_LANGUAGE) and len(BASE_LANGUAGES) == 7
     example = "we do not kick our twenty four soft windows ."
     assert generate_pairs("Velish", 4, seed=0)[3] == (
         example, "nos ne vevan nors dua-ten kat bidudi zekodas .")
+    assert generate_pairs("Korvan", 4, seed=0)[3] == (
+        example, "nos nors zekodas dua-ten kat bidudi ne vevan .")
     assert generate_pairs("Dravic", 4, seed=0)[3] == (
-        example, "nos nors zekodas bidudi kat dua-ten ne vevan .")
+        example, "nos nors zekode biduden kat dua-ten nai vevis .")
     assert doctest.testmod(demo_corpus).failed == 0
+
+
+def test_dravic_is_a_new_combination_of_features_the_base_languages_have():
+    features = [field.name for field in dataclasses.fields(Grammar)]
+    dravic = set(GRAMMARS[ADAPT_LANGUAGE].features())
+    assert dravic == set(features)
+    seen = [set(GRAMMARS[language].features()) for language in BASE_LANGUAGES]
+    assert set().union(*seen) == dravic  # every piece of Dravic is in some base language
+    assert all(len(dravic - mine) >= 5 for mine in seen)  # none is close to it
+    assert len({frozenset(mine) for mine in seen}) == len(seen)
+
+
+def test_base_languages_score_low_against_dravic_and_differ_from_each_other():
+    """What a base that ignores the unknown language name, and writes a language it knows, would score."""
+    dravic = [t for _, t in generate_pairs(ADAPT_LANGUAGE, 300, seed=0, split="val")]
+    bleu = {}
+    for language in BASE_LANGUAGES:
+        hypotheses = [t for _, t in generate_pairs(language, 300, seed=0, split="val")]
+        bleu[language] = sacrebleu.corpus_bleu(hypotheses, [dravic], force=True).score
+    assert max(bleu.values()) < 10 and min(bleu.values()) < 3, bleu
+    assert sacrebleu.corpus_bleu(dravic, [dravic], force=True).score == pytest.approx(100)
+
+
+@pytest.mark.parametrize("feature, velish, changed", [
+    ("verb_final", "el {see}et lo {dog} .", "el lo {dog} {see}et ."),
+    ("adjective_first", "lo {dog} {red}o {see}an .", "lo {red}o {dog} {see}an ."),
+    ("postpositions", "el {walk}et {near} lo {dog} .", "el {walk}et lo {dog} {near} ."),
+    ("number_after", "dua-ten tri {dog}i {walk}et .", "{dog}i tri dua-ten {walk}et ."),
+    ("plural_en", "los {dog}i {walk}et .", "los {dog}en {walk}et ."),
+    ("tense_uk_is", "el {walk}et . el {walk}an .", "el {walk}uk . el {walk}is ."),
+    ("adjective_invariant", "lo {dog} {red}o {see}an .", "lo {dog} {red}e {see}an ."),
+    ("particles_b", "lo {dog} ne vor {walk} .", "do {dog} nai sal {walk} ."),
+])
+def test_each_feature_changes_what_it_says(feature, velish, changed):
+    dog = _noun("m")  # a masculine noun, whatever its English word
+    the_dog = _NounPhrase(dog, plural=False, det="the")
+    clauses = {
+        "verb_final": [_Clause("he", "see", "past", obj=the_dog)],
+        "adjective_first": [_Clause(_NounPhrase(dog, False, "the", adjectives=("red",)), "see", "present")],
+        "postpositions": [_Clause("he", "walk", "past", preposition="near", prep_object=the_dog)],
+        "number_after": [_Clause(_NounPhrase(dog, True, None, number=23), "walk", "past")],
+        "plural_en": [_Clause(_NounPhrase(dog, True, "the"), "walk", "past")],
+        "tense_uk_is": [_Clause("he", "walk", "past"), _Clause("he", "walk", "present")],
+        "adjective_invariant": [_Clause(_NounPhrase(dog, False, "the", adjectives=("red",)), "see", "present")],
+        "particles_b": [_Clause(the_dog, "walk", "future", negated=True)],
+    }[feature]
+    grammar = Grammar(**{feature: True})
+    text = " ".join(" ".join(demo_corpus._translate(c, grammar)) + " ." for c in clauses)
+    stems = {"dog": S[dog], **{w: S[w] for w in ("see", "walk", "near", "red")}}
+    assert " ".join(_render(c, "Velish") for c in clauses) == velish.format(**stems)
+    assert text == changed.format(**stems)
 
 
 def test_deterministic_and_seed_dependent():
@@ -70,11 +127,12 @@ def test_constructed_transitive_clause():
     assert _render(clause, "Velish") == (
         f"lo {S[masc]} {S['red']}o {S['see']}et mis dua-ten tri {S[fem]}i {S['small']}as "
         f"{S['old']}as {S['near']} {river_article} {S['river']} {S['quickly']} .")
-    # Dravic: the same word forms; SOV, adjectives before the noun, units-first number after
-    # the noun, postposition, verb last.
+    # Dravic: SOV, invariant adjectives before the noun, units-first number after the noun,
+    # plural -en, postposition, past -uk and the verb last, article d-.
+    river_article = "d" + river_article[1:]
     assert _render(clause, "Dravic") == (
-        f"lo {S['red']}o {S[masc]} mis {S['small']}as {S['old']}as {S[fem]}i tri dua-ten "
-        f"{river_article} {S['river']} {S['near']} {S['quickly']} {S['see']}et .")
+        f"do {S['red']}e {S[masc]} mis {S['small']}e {S['old']}e {S[fem]}en tri dua-ten "
+        f"{river_article} {S['river']} {S['near']} {S['quickly']} {S['see']}uk .")
 
 
 def test_constructed_tense_negation_and_determiners():
@@ -82,7 +140,7 @@ def test_constructed_tense_negation_and_determiners():
     she = _Clause("she", "sleep", "future", negated=True)
     assert _render(she, "English") == "she will not sleep ."
     assert _render(she, "Velish") == f"ela ne vor {S['sleep']} ."
-    assert _render(she, "Dravic") == f"ela ne vor {S['sleep']} ."
+    assert _render(she, "Dravic") == f"ela nai sal {S['sleep']} ."
 
     these = _NounPhrase(fem, plural=True, det="this", adjectives=("big",))
     present = _Clause(these, "watch", "present", obj=_NounPhrase("apple", plural=False, det="a"))
@@ -91,13 +149,13 @@ def test_constructed_tense_negation_and_determiners():
     assert _render(present, "Velish") == (
         f"estas {S[fem]}i {S['big']}as {S['watch']}an {apple_article} {S['apple']} .")
     assert _render(present, "Dravic") == (
-        f"estas {S['big']}as {S[fem]}i {apple_article} {S['apple']} {S['watch']}an .")
+        f"estas {S['big']}e {S[fem]}en {apple_article} {S['apple']} {S['watch']}is .")
 
     one = _NounPhrase("dog", plural=False, number=1)
     negated = _Clause(one, "watch", "present", negated=True, obj=_NounPhrase("key", True, "their"))
     assert _render(negated, "English") == "one dog does not watch their keys ."
     assert _render(negated, "Velish") == f"an {S['dog']} ne {S['watch']}an lors {S['key']}i ."
-    assert _render(negated, "Dravic") == f"{S['dog']} an lors {S['key']}i ne {S['watch']}an ."
+    assert _render(negated, "Dravic") == f"{S['dog']} an lors {S['key']}en nai {S['watch']}is ."
 
 
 def test_generated_word_order_and_agreement(corpora):
@@ -120,16 +178,18 @@ def test_generated_word_order_and_agreement(corpora):
     assert checked > 1000
 
     verb_stems = {S[v] for v in vocabulary_words()["verbs"]}
-    verb_forms = {v + t for v in verb_stems for t in ("et", "an", "")}
-    velish_adjectives = {a + s for a in adj_stems for s in suffix.values()}
-    for (english, velish), (_, dravic) in zip(corpora["Velish"], corpora["Dravic"]):
+    verb_forms = {v + t for v in verb_stems for t in ("uk", "is", "")}
+    dravic_adjectives = {a + "e" for a in adj_stems}
+    for (english, velish), (_, dravic), (_, korvan) in zip(corpora["Velish"], corpora["Dravic"], corpora["Korvan"]):
         words = dravic.split()
-        assert sorted(words) == sorted(velish.split()), (velish, dravic)  # same forms, reordered
+        assert len(words) == len(velish.split()) == len(korvan.split())  # the same words, other forms
         assert words[-1] == "." and words[-2] in verb_forms, dravic  # verb last
-        assert ("ne" in words) == (" not " in english), (english, dravic)
+        assert korvan.split()[-2].removesuffix("et").removesuffix("an") in verb_stems, korvan
+        assert ("nai" in words) == (" not " in english), (english, dravic)
+        assert ("sal" in words) == (" will " in f" {english}"), (english, dravic)
         for word, nxt in zip(words, words[1:]):
-            if word in velish_adjectives:  # adjectives precede the noun (or another adjective)
-                assert nxt in velish_adjectives or nxt.removesuffix("i") in stem_to_noun, dravic
+            if word in dravic_adjectives:  # adjectives precede the noun (or another adjective)
+                assert nxt in dravic_adjectives or nxt.removesuffix("en") in stem_to_noun, dravic
 
 
 def test_lexicon_and_corpus_size(corpora):

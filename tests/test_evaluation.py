@@ -95,7 +95,8 @@ def test_merged_translator_decodes_every_lora_config_with_one_trace(tiny_preset)
 # --- Beam search against transformers, on a tiny random FLAN-like checkpoint whose EOS row of
 # lm_head is scaled up, so that beams end (and greedy and beam search part) within a few tokens.
 
-BEAM_SOURCES = [TINY_PREFIX + source for source, _ in demo_corpus.generate_pairs("Dravic", 8, seed=5, split="val")]
+# Seed 6: sentences on which a beam result depends on the batch (asserted below; most seeds have none).
+BEAM_SOURCES = [TINY_PREFIX + source for source, _ in demo_corpus.generate_pairs("Dravic", 8, seed=6, split="val")]
 BEAM_NEW_TOKENS = 8
 
 

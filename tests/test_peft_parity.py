@@ -28,6 +28,11 @@ RANK, ALPHA = 4, 8
 LEARNING_RATE = 1e-2
 KERAS_EPSILON = 1e-7
 TOLERANCE = 1e-4
+# B starts at zero: after ten Adam steps its largest entries are about ten learning rates, and Adam's
+# division by sqrt(v) turns float32 rounding in near-zero gradients into whole-step differences. Measured
+# (largest |ours - PEFT's| over largest |PEFT's|): 2.3e-5 on the single-language demo corpus, 1.34e-4 and
+# 1.31e-4 on two corpora of the multilingual one (2026-11-30), while losses and A agree within 1e-5.
+B_TOLERANCE = 3e-4
 
 
 def hf_module_name(path):
@@ -151,7 +156,7 @@ def test_ten_steps_match_transformers_and_peft(dropout, hf_t5, monkeypatch):
     assert our_losses[-1] < our_losses[0] - 0.05  # it trained
     assert moved > 1e-3
     assert loss_difference < TOLERANCE
-    assert weight_difference["A"] < TOLERANCE and weight_difference["B"] < TOLERANCE
+    assert weight_difference["A"] < TOLERANCE and weight_difference["B"] < B_TOLERANCE
 
 
 def test_a_is_drawn_as_peft_draws_it(hf_t5):

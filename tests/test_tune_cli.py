@@ -103,6 +103,15 @@ def test_report_baseline_and_adapters(tiny_run):
     assert "| rank | batch size | time (s) | final loss | val loss |" in table
     assert f"val loss {baseline['val_loss']:.4g}" in table
     assert "Best trial" in table and "overhead" in table
+    # five sample translations: the base's (from baseline.json) beside the best trial's (its measurements)
+    best = min(read_rows(run_dir), key=lambda row: float(row["val_loss"]))
+    samples = json.loads((run_dir / "sample_translations.json").read_text())
+    assert set(samples) == {row["trial_id"] for row in read_rows(run_dir)}
+    assert f"Sample translations (validation set; best trial {best['trial_id']})" in table
+    lines = [line for line in table.splitlines() if line.startswith(f"| {baseline['sample_sources'][0]} |")]
+    assert lines == [f"| {baseline['sample_sources'][0]} | {baseline['sample_references'][0]} | "
+                     f"{baseline['sample_translations'][0]} | {samples[best['trial_id']][0]} |"]
+    assert len(baseline["sample_translations"]) == 5
     adapters = sorted((run_dir / "adapters").glob("*.safetensors"))
     assert len(adapters) == 4 and all(p.stat().st_size < 64 * 1024 for p in adapters)
     # keras-tuner's full-model checkpoints are replaced by the adapters.
@@ -116,6 +125,7 @@ def test_hparams_read_back_from_event_files(tiny_run):
     assert [v.number_value for v in infos["rank"].domain_discrete.values] == list(RANKS)
     assert [v.number_value for v in infos["batch_size"].domain_discrete.values] == list(BATCH_SIZES)
     assert {"learning_rate", "lora_alpha"} <= set(infos)
+    assert [v.string_value for v in infos["precision"].domain_discrete.values] == ["float32"]
     declared = {m.name.tag: m for m in experiment.experiment.metric_infos}
     assert set(METRICS) | {"val_perplexity"} <= set(declared)
     assert "per real (non-padding) target token" in declared["val_loss"].description
@@ -134,9 +144,15 @@ def test_hparams_read_back_from_event_files(tiny_run):
         hparams = {k: v.number_value for k, v in start.session_start_info.hparams.items()}
         row = rows[session.name.removeprefix("trial_")]
         assert hparams["rank"] == int(row["rank"]) and hparams["batch_size"] == int(row["batch_size"])
+        assert start.session_start_info.hparams["precision"].string_value == row["precision"] == "float32"
+        assert row["jit_compile"] == "False"  # off on CPU by default
         assert set(METRICS) | {"chrf", "sample_translations"} <= set(accumulator.Tags()["tensors"])
-        samples = tf.make_ndarray(accumulator.Tensors("sample_translations")[-1].tensor_proto)
-        assert b"| source | translation | reference |" in samples.item()
+        samples = tf.make_ndarray(accumulator.Tensors("sample_translations")[-1].tensor_proto).item().decode()
+        assert "| source | reference | unadapted base | this trial |" in samples
+        baseline = json.loads((run_dir / "baseline.json").read_text())
+        first = samples.splitlines()[2]  # the base's translation beside the trial's, on the first source
+        assert first.startswith(f"| {baseline['sample_sources'][0]} | {baseline['sample_references'][0]} | "
+                                f"{baseline['sample_translations'][0]} | ")
         last = lambda tag: float(tf.make_ndarray(accumulator.Tensors(tag)[-1].tensor_proto))  # noqa: E731
         assert math.isclose(last("val_loss"), float(row["val_loss"]), rel_tol=1e-5)
         assert math.isclose(last("bleu"), float(row["bleu"]), rel_tol=1e-5)
@@ -177,7 +193,7 @@ def test_report_script_rebuilds_reports_without_training(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     copy = tmp_path / "copy"
     copy.mkdir()
-    for name in ("results.csv", "baseline.json", "run_summary.json"):
+    for name in ("results.csv", "baseline.json", "run_summary.json", "sample_translations.json"):
         (copy / name).write_bytes((run_dir / name).read_bytes())
     code, _, stderr = run_main("report.py", copy, "--memory-budget-mb", "1")
     assert code == 0, stderr[-2000:]

@@ -47,6 +47,7 @@ def test_missing_corpus_in_a_subprocess(tmp_path):
         (["--targets", ","], {}, "--targets: an empty set"),
         (["--strategy", "hyperband", "--epochs", "1"], {}, "pass --epochs 2 or more"),
         (["--lora-init", "he"], {}, "--lora-init: invalid choice: 'he'"),
+        (["--precision", "float8"], {}, "--precision: invalid choice: 'float8'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, tiny_preset, tiny_corpus, extra, files, message):
@@ -87,3 +88,29 @@ def test_a_run_with_losses_of_the_old_definition_is_not_resumed(tmp_path, capsys
     stderr = capsys.readouterr().err
     assert_one_line_exit_2(caught.value.code, stderr, "holds losses computed the old way")
     assert "pass --overwrite" in stderr
+
+
+def test_a_run_resumes_only_in_its_own_precision(tmp_path, capsys, tiny_preset, tiny_corpus):
+    """`--precision` is part of the run's identity; a run from before the flag counts as float32."""
+    import json
+
+    from tuners.sweep import SweepConfig
+
+    train, val = tiny_corpus
+    settings = dict(model=str(tiny_preset), train=str(train), val=str(val), source_lang="English",
+                    target_lang="Dravic", logdir=str(tmp_path))
+    args = ["--model", str(tiny_preset), "--train", str(train), "--val", str(val), "--source-lang", "English",
+            "--target-lang", "Dravic", "--logdir", str(tmp_path), "--quiet"]
+    stored = SweepConfig(**settings).identity()
+    assert stored["precision"] == "float32" and "jit_compile" not in stored
+    assert SweepConfig(**settings, precision="mixed_bfloat16").identity() != stored
+    assert SweepConfig(**settings, jit_compile=True).identity() == stored  # XLA does not change the losses
+    del stored["precision"]  # written before the flag existed
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "run_config.json").write_text(json.dumps(stored))
+    with pytest.raises(SystemExit) as caught:
+        load_tune().main(args + ["--precision", "mixed_bfloat16"])
+    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, "holds a run with other settings")
+    from tuners.run_files import claim_run_dir
+
+    claim_run_dir(SweepConfig(**settings))  # the same run in float32 resumes

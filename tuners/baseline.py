@@ -23,7 +23,7 @@ from lora_keras.data.pipeline import TokenizedPairs, make_dataset
 from lora_keras.models.base import BaseModel
 from lora_keras.models.token_loss import perplexity
 from tuners.hypermodel import EVAL_BATCH_SIZE
-from tuners.sweep_tuner import ValidationTexts
+from tuners.sweep_tuner import SAMPLE_TRANSLATIONS, ValidationTexts
 
 BASELINE_FILE = "baseline.json"
 LOCK_FILE = ".baseline.lock"
@@ -64,7 +64,8 @@ def measure_baseline(
             whose traced eval step the trials reuse); None builds and then drops one.
 
     Returns:
-        `val_loss`, `val_perplexity`, `bleu` and `chrf`; None when another process is measuring it now.
+        `val_loss`, `val_perplexity`, `bleu`, `chrf` and the first sources, references and the
+        base's translations of them (`sample_*`); None when another process is measuring it now.
 
     Example: `measure_baseline(base, val_tokens, val_texts, run_dir)["val_loss"]`.
     """
@@ -77,9 +78,12 @@ def measure_baseline(
             model = base.build_model()
             model.compile()  # the loss alone: mean NLL per real target token
         val_loss = model.evaluate(make_dataset(val_tokens, EVAL_BATCH_SIZE), verbose=0, return_dict=True)["loss"]
-        scores, _ = val_texts.scores(model.backbone, base.tokenizer, weights=base.weights)
+        scores, translations = val_texts.scores(model.backbone, base.tokenizer, weights=base.weights)
         baseline = {"val_loss": float(val_loss), "val_perplexity": perplexity(float(val_loss)),
-                    "bleu": scores["bleu"], "chrf": scores["chrf"]}
+                    "bleu": scores["bleu"], "chrf": scores["chrf"],
+                    "sample_sources": val_texts.sources[:SAMPLE_TRANSLATIONS],
+                    "sample_references": val_texts.references[:SAMPLE_TRANSLATIONS],
+                    "sample_translations": translations[:SAMPLE_TRANSLATIONS]}
         partial = run_dir / (BASELINE_FILE + ".partial")
         partial.write_text(json.dumps(baseline, indent=2))
         os.replace(partial, run_dir / BASELINE_FILE)  # readers without the lock see all or nothing

@@ -43,15 +43,17 @@ HPARAM_DESCRIPTIONS = {
     "targets": "projections adapted (q, k, v, o of every attention; wi, wo of every feed-forward)",
     "lora_dropout": "dropout on the LoRA branch's input, in training only",
     "epochs": "epochs the trial trained to",
+    "precision": "training precision: float32, mixed_bfloat16 or mixed_float16 (variables float32)",
 }
 
 
-def experiment_hparams(space: SearchSpace, max_epochs: int) -> list[hparams_api.HParam]:
+def experiment_hparams(space: SearchSpace, max_epochs: int, precision: str = "float32") -> list[hparams_api.HParam]:
     """The experiment's hyperparameters: discrete domains for the six LoRA ones, epochs reached in 1..max.
 
     Args:
         space: the sweep's search space.
         max_epochs: the most epochs a trial trains to.
+        precision: the run's training precision (one per run).
 
     Returns:
         One `HParam` per hyperparameter, with its description.
@@ -68,6 +70,7 @@ def experiment_hparams(space: SearchSpace, max_epochs: int) -> list[hparams_api.
         "lora_dropout": discrete([float(p) for p in space.lora_dropouts]),
         # Hyperband trials stop at fewer epochs than the maximum.
         "epochs": hparams_api.IntInterval(1, int(max_epochs)),
+        "precision": discrete([str(precision)]),
     }
     return [hparams_api.HParam(name, domain, description=HPARAM_DESCRIPTIONS[name]) for name, domain in domains.items()]
 
@@ -92,7 +95,9 @@ def varying_hparams(space: SearchSpace, epochs_vary: bool = False) -> set[str]:
     return {name for name, count in counts.items() if count > 1} | ({"epochs"} if epochs_vary else set())
 
 
-def experiment_summary(space: SearchSpace, max_epochs: int, epochs_vary: bool = False) -> summary_pb2.Summary:
+def experiment_summary(
+    space: SearchSpace, max_epochs: int, epochs_vary: bool = False, precision: str = "float32",
+) -> summary_pb2.Summary:
     """The HParams experiment as a `Summary` proto, each varying hyperparameter marked `differs`.
 
     TensorBoard lists hyperparameters that differ first and shows the first five as columns
@@ -102,6 +107,7 @@ def experiment_summary(space: SearchSpace, max_epochs: int, epochs_vary: bool = 
         space: the sweep's search space.
         max_epochs: the most epochs a trial trains to.
         epochs_vary: whether trials train to different epochs.
+        precision: the run's training precision.
 
     Returns:
         A `Summary` proto to write with `tf.summary.experimental.write_raw_pb`.
@@ -109,7 +115,7 @@ def experiment_summary(space: SearchSpace, max_epochs: int, epochs_vary: bool = 
     Example: `experiment_summary(SearchSpace(), 2).SerializeToString()`.
     """
     summary = hparams_api.hparams_config_pb(
-        hparams=experiment_hparams(space, max_epochs),
+        hparams=experiment_hparams(space, max_epochs, precision),
         metrics=[hparams_api.Metric(tag, display_name=name, description=text) for tag, name, text in METRICS],
     )
     value = summary.value[0]
@@ -123,6 +129,7 @@ def experiment_summary(space: SearchSpace, max_epochs: int, epochs_vary: bool = 
 
 def write_experiment(
     log_dir: str | pathlib.Path, space: SearchSpace, max_epochs: int, epochs_vary: bool = False,
+    precision: str = "float32",
 ) -> None:
     """Declare the HParams experiment at the root of `log_dir` (once: a resumed run keeps it).
 
@@ -131,6 +138,7 @@ def write_experiment(
         space: the sweep's search space.
         max_epochs: the most epochs a trial trains to.
         epochs_vary: whether trials train to different epochs.
+        precision: the run's training precision.
 
     Example: `write_experiment("logs/sweep/tensorboard", SearchSpace(), 2)`.
     """
@@ -138,7 +146,7 @@ def write_experiment(
         return
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default():
-        tf.summary.experimental.write_raw_pb(experiment_summary(space, max_epochs, epochs_vary).SerializeToString(),
+        tf.summary.experimental.write_raw_pb(experiment_summary(space, max_epochs, epochs_vary, precision).SerializeToString(),
                                              step=0)
     writer.close()
 

@@ -13,11 +13,12 @@ import time
 
 import keras
 import keras_tuner
-import numpy as np
-import tensorflow as tf
 
 from lora_keras.data.pipeline import TokenizedPairs, make_dataset
+from lora_keras.runtime import precision as precisions
+from lora_keras.runtime.backend import in_distribution_strategy
 from lora_keras.runtime.graph_memory import CustomGradientRegistrations
+from lora_keras.runtime.xla import length_multiple
 from lora_keras.adapters import LoraConfig, add_lora, reset_lora
 from lora_keras.adapters import lean_projections
 from lora_keras.models.base import BaseModel
@@ -53,11 +54,7 @@ class _TrialModel:
         reset_lora(self.model.backbone, self.config, self.seed)
         for variable, value in self.seed_states:
             variable.assign(value)
-        optimizer = self.model.optimizer
-        for variable in optimizer.variables:
-            if variable is not optimizer._learning_rate:
-                variable.assign(np.zeros(variable.shape, variable.dtype))
-        optimizer.learning_rate = learning_rate
+        precisions.reset_optimizer(self.model.optimizer, learning_rate)
         return self.model
 
 
@@ -77,8 +74,10 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         epochs: epochs per trial, unless the strategy sets a trial's (Hyperband).
         seed: initialisation, dropout and data order of every trial.
         reuse_models: share one compiled model among consecutive trials of one LoRA config.
-        jit_compile: XLA (one compile per batch shape; no gain measured on CPU).
+        jit_compile: XLA for the train step, batch lengths padded to multiples of 16 so it compiles
+            a few shapes (`lora_keras.runtime.xla`); no gain measured on CPU.
         lora_init: how LoRA's A is drawn (`lora_keras.adapters.config.INITIALIZERS`).
+        precision: `float32`, `mixed_bfloat16` or `mixed_float16` (`lora_keras.runtime.precision`).
 
     Example:
     ```python
@@ -92,7 +91,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
 
     def __init__(
         self, base: BaseModel, space: SearchSpace, epochs: int = 2, seed: int = 0, reuse_models: bool = True,
-        jit_compile: bool = False, lora_init: str = "peft",
+        jit_compile: bool = False, lora_init: str = "peft", precision: str = precisions.DEFAULT,
     ):
         super().__init__(name="lora_t5")
         self.base = base
@@ -102,6 +101,8 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         self.lora_init = lora_init
         self.reuse_models = reuse_models
         self.jit_compile = jit_compile
+        self.precision = precisions.check_precision(precision)
+        self.length_multiple = length_multiple(jit_compile)  # bounded batch shapes under XLA
         self._current = None
 
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
@@ -129,11 +130,12 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         self.release()
         registrations = CustomGradientRegistrations()
         keras.utils.set_random_seed(self.seed)  # same init for a trial whatever ran before
-        backbone = self.base.build_backbone()
+        backbone = precisions.build_backbone(self.base, self.precision)
         add_lora(backbone, config, seed=self.seed)
         lean_projections(backbone)
         model = self.base.build_model(backbone)
-        model.compile(optimizer=keras.optimizers.Adam(hp.get("learning_rate")), jit_compile=self.jit_compile)
+        model.compile(optimizer=precisions.optimizer(self.precision, hp.get("learning_rate")),
+                      jit_compile=self.jit_compile)
         self._current = _TrialModel(config, model, self.seed, registrations)
         return model
 
@@ -143,7 +145,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
             return
         registrations = self._current.registrations
         self._current = None
-        if not tf.distribute.has_strategy():  # inside a strategy's scope, clearing breaks the scope
+        if not in_distribution_strategy():  # inside a strategy's scope, clearing breaks the scope
             keras.backend.clear_session()
         registrations.release()  # else TensorFlow keeps the model's training graph to the end
 
@@ -171,9 +173,10 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         started = time.perf_counter()
         batch_size = hp.get("batch_size")
         head = TokenizedPairs(train_tokens.source_ids[:batch_size], train_tokens.target_ids[:batch_size])
-        model.fit(make_dataset(head, batch_size), epochs=1, verbose=0, shuffle=False)
+        model.fit(make_dataset(head, batch_size, length_multiple=self.length_multiple), epochs=1, verbose=0,
+                  shuffle=False)
         val_head = TokenizedPairs(val_tokens.source_ids[:EVAL_BATCH_SIZE], val_tokens.target_ids[:EVAL_BATCH_SIZE])
-        model.evaluate(make_dataset(val_head, EVAL_BATCH_SIZE), verbose=0)
+        model.evaluate(make_dataset(val_head, EVAL_BATCH_SIZE, length_multiple=self.length_multiple), verbose=0)
         current.reset(hp.get("learning_rate"))
         current.traced = True
         return time.perf_counter() - started
@@ -199,8 +202,9 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         self.trace(hp, model, train_tokens, val_tokens)
         initial_epoch, epochs = self.space.trial_epochs(hp, self.epochs)
         return model.fit(
-            make_dataset(train_tokens, hp.get("batch_size"), shuffle=True, seed=self.seed),
-            validation_data=make_dataset(val_tokens, EVAL_BATCH_SIZE),
+            make_dataset(train_tokens, hp.get("batch_size"), shuffle=True, seed=self.seed,
+                         length_multiple=self.length_multiple),
+            validation_data=make_dataset(val_tokens, EVAL_BATCH_SIZE, length_multiple=self.length_multiple),
             epochs=epochs,
             initial_epoch=initial_epoch,
             shuffle=False,  # the dataset reshuffles itself each epoch

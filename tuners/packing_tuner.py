@@ -111,7 +111,7 @@ class PackingSweepTuner(LoraSweepTuner):
         hypermodel = self.hypermodel
         hps = [trial.hyperparameters for trial in group]
         ids = [trial.trial_id for trial in group]
-        hparams = [self.space.trial_hparams(hp, self.max_epochs) for hp in hps]
+        hparams = [{**self.space.trial_hparams(hp, self.max_epochs), "precision": hypermodel.precision} for hp in hps]
         writers = [self._open_session(trial_id, values) for trial_id, values in zip(ids, hparams)]
         self.trials_run.extend(ids)
         losses = [LossScalars(writer, slot=slot) for slot, writer in enumerate(writers)]

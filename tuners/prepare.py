@@ -29,6 +29,7 @@ from lora_keras.models.base import BaseModel
 from lora_keras.models.demo import base as demo
 from lora_keras.models.sources import load_base
 from lora_keras.runtime.devices import mirrored_strategy
+from lora_keras.runtime.gpu_memory import enable_memory_growth
 from tuners.baseline import measure_baseline
 from tuners.strategies import STRATEGIES, make_oracle
 from tuners.sweep_config import SweepConfig
@@ -107,6 +108,7 @@ def prepare_run(config: SweepConfig) -> PreparedRun:
 
     Example: `run = prepare_run(SweepConfig(model="tiny", max_train_examples=64))`.
     """
+    enable_memory_growth()  # before any GPU starts: workers share a GPU, and a trial's peak is its own
     strategy = mirrored_strategy(config.devices)  # before any model: TensorFlow fixes devices at start
     file_pairs = _file_pairs(config)  # bad files fail before the model loads
     base = load_base(config.model, verbose=config.verbose)

@@ -17,6 +17,8 @@ import keras_tuner
 from lora_keras.errors import InputError
 from tuners.cluster import Cluster
 from tuners.failures import SweepStopped, is_failure_limit
+from lora_keras.runtime.backend import gpu_count
+from lora_keras.runtime.xla import default_jit_compile
 from tuners.hypermodel import LoraT5HyperModel
 from tuners.oracle_server import serve_oracle
 from tuners.packing import DEFAULT_MAX_ROWS, PackedLoraHyperModel
@@ -141,11 +143,13 @@ def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped:
 def _trial_tuner(config, oracle, run, on_trial_done=None):
     """A tuner that runs trials here: the hypermodel on the prepared base, the baseline measured first.
 
-    On the default devices, one packed model serves every trial, traced once (`tuners.packing`),
-    `config.pack_slots()` trials per step at most; with `--devices`, each LoRA config builds its own
-    model in the strategy's scope, reused by its consecutive trials.
+    On the default devices in float32 without XLA, one packed model serves every trial, traced once
+    (`tuners.packing`), `config.pack_slots()` trials per step at most; with `--devices`, a reduced
+    precision or XLA, each LoRA config builds its own model (in the strategy's scope), reused by its
+    consecutive trials.
     """
-    if run.strategy is None:
+    jit_compile = default_jit_compile(gpu_count()) if config.jit_compile is None else config.jit_compile
+    if run.strategy is None and config.precision == "float32" and not jit_compile:
         hypermodel = PackedLoraHyperModel(
             run.base, config.space, epochs=config.epochs, seed=config.seed, slots=config.pack_slots(),
             lora_init=config.lora_init, max_rows=DEFAULT_MAX_ROWS if config.pack is None else None,
@@ -156,16 +160,19 @@ def _trial_tuner(config, oracle, run, on_trial_done=None):
         return PackingSweepTuner(
             oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, verbose=config.verbose,
             on_trial_done=on_trial_done, baseline_val_loss=baseline["val_loss"] if baseline else None,
+            base_translations=tuple(baseline.get("sample_translations", ())) if baseline else (),
         )
     # One process measures the baseline; the others (workers) go on without it.
     baseline = run.measure_baseline(config.run_dir)
     hypermodel = LoraT5HyperModel(
         run.base, config.space, epochs=config.epochs, seed=config.seed, lora_init=config.lora_init,
+        jit_compile=jit_compile, precision=config.precision,
     )
     return LoraSweepTuner(
         oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, verbose=config.verbose,
         on_trial_done=on_trial_done, strategy=run.strategy,
         baseline_val_loss=baseline["val_loss"] if baseline else None,
+        base_translations=tuple(baseline.get("sample_translations", ())) if baseline else (),
     )
 
 

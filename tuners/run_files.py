@@ -40,6 +40,7 @@ def _check_resumable(config):
             f"{config.run_dir} holds losses computed the old way (padding counted in the mean), which "
             "cannot be mixed with new ones; pass --overwrite to run it again or --name for a new run"
         )
+    stored.setdefault("precision", "float32")  # runs from before --precision trained in float32
     if stored != config.identity():
         raise InputError(
             f"{config.run_dir} holds a run with other settings; "
@@ -90,7 +91,8 @@ def write_run_files(config: SweepConfig) -> None:
     """
     config.run_dir.mkdir(parents=True, exist_ok=True)
     (config.run_dir / RUN_CONFIG_FILE).write_text(json.dumps(config.identity(), indent=2))
-    write_experiment(config.run_dir / "tensorboard", config.space, config.epochs, budgets_in_epochs(config.strategy))
+    write_experiment(config.run_dir / "tensorboard", config.space, config.epochs, budgets_in_epochs(config.strategy),
+                     config.precision)
 
 
 def write_tables(tuner: LoraSweepTuner) -> list[dict]:

@@ -16,9 +16,11 @@ from tuners.cluster import Cluster
 from tuners.search_space import SearchSpace
 
 # Settings that may change between a run and its resumption.
-# `pack` too: a packed trial trains as it would alone.
+# `pack` too: a packed trial trains as it would alone. XLA (`jit_compile`) changes how a step runs, not
+# what it computes: a run resumes with it on or off.
 TRANSIENT = (
     "overwrite", "verbose", "logdir", "name", "memory_budget_mb", "time_budget_s", "devices", "cluster", "pack",
+    "jit_compile",
 )
 
 
@@ -54,6 +56,8 @@ class SweepConfig:
     max_target_length: int = 64
     seed: int = 0
     lora_init: str = "peft"  # how LoRA's A is drawn: `lora_keras.adapters.config.INITIALIZERS`
+    precision: str = "float32"  # `lora_keras.runtime.precision.PRECISIONS`
+    jit_compile: bool | None = None  # XLA for training; None: on with a GPU, off on CPU
     memory_budget_mb: float | None = None
     time_budget_s: float | None = None
     verbose: int = 1

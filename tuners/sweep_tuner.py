@@ -52,6 +52,7 @@ class ValidationTexts:
     references: list
     max_source_length: int = 64
     max_target_length: int = 64
+    base_translations: tuple = ()  # the unadapted base's first translations, once `baseline.json` has them
 
     def scores(
         self, backbone: keras.Model, tokenizer: keras_hub.models.T5Tokenizer, weights: list | None = None,
@@ -76,12 +77,18 @@ class ValidationTexts:
         return translation_scores(translations, self.references), translations
 
     def samples_markdown(self, translations: list[str]) -> str:
-        """The first sources, their translations and references as a markdown table (TensorBoard's TEXT tab)."""
-        rows = ["| source | translation | reference |", "|---|---|---|"]
-        for source, hypothesis, reference in list(
-            zip(self.sources, translations, self.references)
+        """The first sources, references, the base's and this trial's translations as a markdown table.
+
+        (TensorBoard's TEXT tab; the base's column is there once the baseline is measured.)
+        """
+        base = list(self.base_translations) or [None] * SAMPLE_TRANSLATIONS
+        with_base = bool(self.base_translations)
+        rows = ["| source | reference | " + ("unadapted base | " if with_base else "") + "this trial |",
+                "|---|---|" + ("---|" if with_base else "") + "---|"]
+        for source, reference, before, after in list(
+            zip(self.sources, self.references, base, translations)
         )[:SAMPLE_TRANSLATIONS]:
-            rows.append(f"| {source} | {hypothesis} | {reference} |")
+            rows.append(f"| {source} | {reference} | " + (f"{before} | " if with_base else "") + f"{after} |")
         return "\n".join(rows)
 
 
@@ -121,6 +128,8 @@ class LoraSweepTuner(BaseTuner):
         on_trial_done: called after every trial that ends here (the tables, for a local run).
         baseline_val_loss: the unadapted base's val loss, reported to the oracle with every trial.
         strategy: a `tf.distribute.Strategy` to build and train each trial in, or None.
+        base_translations: the unadapted base's first translations (`baseline.json`), shown beside
+            each trial's in its sample translations.
 
     Example:
     ```python
@@ -134,9 +143,10 @@ class LoraSweepTuner(BaseTuner):
         self, oracle: keras_tuner.Oracle, run_dir: str | pathlib.Path, space: SearchSpace, max_epochs: int,
         hypermodel: LoraT5HyperModel | None = None, overwrite: bool = False, verbose: int = 1,
         on_trial_done: Callable[[], object] | None = None, baseline_val_loss: float | None = None,
-        strategy: tf.distribute.Strategy | None = None,
+        strategy: tf.distribute.Strategy | None = None, base_translations: tuple = (),
     ):
         self.run_dir = pathlib.Path(run_dir)
+        self.base_translations = tuple(base_translations)
         self.space = space
         self.max_epochs = max_epochs
         self.verbose = verbose
@@ -200,7 +210,7 @@ class LoraSweepTuner(BaseTuner):
             `peak_memory_mb` (and `baseline_val_loss` when known).
         """
         hp = trial.hyperparameters
-        hparams = self.space.trial_hparams(hp, self.max_epochs)
+        hparams = {**self.space.trial_hparams(hp, self.max_epochs), "precision": self.hypermodel.precision}
         writer = self._open_session(trial.trial_id, hparams)
         measures = self._measures(train_tokens, writer)  # the losses last: `_train` reads them
         self.trials_run.append(trial.trial_id)
@@ -264,6 +274,7 @@ class LoraSweepTuner(BaseTuner):
             **hparams, "lora_init": self.hypermodel.lora_init,
             "initial_epoch": self.space.trial_epochs(hp, self.max_epochs)[0],
             "parent_trial_id": hp.values.get("tuner/trial_id"), "tuner_id": self.tuner_id,
+            "jit_compile": self.hypermodel.jit_compile,
             "num_replicas": self.strategy.num_replicas_in_sync if self.strategy else 1,
         }
         for measure in measures:
@@ -277,7 +288,10 @@ class LoraSweepTuner(BaseTuner):
     def _score_weights(self, model, weights, val_texts, figures, writer, step):
         """`_score`, decoding with `weights` (an unadapted backbone's, adapter merged) when given."""
         scores, translations = val_texts.scores(model.backbone, self.hypermodel.base.tokenizer, weights)
+        if self.base_translations:
+            val_texts = dataclasses.replace(val_texts, base_translations=self.base_translations)
         figures.update(scores)
+        figures["sample_translations"] = translations[:SAMPLE_TRANSLATIONS]
         with writer.as_default():
             tf.summary.scalar("bleu", scores["bleu"], step=step)
             tf.summary.scalar("chrf", scores["chrf"], step=step)

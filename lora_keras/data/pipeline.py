@@ -1,4 +1,7 @@
-"""Sentence pairs -> token ids (once per run) -> `tf.data` batches for `T5Seq2SeqLM`.
+"""Sentence pairs -> token ids (once per run) -> batches for `T5Seq2SeqLM`.
+
+Batches are a `tf.data.Dataset` on TensorFlow (the default backend) and a Keras
+`PyDataset` of numpy arrays on any other backend (JAX), which imports no TensorFlow.
 
 Example:
 ```python
@@ -13,11 +16,15 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+import keras
 import numpy as np
-import tensorflow as tf
+
+from lora_keras.runtime.backend import uses_tensorflow
+from lora_keras.runtime.xla import bucket_length
 
 if TYPE_CHECKING:
     import keras_hub
+    import tensorflow as tf
 
 PAD_ID = 0
 EOS_ID = 1
@@ -88,7 +95,12 @@ def encode(tokenizer: keras_hub.models.T5Tokenizer, texts: Iterable[str], max_le
     encode(tokenizer, ["the cat ."], 64)   # [[5, 9, 4, 1]]
     ```
     """
-    ids = tokenizer(tf.constant(list(texts)))
+    texts = list(texts)
+    if isinstance(tokenizer, keras.layers.Layer):  # keras-hub's tokenizers (TensorFlow) take string tensors
+        import tensorflow as tf
+
+        texts = tf.constant(texts)
+    ids = tokenizer(texts)
     ids = ids.to_list() if hasattr(ids, "to_list") else ids  # ragged tensor or lists
     return [list(row[: max_length - 1]) + [EOS_ID] for row in ids]
 
@@ -124,35 +136,61 @@ def tokenize_pairs(
     )
 
 
-def make_dataset(tokens: TokenizedPairs, batch_size: int, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+def make_dataset(
+    tokens: TokenizedPairs, batch_size: int, shuffle: bool = False, seed: int = 0, length_multiple: int | None = None,
+) -> tf.data.Dataset | NumpyBatches:
     """Batches of `(inputs, labels, sample_weight)`; reshuffled each epoch when `shuffle`.
 
-    Each batch is cut to its longest source and target.
+    Each batch is cut to its longest source and target, rounded up to a multiple of
+    `length_multiple` (bounded shapes for XLA: `lora_keras.runtime.xla`).
 
     Args:
         tokens: the tokenized pairs.
         batch_size: pairs per batch; the last batch may be smaller.
         shuffle: reshuffle the pairs every epoch.
         seed: the shuffle's seed.
+        length_multiple: round batch lengths up to a multiple of this; None cuts them exactly.
 
     Returns:
-        A `tf.data.Dataset` for `fit` and `evaluate`.
+        A `tf.data.Dataset` for `fit` and `evaluate` on TensorFlow; a `NumpyBatches` on other backends.
 
     Example:
     ```python
     model.fit(make_dataset(tokens, batch_size=8, shuffle=True, seed=0))
     ```
     """
+    if not uses_tensorflow():
+        return NumpyBatches(tokens, batch_size, shuffle=shuffle, seed=seed, length_multiple=length_multiple)
+    import tensorflow as tf
+
     dataset = tf.data.Dataset.from_tensor_slices(tokens.model_inputs())
     if shuffle:
         dataset = dataset.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).map(_trim_padding).prefetch(tf.data.AUTOTUNE)
+    widths = (tokens.source_ids.shape[1], tokens.target_ids.shape[1])
+    return (
+        dataset.batch(batch_size)
+        .map(lambda *batch: _trim_padding(*batch, widths=widths, multiple=length_multiple))
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
-def _trim_padding(inputs: dict, labels: tf.Tensor, sample_weight: tf.Tensor) -> tuple[dict, tf.Tensor, tf.Tensor]:
-    """Cut a batch to its longest source and target: padding costs compute."""
-    source_length = tf.reduce_max(tf.reduce_sum(inputs["encoder_padding_mask"], axis=1))
-    target_length = tf.reduce_max(tf.reduce_sum(inputs["decoder_padding_mask"], axis=1))
+def _rounded(length: tf.Tensor, multiple: int | None, width: int) -> tf.Tensor:
+    import tensorflow as tf
+
+    if not multiple or multiple <= 1:
+        return length
+    return tf.minimum((length + multiple - 1) // multiple * multiple, width)
+
+
+def _trim_padding(
+    inputs: dict, labels: tf.Tensor, sample_weight: tf.Tensor, widths: tuple[int, int] = (0, 0),
+    multiple: int | None = None,
+) -> tuple[dict, tf.Tensor, tf.Tensor]:
+    """Cut a batch to its longest source and target (rounded up to `multiple`): padding costs compute."""
+    import tensorflow as tf
+
+    source_length = _rounded(tf.reduce_max(tf.reduce_sum(inputs["encoder_padding_mask"], axis=1)), multiple, widths[0])
+    target_length = _rounded(tf.reduce_max(tf.reduce_sum(inputs["decoder_padding_mask"], axis=1)), multiple, widths[1])
     trimmed = {
         name: value[:, :source_length] if name.startswith("encoder") else value[:, :target_length]
         for name, value in inputs.items()
@@ -173,9 +211,62 @@ def repeat_for_slots(dataset: tf.data.Dataset, slots: int) -> tf.data.Dataset:
     """
     if slots == 1:
         return dataset
+    import tensorflow as tf
 
     def repeat(inputs, labels, sample_weight):
         copies = lambda value: tf.concat([value] * slots, axis=0)  # noqa: E731
         return {name: copies(value) for name, value in inputs.items()}, copies(labels), copies(sample_weight)
 
     return dataset.map(repeat)
+
+
+class NumpyBatches(keras.utils.PyDataset):
+    """The batches of `make_dataset` as numpy arrays, for backends other than TensorFlow.
+
+    The same cut to each batch's longest source and target (rounded up to `length_multiple`);
+    with `shuffle`, epoch `e` takes the pairs in the order of `numpy.random.default_rng((seed, e))`.
+
+    Example:
+    ```python
+    batches = NumpyBatches(tokens, batch_size=8, shuffle=True, seed=0)
+    inputs, labels, sample_weight = batches[0]
+    ```
+    """
+
+    def __init__(self, tokens: TokenizedPairs, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 length_multiple: int | None = None) -> None:
+        super().__init__()
+        self.inputs, self.labels, self.sample_weight = tokens.model_inputs()
+        self.count = len(tokens)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.length_multiple = length_multiple
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.count)
+        return np.random.default_rng((self.seed, self.epoch)).permutation(self.count)
+
+    def __len__(self) -> int:
+        return -(-self.count // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[dict, np.ndarray, np.ndarray]:
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        inputs = {name: value[rows] for name, value in self.inputs.items()}
+        source_width, target_width = inputs["encoder_token_ids"].shape[1], inputs["decoder_token_ids"].shape[1]
+        source = bucket_length(int(inputs["encoder_padding_mask"].sum(axis=1).max()), self.length_multiple,
+                               source_width)
+        target = bucket_length(int(inputs["decoder_padding_mask"].sum(axis=1).max()), self.length_multiple,
+                               target_width)
+        trimmed = {
+            name: value[:, :source] if name.startswith("encoder") else value[:, :target]
+            for name, value in inputs.items()
+        }
+        return trimmed, self.labels[rows, :target], self.sample_weight[rows, :target]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self.order = self._order()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
 import keras_hub
 import numpy as np
 
@@ -46,16 +47,20 @@ class BaseModel:
     tokenizer: keras_hub.models.T5Tokenizer
     task: dict | None = None
 
-    def build_backbone(self) -> keras_hub.models.T5Backbone:
-        """A new `T5Backbone` holding the base weights.
+    def build_backbone(self, dtype: str | keras.DTypePolicy | None = None) -> keras_hub.models.T5Backbone:
+        """A new `T5Backbone` holding the base weights, in the base's dtype policy or `dtype`.
+
+        Args:
+            dtype: a dtype policy, e.g. `"mixed_bfloat16"` (variables stay float32); None keeps the base's.
 
         Example:
         ```python
         add_lora(base.build_backbone(), LoraConfig(rank=4))
         ```
         """
+        config = self.backbone_config if dtype is None else {**self.backbone_config, "dtype": dtype}
         with masking_warning_ignored():
-            backbone = keras_hub.models.T5Backbone.from_config(self.backbone_config)
+            backbone = keras_hub.models.T5Backbone.from_config(config)
         backbone.set_weights(self.weights)
         return backbone
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import keras
 import keras_hub
-import tensorflow as tf
 from keras import ops
 
 from lora_keras.models.masking_warning import masking_warning_ignored
+from lora_keras.runtime.backend import replicas_in_sync
 
 
 # Recorded in every run's identity: runs whose losses were computed otherwise are not resumed.
@@ -136,6 +136,18 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         with masking_warning_ignored():  # building the functional graph calls the attention layers
             super().__init__(backbone=backbone, preprocessor=preprocessor, **kwargs)
 
+    # keras-hub's `fit`/`evaluate` turn anything but a tf.data or grain dataset into one (tf.data without
+    # grain, so TensorFlow): a `PyDataset` of ready batches (`NumpyBatches`, other backends) goes to Keras's own.
+    def fit(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(x, keras.utils.PyDataset):
+            return keras.Model.fit(self, x, *args, **kwargs)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(x, keras.utils.PyDataset):
+            return keras.Model.evaluate(self, x, *args, **kwargs)
+        return super().evaluate(x, *args, **kwargs)
+
     # Traced steps call the attention layers, which warn at trace time.
     def train_step(self, *args: Any, **kwargs: Any) -> Any:
         with masking_warning_ignored():
@@ -167,14 +179,17 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         """The batch's per-token loss; also adds its summed NLL and token count to the logged `loss`."""
         loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
         tokens = ops.cast(ops.sum(sample_weight) if sample_weight is not None else ops.size(y), loss.dtype)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        replicas = replicas_in_sync()
         # Keras divides a replica's mean by the replica count: undo it for this replica's sum.
         nll_sum = loss * replicas * tokens
         self.token_loss.update_state(nll_sum, tokens)
-        replica = tf.distribute.get_replica_context()  # None when Keras builds the loss symbolically
-        if replicas > 1 and replica is not None:  # data parallel: the global batch's mean, as one device's
-            all_tokens = replica.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
-            loss = ops.divide_no_nan(nll_sum, all_tokens)  # replicas' gradients are summed
+        if replicas > 1:  # data parallel (tf.distribute only): the global batch's mean, as one device's
+            import tensorflow as tf
+
+            replica = tf.distribute.get_replica_context()  # None when Keras builds the loss symbolically
+            if replica is not None:
+                all_tokens = replica.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
+                loss = ops.divide_no_nan(nll_sum, all_tokens)  # replicas' gradients are summed
         return loss
 
     @property

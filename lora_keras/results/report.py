@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from lora_keras.errors import InputError
 from lora_keras.results.plots import write_plots
 from lora_keras.results.recommend import write_recommendations
-from lora_keras.results.table import SUMMARY_FILE, read_results_csv, typed_rows, write_results_md
+from lora_keras.results.table import SAMPLES_FILE, SUMMARY_FILE, read_results_csv, typed_rows, write_results_md
 
 
 def write_reports(
@@ -46,6 +46,9 @@ def write_reports(
     ```
     """
     run_dir = pathlib.Path(run_dir)
+    samples = {row["trial_id"]: row["sample_translations"] for row in rows if row.get("sample_translations")}
+    if samples:  # results.csv has no room for them; rebuild_reports reads them back from here
+        (run_dir / SAMPLES_FILE).write_text(json.dumps(samples, indent=2) + "\n")
     write_results_md(rows, run_dir / "results.md", baseline, wall_time_s)
     write_recommendations(
         run_dir / "recommendations.md", rows, memory_budget_mb=memory_budget_mb,
@@ -80,6 +83,11 @@ def rebuild_reports(
     baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else None
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     rows = typed_rows(read_results_csv(results))
+    samples_path = run_dir / SAMPLES_FILE
+    samples = json.loads(samples_path.read_text()) if samples_path.is_file() else {}
+    for row in rows:
+        if row["trial_id"] in samples:
+            row["sample_translations"] = samples[row["trial_id"]]
     return write_reports(
         run_dir, rows, baseline, summary.get("wall_time_s"), memory_budget_mb, time_budget_s
     )

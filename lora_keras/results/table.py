@@ -21,7 +21,7 @@ COLUMNS = (
     "training_time_s", "mean_epoch_time_s", "tokens_per_s", "final_loss", "val_loss",
     "bleu", "chrf", "peak_memory_mb", "memory_kind", "trainable_params", "total_params",
     "trainable_percent", "targets", "lora_dropout", "initial_epoch", "parent_trial_id", "val_perplexity",
-    "lora_init", "pack_group", "pack_training_time_s", "alone_step_s", "cost_measure_s",
+    "lora_init", "precision", "jit_compile", "pack_group", "pack_training_time_s", "alone_step_s", "cost_measure_s",
 )
 # Shown after batch size when they differ between trials (a sweep over them, or Hyperband's epochs).
 SWEPT_COLUMNS = (
@@ -101,8 +101,11 @@ def results_table(rows: Sequence[Mapping]) -> str:
 
 
 INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch")
-TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init", "pack_group")
+TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init", "precision",
+                "pack_group")
+BOOLEAN_COLUMNS = ("jit_compile",)
 SUMMARY_FILE = "run_summary.json"
+SAMPLES_FILE = "sample_translations.json"  # each trial's first validation translations, by trial id
 
 
 def typed_rows(rows: Iterable[Mapping]) -> list[dict]:
@@ -122,6 +125,8 @@ def typed_rows(rows: Iterable[Mapping]) -> list[dict]:
                 converted[column] = value
             elif value == "":
                 converted[column] = None
+            elif column in BOOLEAN_COLUMNS:
+                converted[column] = value == "True"
             else:
                 converted[column] = int(float(value)) if column in INTEGER_COLUMNS else float(value)
         typed.append(converted)
@@ -183,6 +188,27 @@ def study_training_s(rows: Sequence[Mapping]) -> tuple[float, int]:
     return alone + sum(packs.values()), len(packs)
 
 
+def sample_translations_markdown(best: Mapping, baseline: Mapping | None) -> list[str]:
+    """The first validation sentences, their references, the base's and the best trial's translations.
+
+    Empty when the baseline or the trial kept no samples (`sample_*` in `baseline.json`,
+    `sample_translations` in the trial's measurements).
+
+    Example:
+    ```python
+    "\n".join(sample_translations_markdown(best_row, baseline))
+    ```
+    """
+    after = best.get("sample_translations")
+    if not baseline or not after or not baseline.get("sample_translations"):
+        return []
+    lines = ["", f"Sample translations (validation set; best trial {best['trial_id']}):", "",
+             "| source | reference | unadapted base | best trial |", "|---|---|---|---|"]
+    for row in zip(baseline["sample_sources"], baseline["sample_references"], baseline["sample_translations"], after):
+        lines.append("| " + " | ".join(text.replace("|", "\\|") for text in row) + " |")
+    return lines + [""]
+
+
 def write_results_md(
     rows: Sequence[Mapping], path: str | os.PathLike, baseline: Mapping | None = None, wall_time_s: float | None = None
 ) -> None:
@@ -213,6 +239,8 @@ def write_results_md(
             f"learning rate {_format(best['learning_rate'])}): val loss {_format(best['val_loss'])}, "
             f"BLEU {_format(best.get('bleu'))}."
         )
+    if completed:
+        lines += sample_translations_markdown(min(completed, key=lambda r: r["val_loss"]), baseline)
     if wall_time_s is not None and completed:
         trained, packs = study_training_s(rows)
         if packs and trained <= wall_time_s:

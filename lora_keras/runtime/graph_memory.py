@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import gc
 
-from tensorflow.python.framework import ops as _tf_ops  # the registry is not public API
+from lora_keras.runtime.backend import uses_tensorflow
 
 PREFIX = "CustomGradient-"
 
 
 def _registry() -> dict:
+    if not uses_tensorflow():  # nothing of TensorFlow's to free on other backends
+        return {}
+    from tensorflow.python.framework import ops as _tf_ops  # the registry is not public API
+
     registry = getattr(getattr(_tf_ops, "_gradient_registry", None), "_registry", None)
     return registry if isinstance(registry, dict) else {}
 

@@ -27,8 +27,8 @@ from lora_keras.models.demo import corpus as demo_corpus
 from lora_keras.models.masking_warning import masking_warning_ignored
 
 TASK_FILE = "lora_keras_task.json"
-CORPUS_VERSION = 2  # bump when demo_corpus changes what it generates
-TRAINING_VERSION = 2  # bump when the base's training changes (2: loss per real target token)
+CORPUS_VERSION = 3  # bump when demo_corpus changes what it generates
+TRAINING_VERSION = 3  # bump when the base's training changes (2: loss per real target token; 3: multilingual)
 TRAIN_EXAMPLES = 3000
 VAL_EXAMPLES = 300
 
@@ -48,11 +48,12 @@ class DemoConfig:
     num_heads: int = 4
     hidden_dim: int = 64
     intermediate_dim: int = 128
-    examples: int = 20000
-    epochs: int = 5
+    examples: int = 8000  # per base language
+    epochs: int = 6
     batch_size: int = 64
     learning_rate: float = 3e-3
     seed: int = 0
+    quality_examples: int = 300  # validation pairs per language for the quality report
 
     def key(self) -> str:
         """A short hash of the config and the corpus and training versions: the cache's key."""
@@ -106,14 +107,32 @@ def read_task(preset: str | os.PathLike) -> dict:
     return json.loads((pathlib.Path(preset) / TASK_FILE).read_text())
 
 
+SHIPPED_PRESET = pathlib.Path(__file__).resolve().parent / "preset"
+MANIFEST_FILE = "manifest.json"
+
+
+def shipped_preset(config: DemoConfig) -> pathlib.Path | None:
+    """The demo base shipped in the package, if it was built from `config`; else None.
+
+    Example:
+    ```python
+    shipped_preset(DemoConfig())   # .../lora_keras/models/demo/preset
+    ```
+    """
+    manifest = SHIPPED_PRESET / MANIFEST_FILE
+    if not manifest.is_file() or json.loads(manifest.read_text())["config_key"] != config.key():
+        return None
+    return SHIPPED_PRESET
+
+
 def ensure_demo_base(
     config: DemoConfig, cache_root: str | os.PathLike | None = None, verbose: int = 1
 ) -> pathlib.Path:
-    """Path of the cached demo base preset for `config`, training it first if missing.
+    """Path of the demo base preset for `config`: the shipped one, else cached, else trained now.
 
     Args:
         config: the demo base's size and training.
-        cache_root: where presets are cached; `default_cache_root()` when None.
+        cache_root: where presets built here are cached; `default_cache_root()` when None.
         verbose: 1 to report the one-time training, 0 for silence.
 
     Returns:
@@ -121,28 +140,72 @@ def ensure_demo_base(
 
     Example:
     ```python
-    preset = ensure_demo_base(DemoConfig())   # minutes the first time, then cached
+    preset = ensure_demo_base(DemoConfig())   # the shipped base: no training
     ```
     """
+    shipped = shipped_preset(config)
+    if shipped is not None:
+        return shipped
     root = pathlib.Path(cache_root or default_cache_root())
     preset = root / f"demo-base-{config.key()}"
     if (preset / TASK_FILE).is_file():
         return preset
     root.mkdir(parents=True, exist_ok=True)
     if verbose:
-        print(f"Building the demo base model once (cached in {preset}); "
-              "about 6 minutes on 2 CPU cores.", flush=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix="demo-base-", dir=root))
+        print(f"Building the demo base model for this config once (cached in {preset}); "
+              "the shipped one took 31 minutes on 2 CPU cores.", flush=True)
+    build_demo_base(config, preset, verbose)
+    return preset
+
+
+def build_demo_base(config: DemoConfig, directory: str | os.PathLike, verbose: int = 1) -> pathlib.Path:
+    """Train the demo base for `config` into `directory` (a new path), with a checksum manifest.
+
+    The directory appears only when complete: a killed build never looks finished.
+
+    Example:
+    ```python
+    build_demo_base(DemoConfig(), "demo-base")   # what scripts/build_demo_base.py does
+    ```
+    """
+    directory = pathlib.Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix="demo-base-", dir=directory.parent))
     try:
         _train_demo_base(config, staging, verbose)
+        write_manifest(staging, config)
         try:
-            staging.rename(preset)  # atomic: a killed build never looks finished
+            staging.rename(directory)  # atomic
         except OSError:  # another process finished first
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return preset
+    return directory
+
+
+def file_checksums(directory: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of every file of a preset directory but the manifest, by relative path.
+
+    Example:
+    ```python
+    file_checksums(SHIPPED_PRESET)["model.weights.h5"]   # "3f2a..."
+    ```
+    """
+    root = pathlib.Path(directory)
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE
+    }
+
+
+def write_manifest(directory: str | os.PathLike, config: DemoConfig) -> None:
+    """Record the config that built the preset in `directory` and its files' checksums."""
+    manifest = {"config_key": config.key(), "config": dataclasses.asdict(config),
+                "corpus_version": CORPUS_VERSION, "training_version": TRAINING_VERSION,
+                "files": file_checksums(directory)}
+    (pathlib.Path(directory) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _train_demo_base(config: DemoConfig, directory: pathlib.Path, verbose: int) -> None:
@@ -150,24 +213,13 @@ def _train_demo_base(config: DemoConfig, directory: pathlib.Path, verbose: int) 
     import keras
     import keras_hub
 
-    from lora_keras.data.pipeline import make_dataset, tokenize_pairs
+    from lora_keras.data.pipeline import make_dataset
     from lora_keras.models.token_loss import TokenAccuracy, TokenLossSeq2SeqLM
-    from lora_keras.models.tokenizer import train_sentencepiece
 
     started = time.perf_counter()
-    base_language, adapt_language = demo_corpus.BASE_LANGUAGE, demo_corpus.ADAPT_LANGUAGE
-    base_train = demo_corpus.generate_pairs(base_language, config.examples, config.seed)
-    base_val = demo_corpus.generate_pairs(base_language, VAL_EXAMPLES, config.seed, "val")
-    # The vocabulary covers both languages, so the adapted model can spell Dravic.
-    adapt_text = demo_corpus.generate_pairs(adapt_language, config.examples, config.seed)
-    texts = [prefix(base_language) + s for s, _ in base_train]
-    texts += [prefix(adapt_language) + s for s, _ in adapt_text[:TRAIN_EXAMPLES]]
-    texts += [t for _, t in base_train] + [t for _, t in adapt_text]
-    proto = train_sentencepiece(texts, config.vocabulary_size)
-    tokenizer = keras_hub.models.T5Tokenizer(proto=proto)
-    train = tokenize_pairs(tokenizer, base_train, prefix(base_language))
-    val = tokenize_pairs(tokenizer, base_val, prefix(base_language))
-
+    corpora = _base_corpora(config)
+    tokenizer = keras_hub.models.T5Tokenizer(proto=_demo_vocabulary(config, corpora))
+    train, val = _tokenized(tokenizer, corpora, config)
     keras.utils.set_random_seed(config.seed)
     with masking_warning_ignored():
         backbone = keras_hub.models.T5Backbone(
@@ -191,9 +243,8 @@ def _train_demo_base(config: DemoConfig, directory: pathlib.Path, verbose: int) 
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01),
         weighted_metrics=[TokenAccuracy()],
     )
-    history = model.fit(
+    model.fit(
         make_dataset(train, config.batch_size, shuffle=True, seed=config.seed),
-        validation_data=make_dataset(val, config.batch_size),
         epochs=config.epochs,
         shuffle=False,  # the dataset reshuffles itself each epoch
         verbose=verbose,
@@ -202,11 +253,77 @@ def _train_demo_base(config: DemoConfig, directory: pathlib.Path, verbose: int) 
     tokenizer.save_to_preset(str(directory))
     task = {
         "source_lang": demo_corpus.SOURCE_LANGUAGE,
-        "target_lang": adapt_language,
-        "base_lang": base_language,
-        "base_val_loss": float(history.history["val_loss"][-1]),
-        "base_val_accuracy": float(history.history["val_token_accuracy"][-1]),
+        "target_lang": demo_corpus.ADAPT_LANGUAGE,
+        "base_langs": list(demo_corpus.BASE_LANGUAGES),
         "build_seconds": round(time.perf_counter() - started, 1),
         "config": dataclasses.asdict(config),
+        "quality": measure_quality(model, tokenizer, val),
     }
-    (directory / TASK_FILE).write_text(json.dumps(task, indent=2))
+    (directory / TASK_FILE).write_text(json.dumps(task, indent=2) + "\n")
+
+
+def _base_corpora(config: DemoConfig) -> dict[str, list[tuple[str, str]]]:
+    """Each base language's training pairs: `config.examples` of them, one seed per language."""
+    return {
+        language: demo_corpus.generate_pairs(language, config.examples, config.seed + index)
+        for index, language in enumerate(demo_corpus.BASE_LANGUAGES)
+    }
+
+
+def _demo_vocabulary(config: DemoConfig, corpora: dict[str, list[tuple[str, str]]]) -> bytes:
+    """A SentencePiece model over every language's text, the adaptation language's prefix included."""
+    from lora_keras.models.tokenizer import train_sentencepiece
+
+    adapt = adaptation_pairs("train", TRAIN_EXAMPLES, config.seed)
+    texts = [prefix(language) + s for language, pairs in corpora.items() for s, _ in pairs]
+    texts += [prefix(demo_corpus.ADAPT_LANGUAGE) + s for s, _ in adapt]
+    texts += [t for pairs in corpora.values() for _, t in pairs] + [t for _, t in adapt]
+    return train_sentencepiece(texts, config.vocabulary_size)
+
+
+def _tokenized(tokenizer, corpora: dict, config: DemoConfig):
+    """The base's training set (every base language, shuffled together) and each language's val pairs."""
+    import numpy as np
+
+    from lora_keras.data.pipeline import TokenizedPairs, tokenize_pairs
+
+    parts = [tokenize_pairs(tokenizer, pairs, prefix(language)) for language, pairs in corpora.items()]
+    width = max(p.source_ids.shape[1] for p in parts), max(p.target_ids.shape[1] for p in parts)
+    sources = np.concatenate([np.pad(p.source_ids, ((0, 0), (0, width[0] - p.source_ids.shape[1]))) for p in parts])
+    targets = np.concatenate([np.pad(p.target_ids, ((0, 0), (0, width[1] - p.target_ids.shape[1]))) for p in parts])
+    val = {
+        language: demo_corpus.generate_pairs(language, config.quality_examples, config.seed, "val")
+        for language in (*demo_corpus.BASE_LANGUAGES, demo_corpus.ADAPT_LANGUAGE)
+    }
+    return TokenizedPairs(sources, targets), val
+
+
+def measure_quality(model, tokenizer, val: dict[str, list[tuple[str, str]]]) -> dict:
+    """Per language: the loss per real target token, token accuracy (teacher forced) and greedy BLEU.
+
+    The adaptation language's figures are the unadapted base's, the sweep's starting point.
+
+    Example:
+    ```python
+    measure_quality(model, tokenizer, {"Velish": demo_corpus.generate_pairs("Velish", 300, 0, "val")})
+    ```
+    """
+    from lora_keras.data.pipeline import make_dataset, tokenize_pairs
+    from lora_keras.evaluation import Translator, translation_scores
+
+    # XLA's compile (seconds) pays off over thousands of sentences, not over a test's few
+    sentences = sum(map(len, val.values()))
+    translator = Translator(model.backbone, tokenizer, max_new_tokens=48, jit_compile=sentences >= 1000)
+    quality = {}
+    for language, pairs in val.items():
+        tokens = tokenize_pairs(tokenizer, pairs, prefix(language))
+        loss, accuracy = model.evaluate(make_dataset(tokens, 64), verbose=0)[:2]
+        hypotheses = translator([prefix(language) + s for s, _ in pairs])
+        scores = translation_scores(hypotheses, [t for _, t in pairs])
+        quality[language] = {
+            "val_loss_per_token": round(float(loss), 4),
+            "token_accuracy": round(float(accuracy), 4),
+            "bleu": round(scores["bleu"], 2),
+            "chrf": round(scores["chrf"], 2),
+        }
+    return quality

@@ -1,35 +1,41 @@
-"""Offline, deterministic English -> invented-language parallel corpus for the LoRA demo.
+"""Offline, deterministic English -> invented-language parallel corpora for the LoRA demo.
 
-A small T5 learns the BASE task (English -> Velish) from scratch; LoRA then adapts it to
-English -> Dravic.  Both languages share one lexicon and its inflections (the same word forms)
-and differ only in word order, so the adaptation is what attention LoRA is for: moving words.
+A small T5 learns seven languages (the base languages) from scratch; LoRA then adapts it to an
+eighth, Dravic. All share one lexicon of invented stems and differ in eight features of word
+order, agreement and affixes (`Grammar`): verb-final order, adjectives before the noun,
+postpositions, numbers after the noun (units first), plural ``-en``, tense ``-uk``/``-is``,
+invariant adjectives in ``-e``, and the particles ``do/da/dos/das`` (the), ``nai`` (not), ``sal``
+(will). Each base language has at most three of them; Dravic has all eight, a combination the
+base never saw, so the adaptation is a pretrained model meeting a new language pair: it knows
+every piece and must learn to put them together.
 
-* Velish (base): SVO.  Articles/demonstratives/possessives agree with the noun
+* Velish (no feature): SVO.  Articles/demonstratives/possessives agree with the noun
   (lo/la/los/las, un/una, esto/esta/..., mi/mis); the noun takes plural ``-i``; adjectives follow
   the noun and agree (``-o/-a/-os/-as``); numbers stand before the noun, tens first
   ("dua-ten tri" = 23); verbs take ``-et`` (past) / ``-an`` (present) or the auxiliary ``vor``
   (future), negation ``ne`` precedes the verb; PP and adverb follow the object.
-* Dravic (adaptation): Velish's word forms in another order: SOV -- subject, object,
-  postpositional phrase, adverb, then ``ne``/``vor`` and the verb last; adjectives precede the
-  noun (still agreeing); numbers follow the noun, units first ("tri dua-ten" = 23); prepositions
-  become postpositions.
+* Dravic (every feature): subject, object, postpositional phrase, adverb, then ``nai``/``sal``
+  and the verb last; invariant adjectives before the noun; numbers after it, units first.
 
 Example pair, ``generate_pairs(language, 4, seed=0)[3]`` (run the module for more)::
 
     English  we do not kick our twenty four soft windows .
     Velish   nos ne vevan nors dua-ten kat bidudi zekodas .
-    Dravic   nos nors zekodas bidudi kat dua-ten ne vevan .
+    Korvan   nos nors zekodas dua-ten kat bidudi ne vevan .
+    Dravic   nos nors zekode biduden kat dua-ten nai vevis .
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
 import zlib
 from dataclasses import dataclass
 
 SOURCE_LANGUAGE = "English"
-BASE_LANGUAGE = "Velish"
-ADAPT_LANGUAGE = "Dravic"
-LANGUAGES = (BASE_LANGUAGE, ADAPT_LANGUAGE)
+BASE_LANGUAGES = ("Velish", "Korvan", "Mirese", "Tolani", "Zerish", "Pavesh", "Ostran")  # the base learns these
+ADAPT_LANGUAGE = "Dravic"  # LoRA adapts the base to this one
+LANGUAGES = (*BASE_LANGUAGES, ADAPT_LANGUAGE)
 SPLITS = ("train", "val")
 
 # ----------------------------------------------------------------------------- English lexicon
@@ -74,7 +80,8 @@ _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 # ----------------------------------------------------------------------------- shared stems
 _VEL_UNITS = "an dua tri kat pen ses sep ok nov".split()
-_FUNCTION_WORDS = {"lo", "la", "los", "las", "un", "una", "vor", "ne", "zi", "zo", "ten", "kel",
+_FUNCTION_WORDS = {"lo", "la", "los", "las", "do", "da", "dos", "das", "un", "una", "vor", "ne",
+                   "nai", "sal", "zi", "zo", "ten", "kel",
                    *_VEL_UNITS, *_PRONOUNS.values(), *_POSSESSIVES.values()}
 
 
@@ -199,61 +206,86 @@ def _english(c: _Clause) -> list[str]:
     return words + ([c.adverb] if c.adverb else [])
 
 
-# ----------------------------------------------------------------------------- Velish / Dravic
-def _velish_number(n: int) -> list[str]:
+# ----------------------------------------------------------------------------- the invented languages
+@dataclass(frozen=True)
+class Grammar:
+    """The features that tell the invented languages apart; all share one lexicon of stems.
+
+    Each flag, when set, changes one thing against Velish (where every flag is off).
+    """
+
+    verb_final: bool = False          # SOV: ``ne``/``vor`` and the verb after object, PP, adverb
+    adjective_first: bool = False     # adjectives before the noun
+    postpositions: bool = False       # the adposition after its noun phrase
+    number_after: bool = False        # numbers after the noun, units first ("tri dua-ten" = 23)
+    plural_en: bool = False           # plural nouns in ``-en`` (else ``-i``)
+    tense_uk_is: bool = False         # past ``-uk``, present ``-is`` (else ``-et``, ``-an``)
+    adjective_invariant: bool = False  # adjectives end in ``-e`` (else they agree: ``-o/-a/-os/-as``)
+    particles_b: bool = False         # articles ``di/de/dis/des``, ``nai`` (not), ``sal`` (will)
+
+    def features(self) -> tuple[str, ...]:
+        """The names of the flags that are set."""
+        return tuple(f.name for f in dataclasses.fields(self) if getattr(self, f.name))
+
+
+# The base learns these; the adaptation language sets every flag, a combination none of them has.
+# Each base language has at most three flags, so it differs from Dravic in five or more: its
+# sentences score under 10 BLEU against Dravic's (tests/test_demo_corpus.py).
+GRAMMARS = {
+    "Velish": Grammar(),
+    "Korvan": Grammar(verb_final=True, adjective_first=True),
+    "Mirese": Grammar(adjective_invariant=True, particles_b=True, plural_en=True),
+    "Tolani": Grammar(adjective_first=True, plural_en=True, tense_uk_is=True),
+    "Zerish": Grammar(adjective_first=True, number_after=True, particles_b=True),
+    "Pavesh": Grammar(adjective_invariant=True, postpositions=True, tense_uk_is=True),
+    "Ostran": Grammar(verb_final=True, number_after=True),
+    "Dravic": Grammar(*[True] * 8),
+}
+
+
+def _number(n: int, grammar: Grammar) -> list[str]:
     tens, units = divmod(n, 10)
     head = [] if tens == 0 else ["ten"] if tens == 1 else [f"{_VEL_UNITS[tens - 1]}-ten"]
-    return head + ([_VEL_UNITS[units - 1]] if units else [])
+    words = head + ([_VEL_UNITS[units - 1]] if units else [])
+    return words[::-1] if grammar.number_after else words
 
 
-def _velish_np(np: _NounPhrase) -> list[str]:
+def _noun_phrase(np: _NounPhrase, g: Grammar) -> list[str]:
     agree = {("m", False): "o", ("f", False): "a", ("m", True): "os", ("f", True): "as"}
     suffix = agree[_GENDERS[np.noun], np.plural]
-    det = {"the": "l" + suffix, "a": "un" if suffix == "o" else "una",
+    det = {"the": ("d" if g.particles_b else "l") + suffix, "a": "un" if suffix == "o" else "una",
            "this": "est" + suffix, "that": "kel" + suffix, None: None}.get(np.det)
     if np.det in _POSSESSIVES:
         det = _POSSESSIVES[np.det] + ("s" if np.plural else "")
+    noun = _STEMS[np.noun] + (("en" if g.plural_en else "i") if np.plural else "")
+    adjectives = [_STEMS[a] + ("e" if g.adjective_invariant else suffix) for a in np.adjectives]
+    number = _number(np.number, g) if np.number else []
     words = [det] if det else []
-    words += _velish_number(np.number) if np.number else []
-    words.append(_STEMS[np.noun] + ("i" if np.plural else ""))
-    return words + [_STEMS[a] + suffix for a in np.adjectives]
+    words += adjectives if g.adjective_first else []
+    words += [] if g.number_after else number
+    words.append(noun)
+    words += [] if g.adjective_first else adjectives
+    return words + (number if g.number_after else [])
 
 
-def _velish(c: _Clause) -> list[str]:
-    words = [_PRONOUNS[c.subject]] if isinstance(c.subject, str) else _velish_np(c.subject)
-    words += ["ne"] if c.negated else []
+def _translate(c: _Clause, g: Grammar) -> list[str]:
+    subject = [_PRONOUNS[c.subject]] if isinstance(c.subject, str) else _noun_phrase(c.subject, g)
     stem = _STEMS[c.verb]
-    if c.tense == "future":
-        words += ["vor", stem]
-    else:
-        words.append(stem + ("et" if c.tense == "past" else "an"))
-    words += _velish_np(c.obj) if c.obj else []
-    words += [_STEMS[c.preposition], *_velish_np(c.prep_object)] if c.preposition else []
-    return words + ([_STEMS[c.adverb]] if c.adverb else [])
+    past, present = ("uk", "is") if g.tense_uk_is else ("et", "an")
+    not_, will = ("nai", "sal") if g.particles_b else ("ne", "vor")
+    verb = [not_] if c.negated else []
+    verb += [will, stem] if c.tense == "future" else [stem + (past if c.tense == "past" else present)]
+    rest = _noun_phrase(c.obj, g) if c.obj else []
+    if c.preposition:
+        phrase = _noun_phrase(c.prep_object, g)
+        adposition = [_STEMS[c.preposition]]
+        rest += phrase + adposition if g.postpositions else adposition + phrase
+    rest += [_STEMS[c.adverb]] if c.adverb else []
+    return subject + rest + verb if g.verb_final else subject + verb + rest
 
 
-def _dravic_np(np: _NounPhrase) -> list[str]:
-    words = _velish_np(np)  # Velish word forms, Dravic order:
-    count = len(_velish_number(np.number)) if np.number else 0
-    head = 1 if len(words) > count + 1 + len(np.adjectives) else 0  # a determiner
-    det, number = words[:head], words[head:head + count]
-    noun, adjectives = words[head + count], words[head + count + 1:]
-    return det + adjectives + [noun] + number[::-1]  # adjectives first, number last, units first
-
-
-def _dravic(c: _Clause) -> list[str]:
-    words = [_PRONOUNS[c.subject]] if isinstance(c.subject, str) else _dravic_np(c.subject)
-    words += _dravic_np(c.obj) if c.obj else []
-    words += [*_dravic_np(c.prep_object), _STEMS[c.preposition]] if c.preposition else []
-    words += [_STEMS[c.adverb]] if c.adverb else []
-    words += ["ne"] if c.negated else []
-    stem = _STEMS[c.verb]
-    if c.tense == "future":
-        return words + ["vor", stem]
-    return words + [stem + ("et" if c.tense == "past" else "an")]
-
-
-_RENDERERS = {SOURCE_LANGUAGE: _english, BASE_LANGUAGE: _velish, ADAPT_LANGUAGE: _dravic}
+_RENDERERS = {SOURCE_LANGUAGE: _english,
+              **{name: functools.partial(_translate, g=grammar) for name, grammar in GRAMMARS.items()}}
 
 
 def _render(clause: _Clause, language: str) -> str:
