@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_backbone_kwargs
-from lora_keras.adapters import LoraConfig, add_lora, lean_projections, load_adapter, target_layers
+from lora_keras.adapters import LoraConfig, add_lora, lean_projections, load_adapter, reset_lora, target_layers
+from lora_keras.adapters.projection import projection_of
 from lora_keras.adapters.packed import add_packed_lora
 from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots
 from lora_keras.models.token_loss import PackedTokenLossSeq2SeqLM, TokenLossSeq2SeqLM
+from lora_keras.runtime.precision import reset_optimizer
 from tuners.search_space import SearchSpace
 from tuners.strategies.grid import packable_order
 
@@ -57,6 +59,7 @@ def train_alone(config, train, val):
     add_lora(model.backbone, config, seed=0)
     lean_projections(model.backbone)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.optimizer.build(model.trainable_variables)  # else the first step is traced twice
     losses = StepLosses("loss")
     model.fit(make_dataset(train, BATCH, shuffle=True, seed=0), epochs=EPOCHS, verbose=0, callbacks=[losses])
     dense = q_projection(model)
@@ -64,20 +67,22 @@ def train_alone(config, train, val):
             "a": keras.ops.convert_to_numpy(dense.lora_kernel_a), "b": keras.ops.convert_to_numpy(dense.lora_kernel_b)}
 
 
-def packed_model(configs, slots=None):
+def packed_model(configs, slots=None, dropout=0.0):
     model_backbone = backbone()
-    pack = add_packed_lora(model_backbone, slots or len(configs), max(c.rank for c in CONFIGS), seed=0)
+    pack = add_packed_lora(model_backbone, slots or len(configs), max(c.rank for c in CONFIGS), dropout=dropout,
+                           seed=0)
     lean_projections(model_backbone)
     for slot, config in enumerate(configs):
         pack.set_slot(slot, config, seed=0)
     pack.activate(len(configs))
     model = PackedTokenLossSeq2SeqLM(model_backbone, pack)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.optimizer.build(model.trainable_variables)  # else the first step is traced twice
     return model
 
 
-def train_packed(configs, train, val):
-    model = packed_model(configs)
+def train_packed(configs, train, val, dropout=0.0):
+    model = packed_model(configs, dropout=dropout)
     slots = len(configs)
     losses = [StepLosses(f"loss_{slot}") for slot in range(slots)]
     model.fit(repeat_for_slots(make_dataset(train, BATCH, shuffle=True, seed=0), slots), epochs=EPOCHS,
@@ -151,3 +156,41 @@ def test_grid_hands_out_the_ranks_of_a_batch_size_one_after_another():
     SearchSpace(ranks=(1, 4, 16), batch_sizes=(8, 64), learning_rates=(3e-3,)).declare(hp)
     order = [(v["rank"], v["batch_size"]) for v in packable_order(hp)]
     assert order == [(1, 8), (4, 8), (16, 8), (1, 64), (4, 64), (16, 64)]
+
+
+DROPOUT_CONFIGS = (LoraConfig(4, dropout=0.3), LoraConfig(16, dropout=0.3))
+MASK_DRAWS = 5
+
+
+def alone_val_losses_over_mask_draws(config, train, val):
+    """The trial alone (same A, same data order) under MASK_DRAWS different draws of its dropout masks."""
+    model = TokenLossSeq2SeqLM(backbone=backbone())
+    add_lora(model.backbone, config, seed=0)
+    lean_projections(model.backbone)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.optimizer.build(model.trainable_variables)  # else the first step is traced twice
+    projections = [projection_of(dense) for dense in target_layers(model.backbone, config.targets).values()]
+    val_losses = []
+    for draw in range(MASK_DRAWS):
+        reset_lora(model.backbone, config, seed=0)
+        reset_optimizer(model.optimizer, 3e-3)
+        for offset, projection in enumerate(projections):
+            projection.seed_generator.state.assign(keras.random.SeedGenerator(1000 * (draw + 1) + offset).state)
+        model.fit(make_dataset(train, BATCH, shuffle=True, seed=0), epochs=EPOCHS, verbose=0, shuffle=False)
+        val_losses.append(model.evaluate(make_dataset(val, 16), verbose=0))
+    return np.array(val_losses)
+
+
+def test_with_dropout_packed_trials_agree_with_alone_within_the_mask_spread():
+    """A packed step cannot draw an alone run's masks; its trials must still land among the alone runs'."""
+    train, val = pairs(), pairs(16, seed=1)
+    model, packed = train_packed(DROPOUT_CONFIGS, train, val, dropout=0.3)
+    inputs, _, _ = repeat_for_slots(make_dataset(val, 8), len(DROPOUT_CONFIGS)).take(1).get_single_element()
+    outputs = [keras.ops.convert_to_numpy(model.backbone(inputs, training=training)["decoder_sequence_output"])
+               for training in (True, False)]
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-4  # the packed step does drop out
+    for config, slot in zip(DROPOUT_CONFIGS, packed):
+        alone = alone_val_losses_over_mask_draws(config, train, val)
+        spread = alone.std(ddof=1)
+        assert spread > 1e-5  # the masks change the training: the comparison means something
+        assert abs(slot["val_loss"] - alone.mean()) <= 3 * spread, (slot["val_loss"], alone)

@@ -103,6 +103,8 @@ class PackedLoraHyperModel(LoraT5HyperModel):
         lean_projections(backbone)
         model = PackedTokenLossSeq2SeqLM(backbone, pack)
         model.compile(optimizer=keras.optimizers.Adam(self.space.learning_rates[0]), jit_compile=self.jit_compile)
+        # Adam's moments now, not in the first traced step: a step that creates variables is traced twice.
+        model.optimizer.build(model.trainable_variables)
         self._model, self._model_key, self.traced = model, key, False
         self._seed_states = [(v, keras.ops.convert_to_numpy(v)) for v in model.variables
                              if "seed_generator" in v.path]
@@ -162,7 +164,7 @@ class PackedLoraHyperModel(LoraT5HyperModel):
         # (its timed steps came out twice the others' without this).
         for slots in dict.fromkeys((pack.slots, 1)):
             pack.activate(slots)
-            model.fit(repeat_for_slots(make_dataset(head, 2), slots), epochs=1, verbose=0)
+            model.fit(repeat_for_slots(make_dataset(head, 2), slots), epochs=1, verbose=0, shuffle=False)
         pack.activate(pack.slots)
         val_head = TokenizedPairs(val_tokens.source_ids[:2], val_tokens.target_ids[:2])
         model.evaluate(repeat_for_slots(make_dataset(val_head, 2), pack.slots), verbose=0)
@@ -189,7 +191,7 @@ class PackedLoraHyperModel(LoraT5HyperModel):
         longest_pairs = TokenizedPairs(train_tokens.source_ids[longest], train_tokens.target_ids[longest])
         dataset = make_dataset(longest_pairs, batch_size).concatenate(
             make_dataset(train_tokens, batch_size, shuffle=True, seed=self.seed).take(steps))
-        model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks)
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
 
     def fit_pack(
         self, hps: list[keras_tuner.HyperParameters], model: keras.Model, train_tokens: TokenizedPairs,

@@ -149,7 +149,7 @@ def _file_pairs(config):
 
 def _check_lora_configs(config, base):
     space = config.space
-    backbone = base.build_backbone()
+    backbone = base.layout_backbone()
     for rank, alpha, targets, dropout in itertools.product(
         space.ranks, space.lora_alphas or (None,), space.target_sets, space.lora_dropouts
     ):
