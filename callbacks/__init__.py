@@ -10,5 +10,7 @@ from .epoch_timer import EpochTimer
 from .loss_scalars import LossScalars
 from .parameter_count import ParameterCount
 from .peak_memory import FirstTrialStart, PeakMemory
+from .step_timer import StepTimer
 
-__all__ = ["EpochTimer", "FirstTrialStart", "LossScalars", "ParameterCount", "PeakMemory", "create_writer"]
+__all__ = ["EpochTimer", "FirstTrialStart", "LossScalars", "ParameterCount", "PeakMemory", "StepTimer",
+           "create_writer"]

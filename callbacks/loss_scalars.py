@@ -24,6 +24,7 @@ class LossScalars(keras.callbacks.Callback):
 
     Args:
         writer: a TensorBoard summary writer, or None for no scalars.
+        slot: read one slot's losses of a packed model (`loss_<slot>`, `val_loss_<slot>`), else None.
 
     Example:
     ``python
@@ -33,9 +34,10 @@ class LossScalars(keras.callbacks.Callback):
     ``
     """
 
-    def __init__(self, writer: tf.summary.SummaryWriter | None = None) -> None:
+    def __init__(self, writer: tf.summary.SummaryWriter | None = None, slot: int | None = None) -> None:
         super().__init__()
         self.writer = writer
+        self.loss_key = "loss" if slot is None else f"loss_{slot}"
         self.final_loss = None
         self.val_loss = None
 
@@ -45,17 +47,14 @@ class LossScalars(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        if "loss" in logs:
-            self.final_loss = float(logs["loss"])
-        if "val_loss" in logs:
-            self.val_loss = float(logs["val_loss"])
+        loss, val_loss = logs.get(self.loss_key), logs.get(f"val_{self.loss_key}")
+        if loss is not None:
+            self.final_loss = float(loss)
+        if val_loss is not None:
+            self.val_loss = float(val_loss)
         write_scalars(
             self.writer,
-            {
-                "epoch_loss": logs.get("loss"),
-                "val_loss": logs.get("val_loss"),
-                "val_perplexity": perplexity(logs.get("val_loss")),
-            },
+            {"epoch_loss": loss, "val_loss": val_loss, "val_perplexity": perplexity(val_loss)},
             step=epoch,
         )
 

@@ -154,16 +154,20 @@ class MergedTranslator:
         self._translator = None
 
     def __call__(
-        self, backbone: keras_hub.models.T5Backbone, sources: Sequence[str], batch_size: int = 64
+        self, backbone: keras_hub.models.T5Backbone, sources: Sequence[str], batch_size: int = 64,
+        weights: list | None = None,
     ) -> list[str]:
-        """The translations of `sources` by `backbone` with its current adapters merged in."""
+        """The translations of `sources` by `backbone` with its current adapters merged in.
+
+        `weights`, in an unadapted backbone's order, replace the merge (e.g. one slot of a `LoraPack`).
+        """
         config = backbone.get_config()
         if config != self._config:
             with masking_warning_ignored():
                 copy = type(backbone).from_config(config)
             self._translator = Translator(copy, self.tokenizer, *self.lengths, jit_compile=True)
             self._config = config
-        self._translator.backbone.set_weights(merged_weights(backbone))
+        self._translator.backbone.set_weights(merged_weights(backbone) if weights is None else weights)
         return self._translator(sources, batch_size)
 
 

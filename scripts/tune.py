@@ -94,6 +94,10 @@ def build_parser(strategies: str = "a registered name (--help lists them)") -> O
     add("--lora-init", choices=("peft", "keras"), default="peft",
         help="how LoRA's A is drawn: peft (PEFT's default, uniform in +-1/sqrt(d_in)) or keras "
              "(Keras's enable_lora, He uniform, +-sqrt(6/d_in)); B starts at zero either way")
+    add("--pack", type=positive_int,
+        help="the most trials trained together in one step on one frozen base (those sharing batch size, "
+             "learning rate and epochs); default: every rank for --strategy grid, else 1")
+    add("--no-pack", dest="pack", action="store_const", const=1, help="train one trial at a time (--pack 1)")
     add("--precision", choices=PRECISIONS, default="float32",
         help="training precision: mixed_* compute in 16 bits, weights and optimizer state stay float32")
     add("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
@@ -189,7 +193,7 @@ def sweep_config(args: argparse.Namespace, targets: tuple[tuple[str, ...], ...])
         max_val_examples=args.max_val_examples, max_source_length=args.max_source_length,
         max_target_length=args.max_target_length, seed=args.seed, lora_init=args.lora_init,
         memory_budget_mb=args.memory_budget_mb, time_budget_s=args.time_budget_s,
-        verbose=0 if args.quiet else 1, devices=args.devices, precision=args.precision,
+        verbose=0 if args.quiet else 1, devices=args.devices, pack=args.pack, precision=args.precision,
         jit_compile=args.jit_compile,
     )
     if args.distributed:

@@ -9,6 +9,7 @@ import csv
 import json
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -16,10 +17,13 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from tuners.failures import SweepStopped
 from tuners.hypermodel import LoraT5HyperModel
+from tuners.packing import PackedLoraHyperModel
 from tuners.search_space import SearchSpace
 from tuners.sweep import SweepConfig, run_sweep
 
 ORIGINAL_BUILD = LoraT5HyperModel.build
+ORIGINAL_BUILD_PACK = PackedLoraHyperModel.build_pack
+ORIGINAL_START = PackedLoraHyperModel.start
 
 
 def config(tiny_preset, tiny_corpus, logdir, ranks=(1,), batch_sizes=(8, 16, 32)):
@@ -51,6 +55,21 @@ def flaky_build(self, hp):
     return model
 
 
+def flaky_build_pack(self, hps):
+    """`flaky_build` for the packed model every trial trains on: batch 16 runs out of memory."""
+    if hps[0].get("batch_size") == 16:
+        raise out_of_memory()
+    return ORIGINAL_BUILD_PACK(self, hps)
+
+
+def nan_start(self, hps, parents=None):
+    """Batch 32 starts with a NaN LoRA scale: its loss diverges to NaN."""
+    ORIGINAL_START(self, hps, parents)
+    if hps[0].get("batch_size") == 32:
+        for projection in self._model.pack.layers.values():
+            projection.lora_scale.assign(np.full(projection.lora_scale.shape, np.nan, "float32"))
+
+
 def read_status(run_dir):
     with open(run_dir / "results.csv", newline="") as handle:
         return {(int(r["rank"]), int(r["batch_size"])): r["status"] for r in csv.DictReader(handle)}
@@ -58,6 +77,8 @@ def read_status(run_dir):
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(tiny_preset, tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(LoraT5HyperModel, "build", flaky_build)
+    monkeypatch.setattr(PackedLoraHyperModel, "build_pack", flaky_build_pack)
+    monkeypatch.setattr(PackedLoraHyperModel, "start", nan_start)
     run_sweep(config(tiny_preset, tiny_corpus, tmp_path))
     status = read_status(tmp_path / "f")
     assert status[1, 8] == "COMPLETED"
@@ -77,6 +98,7 @@ def test_too_many_failures_in_a_row_stop_the_sweep(tiny_preset, tiny_corpus, tmp
         raise out_of_memory()
 
     monkeypatch.setattr(LoraT5HyperModel, "build", always_oom)
+    monkeypatch.setattr(PackedLoraHyperModel, "build_pack", always_oom)
     with pytest.raises(SweepStopped, match="stopped after 3 failed trials in a row"):
         run_sweep(config(tiny_preset, tiny_corpus, tmp_path, ranks=(1, 2, 3)))
     status = read_status(tmp_path / "f")

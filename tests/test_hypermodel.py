@@ -84,6 +84,6 @@ def test_a_released_model_leaves_no_training_graph_behind(base):
     assert custom_gradient_names() == registered
     print(f"\nlive FuncGraphs before, with the model of rank 1, 2, after release: "
           f"{graphs_before}, {graphs}, {live_func_graphs()}")
-    assert graphs[0] > graphs_before + 20  # a traced model holds graphs ...
+    assert graphs[0] >= graphs_before + 3  # a traced model holds graphs (4 here: its steps traced once each) ...
     assert graphs[1] <= graphs[0] + 2  # ... one model's at a time, not one more set per model
     assert live_func_graphs() <= graphs_before + 2

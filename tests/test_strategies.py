@@ -37,6 +37,7 @@ from lora_keras.adapters import LoraConfig, adapter_weights, lora_parameter_coun
 from lora_keras.models.sources import load_preset
 from lora_keras.results.table import read_results_csv
 from tuners.hypermodel import LoraT5HyperModel
+from tuners.packing import PackedLoraHyperModel
 from tuners.strategies import STRATEGIES, make_oracle, register
 from tuners.strategies.cost_aware import CostAwareOracle
 from tuners.strategies.hyperband import EpochHyperbandOracle
@@ -216,6 +217,14 @@ def run_trials_eagerly(monkeypatch):
         return model
 
     monkeypatch.setattr(LoraT5HyperModel, "build", eager_build)
+    model_for = PackedLoraHyperModel.model_for
+
+    def eager_model_for(self, config):
+        model = model_for(self, config)
+        model.run_eagerly = True
+        return model
+
+    monkeypatch.setattr(PackedLoraHyperModel, "model_for", eager_model_for)
 
 
 @pytest.fixture
@@ -287,6 +296,13 @@ def eager_build(self, hp):
     model.run_eagerly = True
     return model
 LoraT5HyperModel.build = eager_build
+from tuners.packing import PackedLoraHyperModel
+model_for = PackedLoraHyperModel.model_for
+def eager_model_for(self, config):
+    model = model_for(self, config)
+    model.run_eagerly = True
+    return model
+PackedLoraHyperModel.model_for = eager_model_for
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -355,21 +371,22 @@ def hyperband_run(tiny_preset, tiny_corpus, tmp_path_factory):
     starts = []
 
     class AdapterAtTrainBegin(keras.callbacks.Callback):
-        def __init__(self, hp):
+        def __init__(self, hp, slot, rank):
             super().__init__()
-            self.hp = hp
+            self.hp, self.slot, self.rank = hp, slot, rank
 
         def on_train_begin(self, logs=None):
-            starts.append((dict(self.hp.values), adapter_weights(self.model.backbone)))
+            starts.append((dict(self.hp.values), self.model.pack.slot_weights(self.slot, self.rank)))
 
-    fit = LoraT5HyperModel.fit
+    fit_pack = PackedLoraHyperModel.fit_pack
 
-    def recording_fit(self, hp, model, *fit_args, callbacks=None, **kwargs):
-        return fit(self, hp, model, *fit_args, callbacks=[*(callbacks or []), AdapterAtTrainBegin(hp)], **kwargs)
+    def recording_fit(self, hps, model, *fit_args, callbacks=None, **kwargs):
+        recorders = [AdapterAtTrainBegin(hp, slot, self.lora_config(hp).rank) for slot, hp in enumerate(hps)]
+        return fit_pack(self, hps, model, *fit_args, callbacks=[*(callbacks or []), *recorders], **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         run_trials_eagerly(patch)
-        patch.setattr(LoraT5HyperModel, "fit", recording_fit)
+        patch.setattr(PackedLoraHyperModel, "fit_pack", recording_fit)
         load_tune().main(args)
     return HyperbandRun(run_dir, child, killed_events, rows_at_kill, starts)
 

@@ -51,6 +51,7 @@ def _read(run_dir):
 
 def measure_baseline(
     base: BaseModel, val_tokens: TokenizedPairs, val_texts: ValidationTexts, run_dir: pathlib.Path,
+    model: keras.Model | None = None,
 ) -> dict | None:
     """Val loss, BLEU and chrF of the unadapted base, from `baseline.json` or measured into it.
 
@@ -59,6 +60,8 @@ def measure_baseline(
         val_tokens: the validation pairs, tokenized.
         val_texts: the validation set as text, for BLEU and chrF.
         run_dir: the run's directory, which must exist.
+        model: a compiled model that computes the base (a packed model with its adapters at zero,
+            whose traced eval step the trials reuse); None builds and then drops one.
 
     Returns:
         `val_loss`, `val_perplexity`, `bleu`, `chrf` and the first sources, references and the
@@ -70,10 +73,12 @@ def measure_baseline(
         baseline = _read(run_dir)
         if baseline is not None or not mine:
             return baseline
-        model = base.build_model()
-        model.compile()  # the loss alone: mean NLL per real target token
-        val_loss = model.evaluate(make_dataset(val_tokens, EVAL_BATCH_SIZE), verbose=0)
-        scores, translations = val_texts.scores(model.backbone, base.tokenizer)
+        own = model is None
+        if own:
+            model = base.build_model()
+            model.compile()  # the loss alone: mean NLL per real target token
+        val_loss = model.evaluate(make_dataset(val_tokens, EVAL_BATCH_SIZE), verbose=0, return_dict=True)["loss"]
+        scores, translations = val_texts.scores(model.backbone, base.tokenizer, weights=base.weights)
         baseline = {"val_loss": float(val_loss), "val_perplexity": perplexity(float(val_loss)),
                     "bleu": scores["bleu"], "chrf": scores["chrf"],
                     "sample_sources": val_texts.sources[:SAMPLE_TRANSLATIONS],
@@ -82,7 +87,8 @@ def measure_baseline(
         partial = run_dir / (BASELINE_FILE + ".partial")
         partial.write_text(json.dumps(baseline, indent=2))
         os.replace(partial, run_dir / BASELINE_FILE)  # readers without the lock see all or nothing
-        keras.backend.clear_session()
+        if own:
+            keras.backend.clear_session()
         return baseline
 
 

@@ -17,6 +17,7 @@ import itertools
 import pathlib
 import random
 
+import keras
 import keras_tuner
 import tensorflow as tf
 
@@ -79,18 +80,19 @@ class PreparedRun:
     val_tokens: TokenizedPairs
     val_texts: ValidationTexts
 
-    def measure_baseline(self, run_dir: pathlib.Path) -> dict | None:
+    def measure_baseline(self, run_dir: pathlib.Path, model: keras.Model | None = None) -> dict | None:
         """The unadapted base's val loss and scores, measured into `baseline.json` by one process.
 
         Args:
             run_dir: the run's directory, which must exist.
+            model: a compiled model computing the base (e.g. a packed model, adapters zero); None builds one.
 
         Returns:
             The baseline, or None while another process measures it.
 
         Example: `run.measure_baseline(config.run_dir)["val_loss"]`.
         """
-        return measure_baseline(self.base, self.val_tokens, self.val_texts, run_dir)
+        return measure_baseline(self.base, self.val_tokens, self.val_texts, run_dir, model)
 
 
 def prepare_run(config: SweepConfig) -> PreparedRun:
@@ -147,7 +149,7 @@ def _file_pairs(config):
 
 def _check_lora_configs(config, base):
     space = config.space
-    backbone = base.build_backbone()
+    backbone = base.layout_backbone()
     for rank, alpha, targets, dropout in itertools.product(
         space.ranks, space.lora_alphas or (None,), space.target_sets, space.lora_dropouts
     ):

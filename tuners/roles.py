@@ -21,6 +21,8 @@ from lora_keras.runtime.backend import gpu_count
 from lora_keras.runtime.xla import default_jit_compile
 from tuners.hypermodel import LoraT5HyperModel
 from tuners.oracle_server import serve_oracle
+from tuners.packing import DEFAULT_MAX_ROWS, PackedLoraHyperModel
+from tuners.packing_tuner import PackingSweepTuner
 from tuners.prepare import prepare_run
 from tuners.run_files import (
     check_joined_run,
@@ -139,10 +141,29 @@ def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped:
 
 
 def _trial_tuner(config, oracle, run, on_trial_done=None):
-    """A tuner that runs trials here: the hypermodel on the prepared base, the baseline measured first."""
+    """A tuner that runs trials here: the hypermodel on the prepared base, the baseline measured first.
+
+    On the default devices in float32 without XLA, one packed model serves every trial, traced once
+    (`tuners.packing`), `config.pack_slots()` trials per step at most; with `--devices`, a reduced
+    precision or XLA, each LoRA config builds its own model (in the strategy's scope), reused by its
+    consecutive trials.
+    """
+    jit_compile = default_jit_compile(gpu_count()) if config.jit_compile is None else config.jit_compile
+    if run.strategy is None and config.precision == "float32" and not jit_compile:
+        hypermodel = PackedLoraHyperModel(
+            run.base, config.space, epochs=config.epochs, seed=config.seed, slots=config.pack_slots(),
+            lora_init=config.lora_init, max_rows=DEFAULT_MAX_ROWS if config.pack is None else None,
+        )
+        # The packed model, all its adapters zero, is the base: the baseline costs no model of its own.
+        first = config.space.lora_config(_first_values(config.space), config.lora_init)
+        baseline = run.measure_baseline(config.run_dir, model=hypermodel.model_for(first))
+        return PackingSweepTuner(
+            oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, verbose=config.verbose,
+            on_trial_done=on_trial_done, baseline_val_loss=baseline["val_loss"] if baseline else None,
+            base_translations=tuple(baseline.get("sample_translations", ())) if baseline else (),
+        )
     # One process measures the baseline; the others (workers) go on without it.
     baseline = run.measure_baseline(config.run_dir)
-    jit_compile = default_jit_compile(gpu_count()) if config.jit_compile is None else config.jit_compile
     hypermodel = LoraT5HyperModel(
         run.base, config.space, epochs=config.epochs, seed=config.seed, lora_init=config.lora_init,
         jit_compile=jit_compile, precision=config.precision,
@@ -153,6 +174,13 @@ def _trial_tuner(config, oracle, run, on_trial_done=None):
         baseline_val_loss=baseline["val_loss"] if baseline else None,
         base_translations=tuple(baseline.get("sample_translations", ())) if baseline else (),
     )
+
+
+def _first_values(space):
+    """Hyperparameters holding the space's first values: the targets and dropout the packed model starts with."""
+    hp = keras_tuner.HyperParameters()
+    space.declare(hp)
+    return hp
 
 
 def _search(tuner, run):

@@ -54,8 +54,10 @@ class ValidationTexts:
     max_target_length: int = 64
     base_translations: tuple = ()  # the unadapted base's first translations, once `baseline.json` has them
 
-    def scores(self, backbone: keras.Model, tokenizer: keras_hub.models.T5Tokenizer) -> tuple[dict, list[str]]:
-        """BLEU and chrF of `backbone`'s greedy translations of these sources.
+    def scores(
+        self, backbone: keras.Model, tokenizer: keras_hub.models.T5Tokenizer, weights: list | None = None,
+    ) -> tuple[dict, list[str]]:
+        """BLEU and chrF of `backbone`'s greedy translations of these sources (with `weights`, when given).
 
         The process's `shared_translator` serves every call, so `generate` is compiled
         once per process (per model shape), not once per LoRA config or run.
@@ -63,6 +65,7 @@ class ValidationTexts:
         Args:
             backbone: a `T5Backbone`, adapted or not.
             tokenizer: the base's `T5Tokenizer`.
+            weights: the weights to decode with, in an unadapted backbone's order; default `backbone`'s, merged.
 
         Returns:
             `({"bleu": ..., "chrf": ...}, translations)`.
@@ -70,7 +73,7 @@ class ValidationTexts:
         Example: `scores, translations = val_texts.scores(model.backbone, base.tokenizer)`.
         """
         translations = shared_translator(tokenizer, self.max_source_length, self.max_target_length)(
-            backbone, self.sources)
+            backbone, self.sources, weights=weights)
         return translation_scores(translations, self.references), translations
 
     def samples_markdown(self, translations: list[str]) -> str:
@@ -280,7 +283,11 @@ class LoraSweepTuner(BaseTuner):
 
     def _score(self, model, val_texts, figures, writer, step):
         """BLEU and chrF into `figures` and, with sample translations, into the trial's session."""
-        scores, translations = val_texts.scores(model.backbone, self.hypermodel.base.tokenizer)
+        self._score_weights(model, None, val_texts, figures, writer, step)
+
+    def _score_weights(self, model, weights, val_texts, figures, writer, step):
+        """`_score`, decoding with `weights` (an unadapted backbone's, adapter merged) when given."""
+        scores, translations = val_texts.scores(model.backbone, self.hypermodel.base.tokenizer, weights)
         if self.base_translations:
             val_texts = dataclasses.replace(val_texts, base_translations=self.base_translations)
         figures.update(scores)

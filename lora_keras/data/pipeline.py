@@ -198,6 +198,28 @@ def _trim_padding(
     return trimmed, labels[:, :target_length], sample_weight[:, :target_length]
 
 
+def repeat_for_slots(dataset: tf.data.Dataset, slots: int) -> tf.data.Dataset:
+    """Each batch of `dataset` repeated `slots` times along its rows: one copy per slot of a `LoraPack`.
+
+    Configurations packed together share batch size and seed, so each sees the very batches
+    it would see alone; slot `j` reads rows `j*b .. (j+1)*b - 1`.
+
+    Example:
+    ```python
+    model.fit(repeat_for_slots(make_dataset(tokens, 8, shuffle=True), 3))   # batches of 24 rows
+    ```
+    """
+    if slots == 1:
+        return dataset
+    import tensorflow as tf
+
+    def repeat(inputs, labels, sample_weight):
+        copies = lambda value: tf.concat([value] * slots, axis=0)  # noqa: E731
+        return {name: copies(value) for name, value in inputs.items()}, copies(labels), copies(sample_weight)
+
+    return dataset.map(repeat)
+
+
 class NumpyBatches(keras.utils.PyDataset):
     """The batches of `make_dataset` as numpy arrays, for backends other than TensorFlow.
 

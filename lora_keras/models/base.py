@@ -46,6 +46,23 @@ class BaseModel:
     weights: list[np.ndarray]
     tokenizer: keras_hub.models.T5Tokenizer
     task: dict | None = None
+    # A backbone a loader already built, for reading layer shapes only (`layout_backbone`).
+    layout: keras_hub.models.T5Backbone | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def layout_backbone(self) -> keras_hub.models.T5Backbone:
+        """A backbone of the base's layout, to read (layer names and shapes), never to train or change.
+
+        The one the loader built when it read the base, else one built once and kept: building a
+        T5 backbone costs seconds, and checking a sweep's LoRA configs needs only its shapes.
+
+        Example:
+        ```python
+        check_rank(base.layout_backbone(), LoraConfig(rank=4))
+        ```
+        """
+        if self.layout is None:
+            self.layout = self.build_backbone()
+        return self.layout
 
     def build_backbone(self, dtype: str | keras.DTypePolicy | None = None) -> keras_hub.models.T5Backbone:
         """A new `T5Backbone` holding the base weights, in the base's dtype policy or `dtype`.

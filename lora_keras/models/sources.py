@@ -63,6 +63,7 @@ def load_preset(path: str | os.PathLike, name: str | None = None, task: dict | N
         weights=backbone.get_weights(),
         tokenizer=tokenizer,
         task=task,
+        layout=backbone,
     )
 
 

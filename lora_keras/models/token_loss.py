@@ -198,3 +198,97 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         own = getattr(self, "token_loss", None)
         others = [metric for metric in super().metrics if metric.name != "loss"]
         return others if own is None else [own, *others]
+
+
+class SlotTokenMeans(keras.metrics.Metric):
+    """Per slot of a `LoraPack`: a summed NLL over a token count, logged as `loss_0`, `loss_1`, ...
+
+    Args:
+        slots: the pack's slots; slots not in use keep their sums.
+        name: the prefix of the logged names.
+
+    Example:
+    ```python
+    metric.update_state(nll_sums, token_counts)   # vectors over the slots in use
+    metric.result()                               # {"loss_0": ..., "loss_1": ...}
+    ```
+    """
+
+    def __init__(self, slots: int, name: str = "loss", **kwargs: Any) -> None:
+        super().__init__(name=f"{name}_slots", **kwargs)
+        self.slots = int(slots)
+        self.prefix = name
+        self.total = self.add_variable(shape=(self.slots,), initializer="zeros", dtype="float64", name="total")
+        self.count = self.add_variable(shape=(self.slots,), initializer="zeros", dtype="float64", name="count")
+
+    def update_state(self, totals: Any, counts: Any) -> None:
+        """Add each slot in use its batch's summed NLL and token count (vectors of the slots in use)."""
+        spread = ops.one_hot(ops.arange(ops.shape(totals)[0]), self.slots, dtype="float64")  # (used, slots)
+        self.total.assign_add(ops.matmul(ops.cast(totals, "float64")[None, :], spread)[0])
+        self.count.assign_add(ops.matmul(ops.cast(counts, "float64")[None, :], spread)[0])
+
+    def result(self) -> dict:
+        """`{"loss_<slot>": summed NLL / tokens}` for every slot (0 for one without tokens)."""
+        means = ops.cast(ops.divide_no_nan(self.total, self.count), "float32")
+        return {f"{self.prefix}_{slot}": means[slot] for slot in range(self.slots)}
+
+    def reset_state(self) -> None:
+        """Start every slot from zero."""
+        self.total.assign(ops.zeros((self.slots,), "float64"))
+        self.count.assign(ops.zeros((self.slots,), "float64"))
+
+
+class PackedTokenLossSeq2SeqLM(TokenLossSeq2SeqLM):
+    """A `TokenLossSeq2SeqLM` training the slots of a `LoraPack` together, each on its own loss.
+
+    A batch of `pack.active * b` rows holds each slot's `b` examples in turn; the training
+    objective is the sum over the slots in use of each slot's mean NLL per real target token,
+    so each slot's adapter gets the gradient of its own loss alone. Logs `loss_<slot>` (and
+    `val_loss_<slot>`) per slot; `loss` is the mean over all the batch's tokens.
+
+    Args:
+        backbone: a `T5Backbone` with `add_packed_lora`'s adapters.
+        pack: the `LoraPack` on it.
+
+    Example:
+    ```python
+    pack = add_packed_lora(backbone, slots=3, max_rank=16)
+    model = PackedTokenLossSeq2SeqLM(backbone, pack)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    ```
+    """
+
+    def __init__(self, backbone: keras_hub.models.T5Backbone, pack: Any, **kwargs: Any) -> None:
+        object.__setattr__(self, "_pack", pack)  # before Keras's __init__ compiles; a plain object, untracked
+        super().__init__(backbone=backbone, preprocessor=None, **kwargs)
+
+    @property
+    def pack(self) -> Any:
+        """The `LoraPack` the model trains."""
+        return self._pack
+
+    def compile(self, optimizer: Any = "auto", loss: Any = "auto", **kwargs: Any) -> None:
+        """`TokenLossSeq2SeqLM.compile`, plus the per-slot losses."""
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        self.slot_losses = SlotTokenMeans(self.pack.slots)
+
+    def compute_loss(
+        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
+    ) -> Any:
+        """The sum over the slots in use of each slot's mean NLL per real target token."""
+        nll = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True)
+        weight = ops.cast(sample_weight, nll.dtype)
+        active = ops.cast(self.pack.active, "int32")
+        totals = ops.sum(ops.reshape(nll * weight, (active, -1)), axis=1)
+        counts = ops.sum(ops.reshape(weight, (active, -1)), axis=1)
+        self.slot_losses.update_state(totals, counts)
+        self.token_loss.update_state(ops.sum(totals), ops.sum(counts))
+        return ops.sum(ops.divide_no_nan(totals, counts))
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        metrics = super().metrics
+        slot_losses = getattr(self, "slot_losses", None)
+        if slot_losses is None:
+            return metrics
+        return [m for m in metrics if m is not slot_losses] + [slot_losses]

@@ -21,7 +21,7 @@ COLUMNS = (
     "training_time_s", "mean_epoch_time_s", "tokens_per_s", "final_loss", "val_loss",
     "bleu", "chrf", "peak_memory_mb", "memory_kind", "trainable_params", "total_params",
     "trainable_percent", "targets", "lora_dropout", "initial_epoch", "parent_trial_id", "val_perplexity",
-    "lora_init", "precision", "jit_compile",
+    "lora_init", "precision", "jit_compile", "pack_group", "pack_training_time_s", "alone_step_s", "cost_measure_s",
 )
 # Shown after batch size when they differ between trials (a sweep over them, or Hyperband's epochs).
 SWEPT_COLUMNS = (
@@ -101,7 +101,8 @@ def results_table(rows: Sequence[Mapping]) -> str:
 
 
 INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch")
-TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init", "precision")
+TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init", "precision",
+                "pack_group")
 BOOLEAN_COLUMNS = ("jit_compile",)
 SUMMARY_FILE = "run_summary.json"
 SAMPLES_FILE = "sample_translations.json"  # each trial's first validation translations, by trial id
@@ -149,6 +150,7 @@ def reading_guide(rows: Sequence[Mapping]) -> list[str]:
     "\n".join(reading_guide(rows))
     ```
     """
+    packed = any(row.get("pack_group") for row in rows)
     lines = [
         "Losses are mean negative log-likelihoods in nats per real (non-padding) target token: `final loss` "
         "over the last training epoch (LoRA dropout on, weights moving), `val loss` over the whole validation "
@@ -157,10 +159,33 @@ def reading_guide(rows: Sequence[Mapping]) -> list[str]:
         "target tokens per second of training after the first epoch; BLEU is sacrebleu's corpus BLEU of "
         "greedy translations of the validation set.",
     ]
+    if packed:
+        lines.append(
+            "Trials sharing batch size, learning rate and epochs trained together in one step on one frozen "
+            "base (`pack_group` in results.csv), each on its own examples and loss: the same training as alone. "
+            "Their cost figures are each configuration's own, measured alone: `time` is the median of a few "
+            "timed training steps of that configuration alone (after one untimed step on the training set's "
+            "longest pairs) times its steps (validation not included); `tokens/s` follows from it; `peak "
+            "memory` covers those steps alone, the longest batch included.")
     kinds = sorted({row.get("memory_kind") for row in rows if row.get("memory_kind") in MEMORY_MEANINGS})
     for kind in kinds:
         lines.append(f"`peak memory` ({kind}): {MEMORY_MEANINGS[kind]}.")
     return lines
+
+
+def study_training_s(rows: Sequence[Mapping]) -> tuple[float, int]:
+    """The seconds the study spent training, and how many packed fits: each pack's fit counted once.
+
+    Example: `study_training_s(rows)` -> `(61.2, 3)`.
+    """
+    packs = {}
+    alone = 0.0
+    for row in rows:
+        if row.get("pack_group") and row.get("pack_training_time_s") is not None:
+            packs[row["pack_group"]] = row["pack_training_time_s"]
+        elif row.get("training_time_s") is not None:
+            alone += row["training_time_s"]
+    return alone + sum(packs.values()), len(packs)
 
 
 def sample_translations_markdown(best: Mapping, baseline: Mapping | None) -> list[str]:
@@ -217,8 +242,15 @@ def write_results_md(
     if completed:
         lines += sample_translations_markdown(min(completed, key=lambda r: r["val_loss"]), baseline)
     if wall_time_s is not None and completed:
-        trained = sum(r["training_time_s"] for r in rows if r.get("training_time_s") is not None)
-        if trained <= wall_time_s:
+        trained, packs = study_training_s(rows)
+        if packs and trained <= wall_time_s:
+            measuring = sum(r.get("cost_measure_s") or 0.0 for r in rows)
+            lines.append(
+                f"Sweep wall time {wall_time_s:.0f} s, of which training {trained:.0f} s ({packs} packed fits, "
+                f"validation included); overhead {wall_time_s - trained:.0f} s (loading, tokenizing, building and "
+                f"tracing once, baseline, decoding, reports, and {measuring:.0f} s measuring each configuration "
+                "alone).")
+        elif trained <= wall_time_s:
             lines.append(
                 f"Sweep wall time {wall_time_s:.0f} s, of which trial training {trained:.0f} s; "
                 f"overhead (loading, tokenizing, building, baseline, reports) {wall_time_s - trained:.0f} s."

@@ -359,6 +359,7 @@ def load_hf_checkpoint(path: str | os.PathLike, name: str | None = None) -> Base
         backbone_config=backbone.get_config(),
         weights=backbone.get_weights(),
         tokenizer=tokenizer,
+        layout=backbone,
     )
 
 

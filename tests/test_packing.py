@@ -1,0 +1,196 @@
+"""Packed LoRA: several configurations in one step train exactly as each alone; padded ranks stay zero."""
+
+import keras
+import keras_hub
+import keras_tuner
+import numpy as np
+import pytest
+
+from conftest import tiny_backbone_kwargs
+from lora_keras.adapters import LoraConfig, add_lora, lean_projections, load_adapter, reset_lora, target_layers
+from lora_keras.adapters.projection import projection_of
+from lora_keras.adapters.packed import add_packed_lora
+from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots
+from lora_keras.models.token_loss import PackedTokenLossSeq2SeqLM, TokenLossSeq2SeqLM
+from lora_keras.runtime.precision import reset_optimizer
+from tuners.search_space import SearchSpace
+from tuners.strategies.grid import packable_order
+
+VOCAB = 300
+CONFIGS = (LoraConfig(1), LoraConfig(4), LoraConfig(16, alpha=8.0))  # scale 1, 1 and 0.5
+BATCH, EPOCHS = 8, 2
+
+
+def backbone():
+    keras.utils.set_random_seed(0)
+    return keras_hub.models.T5Backbone(**{**tiny_backbone_kwargs(VOCAB), "num_layers": 1})
+
+
+def pairs(count=36, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def ids(length):
+        matrix = np.zeros((count, length), np.int32)
+        for row in matrix:
+            size = rng.integers(3, length + 1)
+            row[:size] = rng.integers(3, VOCAB, size)
+            row[size - 1] = 1
+        return matrix
+
+    return TokenizedPairs(ids(12), ids(10))
+
+
+class StepLosses(keras.callbacks.Callback):
+    def __init__(self, key):
+        super().__init__()
+        self.key, self.values = key, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.values.append(float(logs[self.key]))
+
+
+def q_projection(model):
+    return model.backbone.encoder_transformer_layers[0].self_attention.query_projector
+
+
+def train_alone(config, train, val):
+    """The unpacked trial: Keras's LoRA state at the config's own rank, the lean projections."""
+    model = TokenLossSeq2SeqLM(backbone=backbone())
+    add_lora(model.backbone, config, seed=0)
+    lean_projections(model.backbone)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.optimizer.build(model.trainable_variables)  # else the first step is traced twice
+    losses = StepLosses("loss")
+    model.fit(make_dataset(train, BATCH, shuffle=True, seed=0), epochs=EPOCHS, verbose=0, callbacks=[losses])
+    dense = q_projection(model)
+    return {"losses": losses.values, "val_loss": model.evaluate(make_dataset(val, 16), verbose=0),
+            "a": keras.ops.convert_to_numpy(dense.lora_kernel_a), "b": keras.ops.convert_to_numpy(dense.lora_kernel_b)}
+
+
+def packed_model(configs, slots=None, dropout=0.0):
+    model_backbone = backbone()
+    pack = add_packed_lora(model_backbone, slots or len(configs), max(c.rank for c in CONFIGS), dropout=dropout,
+                           seed=0)
+    lean_projections(model_backbone)
+    for slot, config in enumerate(configs):
+        pack.set_slot(slot, config, seed=0)
+    pack.activate(len(configs))
+    model = PackedTokenLossSeq2SeqLM(model_backbone, pack)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.optimizer.build(model.trainable_variables)  # else the first step is traced twice
+    return model
+
+
+def train_packed(configs, train, val, dropout=0.0):
+    model = packed_model(configs, dropout=dropout)
+    slots = len(configs)
+    losses = [StepLosses(f"loss_{slot}") for slot in range(slots)]
+    model.fit(repeat_for_slots(make_dataset(train, BATCH, shuffle=True, seed=0), slots), epochs=EPOCHS,
+              verbose=0, callbacks=losses)
+    logs = model.evaluate(repeat_for_slots(make_dataset(val, 16), slots), verbose=0, return_dict=True)
+    projection = model.pack.layers["encoder/0/self_attention/q"]
+    a, b = (keras.ops.convert_to_numpy(v) for v in (projection.lora_a, projection.lora_b))
+    return model, [{"losses": losses[slot].values, "val_loss": logs[f"loss_{slot}"], "a": a[slot], "b": b[slot]}
+                   for slot in range(slots)]
+
+
+@pytest.fixture(scope="module")
+def runs():
+    train, val = pairs(), pairs(16, seed=1)
+    alone = [train_alone(config, train, val) for config in CONFIGS]
+    model, packed = train_packed(CONFIGS, train, val)
+    _, padded = train_packed(CONFIGS[1:2], train, val)  # rank 4 alone, padded to rank 16
+    return alone, packed, padded, model
+
+
+def test_packed_slots_train_exactly_as_each_alone(runs):
+    alone, packed, _, _ = runs
+    steps = EPOCHS * -(-36 // BATCH)
+    for config, own, slot in zip(CONFIGS, alone, packed):
+        assert len(slot["losses"]) == len(own["losses"]) == steps
+        np.testing.assert_allclose(slot["losses"], own["losses"], rtol=1e-5)
+        np.testing.assert_allclose(slot["val_loss"], own["val_loss"], rtol=1e-5)
+        # Adam divides by the root of tiny second moments: float noise in the gradients shows at 1e-6.
+        np.testing.assert_allclose(slot["a"][:, : config.rank], own["a"], rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(slot["b"][: config.rank], own["b"], rtol=1e-5, atol=2e-6)
+        assert np.abs(own["b"]).max() > 1e-4  # B moved: the comparison means something
+        # The padding of a smaller rank stays exactly zero under Adam.
+        assert not slot["a"][:, config.rank:].any() and not slot["b"][config.rank:].any()
+    # Slots not crossed: the three trainings differ from each other.
+    assert len({round(slot["val_loss"], 6) for slot in packed}) == 3
+
+
+def test_padded_rank_alone_equals_unpadded(runs):
+    alone, _, padded, _ = runs
+    np.testing.assert_allclose(padded[0]["losses"], alone[1]["losses"], rtol=1e-5)
+    np.testing.assert_allclose(padded[0]["b"][:4], alone[1]["b"], rtol=1e-5, atol=2e-6)
+    assert not padded[0]["b"][4:].any()
+
+
+def test_slot_adapter_file_loads_as_an_add_lora_adapter(runs, tmp_path):
+    _, _, _, model = runs
+    pack = model.pack
+    inputs, _, _ = pairs(4, seed=2).model_inputs()
+    for slot, config in enumerate(CONFIGS):
+        path = tmp_path / f"slot{slot}.safetensors"
+        pack.save_slot(slot, config, path)
+        loaded = backbone()
+        assert load_adapter(loaded, path).to_dict() == config.to_dict()
+        merged = backbone()
+        merged.set_weights(pack.merged_weights(model.backbone, slot))
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(loaded(inputs)["decoder_sequence_output"]),
+            keras.ops.convert_to_numpy(merged(inputs)["decoder_sequence_output"]), rtol=1e-4, atol=1e-5)
+
+
+def test_unused_slots_are_the_base_and_counts_follow_the_formula():
+    model = packed_model(CONFIGS[:1], slots=3)
+    layers = target_layers(model.backbone, ("q", "v"))
+    assert len(model.pack.layers) == len(layers)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    assert trainable == sum(3 * 16 * (d.kernel.shape[0] + d.kernel.shape[1]) for d in layers.values())
+
+
+def test_grid_hands_out_the_ranks_of_a_batch_size_one_after_another():
+    hp = keras_tuner.HyperParameters()
+    SearchSpace(ranks=(1, 4, 16), batch_sizes=(8, 64), learning_rates=(3e-3,)).declare(hp)
+    order = [(v["rank"], v["batch_size"]) for v in packable_order(hp)]
+    assert order == [(1, 8), (4, 8), (16, 8), (1, 64), (4, 64), (16, 64)]
+
+
+DROPOUT_CONFIGS = (LoraConfig(4, dropout=0.3), LoraConfig(16, dropout=0.3))
+MASK_DRAWS = 5
+
+
+def alone_val_losses_over_mask_draws(config, train, val):
+    """The trial alone (same A, same data order) under MASK_DRAWS different draws of its dropout masks."""
+    model = TokenLossSeq2SeqLM(backbone=backbone())
+    add_lora(model.backbone, config, seed=0)
+    lean_projections(model.backbone)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.optimizer.build(model.trainable_variables)  # else the first step is traced twice
+    projections = [projection_of(dense) for dense in target_layers(model.backbone, config.targets).values()]
+    val_losses = []
+    for draw in range(MASK_DRAWS):
+        reset_lora(model.backbone, config, seed=0)
+        reset_optimizer(model.optimizer, 3e-3)
+        for offset, projection in enumerate(projections):
+            projection.seed_generator.state.assign(keras.random.SeedGenerator(1000 * (draw + 1) + offset).state)
+        model.fit(make_dataset(train, BATCH, shuffle=True, seed=0), epochs=EPOCHS, verbose=0, shuffle=False)
+        val_losses.append(model.evaluate(make_dataset(val, 16), verbose=0))
+    return np.array(val_losses)
+
+
+def test_with_dropout_packed_trials_agree_with_alone_within_the_mask_spread():
+    """A packed step cannot draw an alone run's masks; its trials must still land among the alone runs'."""
+    train, val = pairs(), pairs(16, seed=1)
+    model, packed = train_packed(DROPOUT_CONFIGS, train, val, dropout=0.3)
+    inputs, _, _ = repeat_for_slots(make_dataset(val, 8), len(DROPOUT_CONFIGS)).take(1).get_single_element()
+    outputs = [keras.ops.convert_to_numpy(model.backbone(inputs, training=training)["decoder_sequence_output"])
+               for training in (True, False)]
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-4  # the packed step does drop out
+    for config, slot in zip(DROPOUT_CONFIGS, packed):
+        alone = alone_val_losses_over_mask_draws(config, train, val)
+        spread = alone.std(ddof=1)
+        assert spread > 1e-5  # the masks change the training: the comparison means something
+        assert abs(slot["val_loss"] - alone.mean()) <= 3 * spread, (slot["val_loss"], alone)
