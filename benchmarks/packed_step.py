@@ -58,7 +58,7 @@ def main() -> None:
             for slots in times:
                 hypermodel.start(hps[:slots])
                 timer = StepTimer(warmup=1)
-                model.fit(repeat_for_slots(batches, slots), epochs=1, verbose=0, callbacks=[timer])
+                model.fit(repeat_for_slots(batches, slots), epochs=1, verbose=0, shuffle=False, callbacks=[timer])
                 times[slots].append(statistics.median(timer.step_times_s))
         alone, packed = (statistics.median(times[s]) for s in times)
         alone_rate = step_tokens / args.steps / alone

@@ -152,6 +152,17 @@ class MergedTranslator:
         self.lengths = (max_source_length, max_new_tokens)
         self._config = None
         self._translator = None
+        self._spare = None
+
+    def adopt(self, backbone: keras_hub.models.T5Backbone) -> None:
+        """Decode with `backbone` (its weights get overwritten) rather than build a copy of this config.
+
+        Building a T5 backbone costs seconds; a run that already holds a spare one (e.g.
+        `BaseModel.take_layout()`) hands it over.
+
+        Example: `shared_translator(base.tokenizer).adopt(base.take_layout())`.
+        """
+        self._spare = backbone
 
     def __call__(
         self, backbone: keras_hub.models.T5Backbone, sources: Sequence[str], batch_size: int = 64,
@@ -163,8 +174,12 @@ class MergedTranslator:
         """
         config = backbone.get_config()
         if config != self._config:
-            with masking_warning_ignored():
-                copy = type(backbone).from_config(config)
+            spare, self._spare = self._spare, None
+            if spare is not None and spare.get_config() == config:
+                copy = spare
+            else:
+                with masking_warning_ignored():
+                    copy = type(backbone).from_config(config)
             self._translator = Translator(copy, self.tokenizer, *self.lengths, jit_compile=True)
             self._config = config
         self._translator.backbone.set_weights(merged_weights(backbone) if weights is None else weights)

@@ -78,8 +78,12 @@ def test_merged_translator_decodes_every_lora_config_with_one_trace(tiny_preset)
     sources = [f"translate English to Dravic: the {n} dogs run ." for n in ("two", "three", "four")]
     unadapted = translate(base.build_backbone(), base.tokenizer, sources, max_new_tokens=8)
     merged = MergedTranslator(base.tokenizer, max_new_tokens=8)
+    spare = base.take_layout()  # the backbone the loader built: decoded with, not copied
+    assert base.layout is None
+    merged.adopt(spare)
     assert merged(base.build_backbone(), sources) == unadapted
     translator = merged._translator
+    assert translator.backbone is spare
     rng = np.random.default_rng(0)
     for rank, targets in ((1, ("q", "v")), (4, ("q", "k", "v", "o"))):
         backbone = base.build_backbone()

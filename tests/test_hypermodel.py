@@ -70,6 +70,7 @@ def live_func_graphs():
     return sum(isinstance(obj, FuncGraph) for obj in gc.get_objects())
 
 
+@pytest.mark.e2e  # 26 s of training two models: in CI's second tier
 def test_a_released_model_leaves_no_training_graph_behind(base):
     """TensorFlow's registry of custom gradients pins each traced train step (lora_keras.runtime.graph_memory)."""
     tokens = reference_tokens(16, 6, 6, vocabulary_size=200)

@@ -136,8 +136,6 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         model = self.base.build_model(backbone)
         model.compile(optimizer=precisions.optimizer(self.precision, hp.get("learning_rate")),
                       jit_compile=self.jit_compile)
-        # Adam's moments now, not in the first traced step: a step that creates variables is traced twice.
-        model.optimizer.build(model.trainable_variables)
         self._current = _TrialModel(config, model, self.seed, registrations)
         return model
 

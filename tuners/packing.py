@@ -103,8 +103,6 @@ class PackedLoraHyperModel(LoraT5HyperModel):
         lean_projections(backbone)
         model = PackedTokenLossSeq2SeqLM(backbone, pack)
         model.compile(optimizer=keras.optimizers.Adam(self.space.learning_rates[0]), jit_compile=self.jit_compile)
-        # Adam's moments now, not in the first traced step: a step that creates variables is traced twice.
-        model.optimizer.build(model.trainable_variables)
         self._model, self._model_key, self.traced = model, key, False
         self._seed_states = [(v, keras.ops.convert_to_numpy(v)) for v in model.variables
                              if "seed_generator" in v.path]

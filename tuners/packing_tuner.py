@@ -118,7 +118,8 @@ class PackingSweepTuner(LoraSweepTuner):
         packed = len(group) > 1
         # A trial trained alone is measured in its own fit; packed ones each alone beforehand.
         timer = EpochTimer(train_tokens.token_count * len(group), None if packed else writers[0])
-        measures = [] if packed else [timer, self._peak_memory(writers[0])]
+        # The memory callback first: its clean-up before a fit (gc, malloc_trim) stays off the trial's clock.
+        measures = [] if packed else [self._peak_memory(writers[0]), timer]
         try:
             model = hypermodel.build_pack(hps)
             hypermodel.trace(model, train_tokens, val_tokens)

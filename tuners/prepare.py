@@ -25,6 +25,7 @@ from lora_keras.adapters import TARGETS, LoraConfig, check_rank
 from lora_keras.data.corpus import read_pairs
 from lora_keras.data.pipeline import TokenizedPairs, tokenize_pairs
 from lora_keras.errors import InputError
+from lora_keras.evaluation import shared_translator
 from lora_keras.models.base import BaseModel
 from lora_keras.models.demo import base as demo
 from lora_keras.models.sources import load_base
@@ -124,6 +125,8 @@ def prepare_run(config: SweepConfig) -> PreparedRun:
         [prefix + source for source, _ in val_pairs], [target for _, target in val_pairs],
         config.max_source_length, config.max_target_length,
     )
+    # The backbone the loader built decodes the translations: no copy to build for the translator.
+    shared_translator(base.tokenizer, config.max_source_length, config.max_target_length).adopt(base.take_layout())
     return PreparedRun(
         strategy, base, tokenize_pairs(base.tokenizer, train_pairs, prefix, **lengths),
         tokenize_pairs(base.tokenizer, val_pairs, prefix, **lengths), val_texts,

@@ -244,8 +244,9 @@ class LoraSweepTuner(BaseTuner):
     def _measures(self, train_tokens, writer):
         """The trial's measurement callbacks, each writing its scalars to the trial's session."""
         return [
-            EpochTimer(train_tokens.token_count, writer),
+            # Memory first: its clean-up before a fit (gc, malloc_trim) stays off the trial's clock.
             PeakMemory(writer, gpus=strategy_gpus(self.strategy), first_trial_start=self.first_trial_start),
+            EpochTimer(train_tokens.token_count, writer),
             ParameterCount(writer),
             LossScalars(writer),
         ]

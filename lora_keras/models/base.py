@@ -64,6 +64,14 @@ class BaseModel:
             self.layout = self.build_backbone()
         return self.layout
 
+    def take_layout(self) -> keras_hub.models.T5Backbone:
+        """`layout_backbone()`, handed over: the caller may change it (the base forgets it).
+
+        Example: `shared_translator(base.tokenizer).adopt(base.take_layout())`.
+        """
+        backbone, self.layout = self.layout_backbone(), None
+        return backbone
+
     def build_backbone(self, dtype: str | keras.DTypePolicy | None = None) -> keras_hub.models.T5Backbone:
         """A new `T5Backbone` holding the base weights, in the base's dtype policy or `dtype`.
 

@@ -139,6 +139,10 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
     # keras-hub's `fit`/`evaluate` turn anything but a tf.data or grain dataset into one (tf.data without
     # grain, so TensorFlow): a `PyDataset` of ready batches (`NumpyBatches`, other backends) goes to Keras's own.
     def fit(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
+        # Adam's moments before the first traced step rather than in it: TensorFlow traces a step
+        # that creates variables twice (seconds per model).
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
         if isinstance(x, keras.utils.PyDataset):
             return keras.Model.fit(self, x, *args, **kwargs)
         return super().fit(x, *args, **kwargs)
