@@ -6,7 +6,8 @@ import statistics
 import time
 
 import keras
-import tensorflow as tf
+
+from lora_keras.runtime.backend import sync_devices
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -42,7 +43,7 @@ class StepTimer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self._start is not None:
-            tf.test.experimental.sync_devices()  # GPU steps run asynchronously
+            sync_devices()  # GPU steps run asynchronously
             self.step_times_s.append(time.perf_counter() - self._start)
         self._batch += 1
 
