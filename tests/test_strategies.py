@@ -243,6 +243,7 @@ def hparams_data(path, tag):
     return plugin_data_pb2.HParamsPluginData.FromString(accumulator.PluginTagToContent("hparams")[tag])
 
 
+@pytest.mark.e2e  # a 33 s CLI sweep: in CI's second tier, keeping the default run under 8 minutes
 def test_cost_aware_cli_sweep_over_alpha_targets_and_dropout(tiny_preset, tiny_corpus, tmp_path, eager_trials):
     train, val = tiny_corpus
     load_tune().main([str(a) for a in (
