@@ -209,22 +209,19 @@ def test_hyperband_needs_two_epochs_or_more():
 
 
 def run_trials_eagerly(monkeypatch):
-    build = LoraT5HyperModel.build
+    for owner, name in ((LoraT5HyperModel, "build"), (PackedLoraHyperModel, "model_for")):
+        monkeypatch.setattr(owner, name, _eager(getattr(owner, name)))
 
-    def eager_build(self, hp):
-        model = build(self, hp)
+
+def _eager(make_model):
+    """`make_model` (a hypermodel's model factory) whose models run eagerly."""
+
+    def eager(self, *args):
+        model = make_model(self, *args)
         model.run_eagerly = True
         return model
 
-    monkeypatch.setattr(LoraT5HyperModel, "build", eager_build)
-    model_for = PackedLoraHyperModel.model_for
-
-    def eager_model_for(self, config):
-        model = model_for(self, config)
-        model.run_eagerly = True
-        return model
-
-    monkeypatch.setattr(PackedLoraHyperModel, "model_for", eager_model_for)
+    return eager
 
 
 @pytest.fixture
