@@ -71,6 +71,7 @@ def test_results_csv_has_every_column_and_combination(tiny_run, tiny_preset):
     base_params = sum(int(np.prod(w.shape)) for w in base.weights)
     backbone = base.build_backbone()
     resident_now = psutil.Process().memory_info().rss / 2**20  # this process ran the trials
+    adjusted = []  # per later trial: its figure is not simply the process's peak
     for row in rows:
         rank = int(row["rank"])
         assert row["status"] == "COMPLETED"
@@ -82,7 +83,10 @@ def test_results_csv_has_every_column_and_combination(tiny_run, tiny_preset):
         # the first trial is its own reference. In MiB: kB or bytes would be 1024 times off the
         # resident size read independently.
         assert peak <= 1.02 * measured["process_peak_memory_mb"]
-        assert (peak == pytest.approx(measured["process_peak_memory_mb"])) == (row["trial_id"] == rows[0]["trial_id"])
+        if row["trial_id"] == rows[0]["trial_id"]:
+            assert peak == pytest.approx(measured["process_peak_memory_mb"])
+        else:  # a later trial that starts at the first one's RSS to the page reports its own peak too
+            adjusted.append(peak != pytest.approx(measured["process_peak_memory_mb"]))
         assert 0.5 * resident_now < peak < 2 * resident_now
         assert float(row["lora_alpha"]) == rank and int(row["epochs"]) == 1
         lora = lora_parameter_count(backbone, LoraConfig(rank, targets=("q", "v")))
@@ -93,6 +97,7 @@ def test_results_csv_has_every_column_and_combination(tiny_run, tiny_preset):
         assert float(row["tokens_per_s"]) > 0
         assert math.isfinite(float(row["final_loss"])) and math.isfinite(float(row["val_loss"]))
         assert 0 <= float(row["bleu"]) <= 100 and 0 <= float(row["chrf"]) <= 100
+    assert any(adjusted)  # later trials are measured from the first one's start
 
 
 def test_report_baseline_and_adapters(tiny_run):
