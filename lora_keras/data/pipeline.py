@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 PAD_ID = 0
 EOS_ID = 1
+PREFETCH_BATCHES = 2  # batches made ahead of the step (on a CPU they share its cores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +171,23 @@ def make_dataset(
     return (
         dataset.batch(batch_size)
         .map(lambda *batch: _trim_padding(*batch, widths=widths, multiple=length_multiple))
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(PREFETCH_BATCHES)
+        .with_options(_options())
     )
+
+
+def _options() -> tf.data.Options:
+    """No tf.data autotuning: its model thread made freeing an iterator wait ~4 s (measured below).
+
+    On the demo, `fit` returned 4.3 s after its last callback in most calls, blocked while it
+    deleted its iterators (`prefetch(AUTOTUNE)`'s tuning thread); without autotuning it returns
+    at once, and the step times are the same (docs/measured.md, "tf.data").
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def _rounded(length: tf.Tensor, multiple: int | None, width: int) -> tf.Tensor:
