@@ -88,3 +88,25 @@ def test_a_released_model_leaves_no_training_graph_behind(base):
     assert graphs[0] >= graphs_before + 3  # a traced model holds graphs (4 here: its steps traced once each) ...
     assert graphs[1] <= graphs[0] + 2  # ... one model's at a time, not one more set per model
     assert live_func_graphs() <= graphs_before + 2
+
+
+def test_a_traced_model_is_frozen_out_of_collections_until_released(base):
+    """After its trace a model skips garbage collections (`lora_keras.runtime.heap`); released, it is freed."""
+    import weakref
+
+    tokens = reference_tokens(16, 6, 6, vocabulary_size=200)
+    hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(1,), batch_sizes=(8,)), epochs=1)
+    hp = _hp(hypermodel, rank=1, batch_size=8, learning_rate=1e-3)
+    model = hypermodel.build(hp)
+    assert gc.get_freeze_count() == 0
+    hypermodel.trace(hp, model, tokens, tokens)
+    frozen = gc.get_freeze_count()
+    assert frozen > 1000  # the model, its layers and traced graphs
+    tracked = len(gc.get_objects())
+    assert tracked < frozen  # what a collection walks now: not the model
+    model_ref = weakref.ref(model)
+    del model
+    hypermodel.release()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert model_ref() is None  # frozen objects are not leaked once released

@@ -18,6 +18,7 @@ from lora_keras.data.pipeline import TokenizedPairs, make_dataset
 from lora_keras.runtime import precision as precisions
 from lora_keras.runtime.backend import in_distribution_strategy
 from lora_keras.runtime.graph_memory import CustomGradientRegistrations
+from lora_keras.runtime.heap import freeze_long_lived, thaw
 from lora_keras.runtime.xla import length_multiple
 from lora_keras.adapters import LoraConfig, add_lora, reset_lora
 from lora_keras.adapters import lean_projections
@@ -141,6 +142,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
 
     def release(self) -> None:
         """Drop the kept model and free what TensorFlow holds for it."""
+        thaw()  # the model may have been frozen out of the collector's reach after its trace
         if self._current is None:
             return
         registrations = self._current.registrations
@@ -179,6 +181,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         model.evaluate(make_dataset(val_head, EVAL_BATCH_SIZE, length_multiple=self.length_multiple), verbose=0)
         current.reset(hp.get("learning_rate"))
         current.traced = True
+        freeze_long_lived()  # later trials' memory clean-up then skips the model and its graphs
         return time.perf_counter() - started
 
     def fit(

@@ -29,6 +29,7 @@ from tensorboard.plugins.hparams import summary as hparams_summary
 
 from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory
 from lora_keras.runtime.devices import strategy_gpus
+from lora_keras.runtime.heap import thaw
 from lora_keras.evaluation import shared_translator, translation_scores
 from lora_keras.adapters import LoraConfig, load_adapter, save_adapter
 from lora_keras.data.pipeline import TokenizedPairs
@@ -319,6 +320,11 @@ class LoraSweepTuner(BaseTuner):
         """Save the oracle's state, except in a worker: the chief's oracle holds the run."""
         if not is_worker():
             super().save()
+
+    def on_search_end(self) -> None:
+        """Let the collector reach the objects a trace froze (`lora_keras.runtime.heap`) again."""
+        super().on_search_end()
+        thaw()
 
     def on_trial_end(self, trial: Trial) -> None:
         """keras-tuner's end of a trial, then `on_trial_done`."""
