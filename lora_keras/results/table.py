@@ -246,10 +246,10 @@ def write_results_md(
         if packs and trained <= wall_time_s:
             measuring = sum(r.get("cost_measure_s") or 0.0 for r in rows)
             lines.append(
-                f"Sweep wall time {wall_time_s:.0f} s, of which training {trained:.0f} s ({packs} packed fits, "
-                f"validation included); overhead {wall_time_s - trained:.0f} s (loading, tokenizing, building and "
-                f"tracing once, baseline, decoding, reports, and {measuring:.0f} s measuring each configuration "
-                "alone).")
+                f"Sweep wall time {wall_time_s:.0f} s, of which training {trained:.0f} s ({packs} packed "
+                f"fit{'s' if packs != 1 else ''} counted once, validation included); overhead "
+                f"{wall_time_s - trained:.0f} s (loading, tokenizing, building and tracing once, baseline, "
+                f"decoding, reports, and {measuring:.0f} s measuring each configuration alone).")
         elif trained <= wall_time_s:
             lines.append(
                 f"Sweep wall time {wall_time_s:.0f} s, of which trial training {trained:.0f} s; "
