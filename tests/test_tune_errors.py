@@ -114,3 +114,18 @@ def test_a_run_resumes_only_in_its_own_precision(tmp_path, capsys, tiny_preset, 
     from tuners.run_files import claim_run_dir
 
     claim_run_dir(SweepConfig(**settings))  # the same run in float32 resumes
+
+
+def test_bayesian_without_its_extra_says_how_to_install_it(tmp_path, capsys, monkeypatch, tiny_preset, tiny_corpus):
+    """scipy and scikit-learn are the `bayesian` extra (setup.cfg), as keras-tuner's own; not in the default install."""
+    from keras_tuner.src.tuners import bayesian
+
+    monkeypatch.setattr(bayesian, "scipy", None)  # what keras-tuner holds when `import scipy` failed
+    train, val = tiny_corpus
+    with pytest.raises(SystemExit) as caught:
+        load_tune().main(["--model", str(tiny_preset), "--train", str(train), "--val", str(val), "--strategy",
+                          "bayesian", "--max-trials", "2", "--logdir", str(tmp_path), "--quiet"])
+    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err,
+                           "--strategy bayesian needs scipy and scikit-learn, not installed; "
+                           "pip install -e '.[bayesian]'")
+    assert not (tmp_path / "sweep").exists()

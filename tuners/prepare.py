@@ -39,6 +39,10 @@ from tuners.sweep_tuner import ValidationTexts
 HELD_OUT_FRACTION = 0.1  # of --train, for validation when no --val is given
 
 
+# Strategies whose libraries are an extra of the package (setup.cfg), not in the default install.
+STRATEGY_EXTRAS = {"bayesian": ("bayesian", "scipy and scikit-learn")}
+
+
 def make_sweep_oracle(config: SweepConfig) -> keras_tuner.Oracle:
     """The sweep's oracle over its search space, once its strategy and targets are checked.
 
@@ -62,10 +66,18 @@ def make_sweep_oracle(config: SweepConfig) -> keras_tuner.Oracle:
         raise InputError(f"unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}", parameter="targets")
     hp = keras_tuner.HyperParameters()
     config.space.declare(hp)
-    return make_oracle(
-        config.strategy, keras_tuner.Objective("val_loss", "min"), config.max_trials, hp, config.seed,
-        max_epochs=config.epochs,
-    )
+    try:
+        return make_oracle(
+            config.strategy, keras_tuner.Objective("val_loss", "min"), config.max_trials, hp, config.seed,
+            max_epochs=config.epochs,
+        )
+    except ImportError as error:  # bayesian without scipy and scikit-learn
+        if config.strategy not in STRATEGY_EXTRAS:
+            raise
+        extra, libraries = STRATEGY_EXTRAS[config.strategy]
+        raise InputError(f"strategy {config.strategy} needs {libraries}, not installed; "
+                         f"pip install -e '.[{extra}]' (or pip install {libraries.replace(' and ', ' ')})",
+                         parameter="strategy") from None
 
 
 @dataclasses.dataclass
