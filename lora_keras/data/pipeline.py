@@ -177,11 +177,12 @@ def make_dataset(
 
 
 def _options() -> tf.data.Options:
-    """No tf.data autotuning: its model thread made freeing an iterator wait ~4 s (measured below).
+    """No tf.data autotuning: its model thread made freeing an iterator wait ~4 s.
 
     On the demo, `fit` returned 4.3 s after its last callback in most calls, blocked while it
     deleted its iterators (`prefetch(AUTOTUNE)`'s tuning thread); without autotuning it returns
-    at once, and the step times are the same (docs/measured.md, "tf.data").
+    at once, and the step times are the same (docs/measured.md, "tf.data, the collector and the
+    install").
     """
     import tensorflow as tf
 
