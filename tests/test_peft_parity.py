@@ -122,7 +122,9 @@ def train_peft(checkpoint, initial_a, batch_list, dropout, masks):
     return losses, final
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
+# With LoRA dropout (the same masks fed to both sides) in the e2e tier: 18 s, and the default run
+# stays under its 8 minutes (docs/testing.md); without dropout here.
+@pytest.mark.parametrize("dropout", [0.0, pytest.param(0.3, marks=pytest.mark.e2e)])
 def test_ten_steps_match_transformers_and_peft(dropout, hf_t5, monkeypatch):
     checkpoint = hf_t5("flan")
     base = load_hf_checkpoint(checkpoint)
