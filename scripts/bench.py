@@ -113,7 +113,7 @@ def _trial_runner(args, base, train, val):
     val_texts = None
     if base.tokenizer is not None:  # the demo: the sweep also decodes the validation set for BLEU
         from lora_keras.models.demo import base as demo
-        from tuners.sweep_tuner import ValidationTexts
+        from lora_keras.evaluation import ValidationTexts
 
         pairs = demo.adaptation_pairs("val", demo.VAL_EXAMPLES, args.seed)
         prefix = demo.prefix(base.task["target_lang"])

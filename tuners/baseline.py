@@ -23,7 +23,7 @@ from lora_keras.data.pipeline import TokenizedPairs, make_dataset
 from lora_keras.models.base import BaseModel
 from lora_keras.models.token_loss import perplexity
 from tuners.hypermodel import EVAL_BATCH_SIZE
-from tuners.sweep_tuner import SAMPLE_TRANSLATIONS, ValidationTexts
+from lora_keras.evaluation import SAMPLE_TRANSLATIONS, ValidationTexts
 
 BASELINE_FILE = "baseline.json"
 LOCK_FILE = ".baseline.lock"

@@ -34,7 +34,7 @@ from lora_keras.runtime.gpu_memory import enable_memory_growth
 from tuners.baseline import measure_baseline
 from tuners.strategies import STRATEGIES, make_oracle
 from tuners.sweep_config import SweepConfig
-from tuners.sweep_tuner import ValidationTexts
+from lora_keras.evaluation import ValidationTexts
 
 HELD_OUT_FRACTION = 0.1  # of --train, for validation when no --val is given
 

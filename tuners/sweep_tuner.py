@@ -30,7 +30,7 @@ from tensorboard.plugins.hparams import summary as hparams_summary
 from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory
 from lora_keras.runtime.devices import strategy_gpus
 from lora_keras.runtime.heap import thaw
-from lora_keras.evaluation import shared_translator, translation_scores
+from lora_keras.evaluation import SAMPLE_TRANSLATIONS, ValidationTexts
 from lora_keras.adapters import LoraConfig, load_adapter, save_adapter
 from lora_keras.data.pipeline import TokenizedPairs
 from tuners.cluster import is_worker
@@ -39,58 +39,6 @@ from tuners.hypermodel import LoraT5HyperModel
 from tuners.search_space import SearchSpace
 
 MEASUREMENTS_FILE = "measurements.json"
-SAMPLE_TRANSLATIONS = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidationTexts:
-    """The validation set as text, for translation scores: prefixed sources and references.
-
-    Example: `ValidationTexts(["translate English to French: hello ."], ["bonjour ."])`.
-    """
-
-    sources: list
-    references: list
-    max_source_length: int = 64
-    max_target_length: int = 64
-    base_translations: tuple = ()  # the unadapted base's first translations, once `baseline.json` has them
-
-    def scores(
-        self, backbone: keras.Model, tokenizer: keras_hub.models.T5Tokenizer, weights: list | None = None,
-    ) -> tuple[dict, list[str]]:
-        """BLEU and chrF of `backbone`'s greedy translations of these sources (with `weights`, when given).
-
-        The process's `shared_translator` serves every call, so `generate` is compiled
-        once per process (per model shape), not once per LoRA config or run.
-
-        Args:
-            backbone: a `T5Backbone`, adapted or not.
-            tokenizer: the base's `T5Tokenizer`.
-            weights: the weights to decode with, in an unadapted backbone's order; default `backbone`'s, merged.
-
-        Returns:
-            `({"bleu": ..., "chrf": ...}, translations)`.
-
-        Example: `scores, translations = val_texts.scores(model.backbone, base.tokenizer)`.
-        """
-        translations = shared_translator(tokenizer, self.max_source_length, self.max_target_length)(
-            backbone, self.sources, weights=weights)
-        return translation_scores(translations, self.references), translations
-
-    def samples_markdown(self, translations: list[str]) -> str:
-        """The first sources, references, the base's and this trial's translations as a markdown table.
-
-        (TensorBoard's TEXT tab; the base's column is there once the baseline is measured.)
-        """
-        base = list(self.base_translations) or [None] * SAMPLE_TRANSLATIONS
-        with_base = bool(self.base_translations)
-        rows = ["| source | reference | " + ("unadapted base | " if with_base else "") + "this trial |",
-                "|---|---|" + ("---|" if with_base else "") + "---|"]
-        for source, reference, before, after in list(
-            zip(self.sources, self.references, base, translations)
-        )[:SAMPLE_TRANSLATIONS]:
-            rows.append(f"| {source} | {reference} | " + (f"{before} | " if with_base else "") + f"{after} |")
-        return "\n".join(rows)
 
 
 def _end_session(writer, status):
