@@ -30,12 +30,16 @@ class ParameterCount(keras.callbacks.Callback):
 
     Counting at `on_train_begin` (not construction) sees the model as
     fitted: LoRA adapters added and frozen kernels (`trainable=False`)
-    excluded from `trainable_weights` but still in `weights`.
+    excluded from `trainable_weights` but still in `weights`. For a model with
+    lora-keras adapters (`LoraDense`), the trainable parameters are one adapter's
+    at its own rank (`lora_parameter_count`), not the padded slots the model holds,
+    and the total is the base's plus that adapter's.
 
     Scalars (step 0): `trainable_params`, `total_params`.
 
     Args:
         writer: a TensorBoard summary writer, or None for no scalars.
+        slot: which adapter of a model with several (0 for one).
 
     Example:
     ``python
@@ -45,15 +49,24 @@ class ParameterCount(keras.callbacks.Callback):
     ``
     """
 
-    def __init__(self, writer: tf.summary.SummaryWriter | None = None) -> None:
+    def __init__(self, writer: tf.summary.SummaryWriter | None = None, slot: int = 0) -> None:
         super().__init__()
         self.writer = writer
+        self.slot = slot
         self.trainable_params = 0
         self.total_params = 0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self.trainable_params = count_params(self.model.trainable_weights)
-        self.total_params = count_params(self.model.weights)
+        from lora_keras.adapters import adapter_config, adapter_variables, lora_layers, lora_parameter_count
+
+        backbone = getattr(self.model, "backbone", None)
+        if backbone is not None and lora_layers(backbone):
+            base = count_params(self.model.weights) - count_params(adapter_variables(backbone))
+            self.trainable_params = lora_parameter_count(backbone, adapter_config(backbone, self.slot))
+            self.total_params = base + self.trainable_params
+        else:
+            self.trainable_params = count_params(self.model.trainable_weights)
+            self.total_params = count_params(self.model.weights)
         write_scalars(
             self.writer,
             {

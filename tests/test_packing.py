@@ -1,4 +1,4 @@
-"""Packed LoRA: several configurations in one step train exactly as each alone; padded ranks stay zero."""
+"""Packed LoRA: several adapters of one `LoraDense` per projection train in one step exactly as each alone."""
 
 import keras
 import keras_hub
@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_backbone_kwargs
-from lora_keras.adapters import LoraConfig, add_lora, lean_projections, load_adapter, reset_lora, target_layers
-from lora_keras.adapters.projection import projection_of
-from lora_keras.adapters.packed import add_packed_lora
+from lora_keras.adapters import (
+    LoraConfig, activate_slots, add_lora, load_adapter, lora_layers, merged_weights, reset_lora, save_adapter, set_slot,
+    target_layers,
+)
 from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots
-from lora_keras.models.token_loss import PackedTokenLossSeq2SeqLM, TokenLossSeq2SeqLM
+from lora_keras.models.token_loss import TokenLossSeq2SeqLM
 from lora_keras.runtime.precision import reset_optimizer
-from tuners.search_space import SearchSpace
-from tuners.strategies.grid import packable_order
 
 VOCAB = 300
 CONFIGS = (LoraConfig(1), LoraConfig(4), LoraConfig(16, alpha=8.0))  # scale 1, 1 and 0.5
@@ -49,32 +48,29 @@ class StepLosses(keras.callbacks.Callback):
         self.values.append(float(logs[self.key]))
 
 
-def q_projection(model):
-    return model.backbone.encoder_transformer_layers[0].self_attention.query_projector
+Q = "encoder/0/self_attention/q"
 
 
 def train_alone(config, train, val):
-    """The unpacked trial: Keras's LoRA state at the config's own rank, the lean projections."""
+    """The trial alone: one adapter at the config's own rank (no padding), trained by Keras's own fit."""
     model = TokenLossSeq2SeqLM(backbone=backbone())
     add_lora(model.backbone, config, seed=0)
-    lean_projections(model.backbone)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     losses = StepLosses("loss")
     model.fit(make_dataset(train, BATCH, shuffle=True, seed=0), epochs=EPOCHS, verbose=0, callbacks=[losses])
-    dense = q_projection(model)
-    return {"losses": losses.values, "val_loss": model.evaluate(make_dataset(val, 16), verbose=0),
-            "a": keras.ops.convert_to_numpy(dense.lora_kernel_a), "b": keras.ops.convert_to_numpy(dense.lora_kernel_b)}
+    a, b = lora_layers(model.backbone)[Q].slot_weights(0)
+    return {"losses": losses.values, "val_loss": model.evaluate(make_dataset(val, 16), verbose=0), "a": a, "b": b}
 
 
 def packed_model(configs, slots=None, dropout=0.0):
+    """One backbone whose every adapted projection holds a slot per config, padded to the largest rank."""
     model_backbone = backbone()
-    pack = add_packed_lora(model_backbone, slots or len(configs), max(c.rank for c in CONFIGS), dropout=dropout,
-                           seed=0)
-    lean_projections(model_backbone)
+    configs = [LoraConfig(c.rank, c.alpha, c.targets, dropout) for c in configs]
+    add_lora(model_backbone, configs[0], seed=0, slots=slots or len(configs), max_rank=max(c.rank for c in CONFIGS))
     for slot, config in enumerate(configs):
-        pack.set_slot(slot, config, seed=0)
-    pack.activate(len(configs))
-    model = PackedTokenLossSeq2SeqLM(model_backbone, pack)
+        set_slot(model_backbone, slot, config, seed=0)
+    activate_slots(model_backbone, len(configs))
+    model = TokenLossSeq2SeqLM(backbone=model_backbone)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     return model
 
@@ -86,8 +82,8 @@ def train_packed(configs, train, val, dropout=0.0):
     model.fit(repeat_for_slots(make_dataset(train, BATCH, shuffle=True, seed=0), slots), epochs=EPOCHS,
               verbose=0, callbacks=losses)
     logs = model.evaluate(repeat_for_slots(make_dataset(val, 16), slots), verbose=0, return_dict=True)
-    projection = model.pack.layers["encoder/0/self_attention/q"]
-    a, b = (keras.ops.convert_to_numpy(v) for v in (projection.lora_a, projection.lora_b))
+    layer = lora_layers(model.backbone)[Q]
+    a, b = (keras.ops.convert_to_numpy(v) for v in (layer.lora_a, layer.lora_b))
     return model, [{"losses": losses[slot].values, "val_loss": logs[f"loss_{slot}"], "a": a[slot], "b": b[slot]}
                    for slot in range(slots)]
 
@@ -117,17 +113,17 @@ def test_packed_slots_train_exactly_as_each_alone(runs):
     assert len({round(slot["val_loss"], 6) for slot in packed}) == 3
 
 
-def test_slot_adapter_file_loads_as_an_add_lora_adapter(runs, tmp_path):
+def test_slot_adapter_file_loads_as_a_plain_adapter(runs, tmp_path):
     _, _, model = runs
-    pack = model.pack
     inputs, _, _ = pairs(4, seed=2).model_inputs()
     for slot, config in enumerate(CONFIGS):
         path = tmp_path / f"slot{slot}.safetensors"
-        pack.save_slot(slot, config, path)
+        save_adapter(model.backbone, path, slot=slot)
         loaded = backbone()
         assert load_adapter(loaded, path).to_dict() == config.to_dict()
+        assert lora_layers(loaded)[Q].max_rank == config.rank  # saved at its own rank, not padded
         merged = backbone()
-        merged.set_weights(pack.merged_weights(model.backbone, slot))
+        merged.set_weights(merged_weights(model.backbone, slot))
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(loaded(inputs)["decoder_sequence_output"]),
             keras.ops.convert_to_numpy(merged(inputs)["decoder_sequence_output"]), rtol=1e-4, atol=1e-5)
@@ -136,16 +132,19 @@ def test_slot_adapter_file_loads_as_an_add_lora_adapter(runs, tmp_path):
 def test_unused_slots_are_the_base_and_counts_follow_the_formula():
     model = packed_model(CONFIGS[:1], slots=3)
     layers = target_layers(model.backbone, ("q", "v"))
-    assert len(model.pack.layers) == len(layers)
+    assert len(lora_layers(model.backbone)) == len(layers)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     assert trainable == sum(3 * 16 * (d.kernel.shape[0] + d.kernel.shape[1]) for d in layers.values())
-
-
-def test_grid_hands_out_the_ranks_of_a_batch_size_one_after_another():
-    hp = keras_tuner.HyperParameters()
-    SearchSpace(ranks=(1, 4, 16), batch_sizes=(8, 64), learning_rates=(3e-3,)).declare(hp)
-    order = [(v["rank"], v["batch_size"]) for v in packable_order(hp)]
-    assert order == [(1, 8), (4, 8), (16, 8), (1, 64), (4, 64), (16, 64)]
+    for layer in lora_layers(model.backbone).values():  # slot 0 moved off the base: its rows differ
+        layer.lora_b.assign(np.full(layer.lora_b.shape, 0.05, "float32"))
+        layer.clear_slot(1), layer.clear_slot(2)
+    # Slots 1 and 2 hold nothing: a batch of three slots computes slot 0's adapter, then the base twice.
+    inputs, _, _ = repeat_for_slots(make_dataset(pairs(4, seed=3), 4), 3).take(1).get_single_element()
+    activate_slots(model.backbone, 3)
+    packed = keras.ops.convert_to_numpy(model.backbone(inputs)["decoder_sequence_output"])
+    alone = keras.ops.convert_to_numpy(backbone()(inputs)["decoder_sequence_output"])
+    np.testing.assert_allclose(packed[4:], alone[4:], rtol=1e-5, atol=1e-6)
+    assert np.abs(packed[:4] - alone[:4]).max() > 1e-3
 
 
 DROPOUT_CONFIGS = (LoraConfig(4, dropout=0.3), LoraConfig(16, dropout=0.3))
@@ -156,15 +155,14 @@ def alone_val_losses_over_mask_draws(config, train, val):
     """The trial alone (same A, same data order) under MASK_DRAWS different draws of its dropout masks."""
     model = TokenLossSeq2SeqLM(backbone=backbone())
     add_lora(model.backbone, config, seed=0)
-    lean_projections(model.backbone)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    projections = [projection_of(dense) for dense in target_layers(model.backbone, config.targets).values()]
+    layers = list(lora_layers(model.backbone).values())
     val_losses = []
     for draw in range(MASK_DRAWS):
         reset_lora(model.backbone, config, seed=0)
         reset_optimizer(model.optimizer, 3e-3)
-        for offset, projection in enumerate(projections):
-            projection.seed_generator.state.assign(keras.random.SeedGenerator(1000 * (draw + 1) + offset).state)
+        for offset, layer in enumerate(layers):
+            layer.seed_generator.state.assign(keras.random.SeedGenerator(1000 * (draw + 1) + offset).state)
         model.fit(make_dataset(train, BATCH, shuffle=True, seed=0), epochs=EPOCHS, verbose=0, shuffle=False)
         val_losses.append(model.evaluate(make_dataset(val, 16), verbose=0))
     return np.array(val_losses)

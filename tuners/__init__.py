@@ -1,11 +1,22 @@
 """keras-tuner pieces of lora-keras, one job per module.
 
 - `search_space`: the values each hyperparameter may take, and what a trial's values mean.
-- `hypermodel`: the `HyperModel` that builds (LoRA at the trial's config) and fits (its batch size).
+- `hypermodel`: `LoraT5HyperModel`, whose `build(hp)` returns a compiled model (one per targets,
+  dropout and init, the trial in its slot), `fit` trains one trial and `fit_group` several in one step.
 - `strategies/`: the oracles by name, one module each.
-- `sweep_tuner`: the tuner that runs, measures and records a trial.
-- `sweep`: `run_sweep(SweepConfig)`, which prepares the run (`prepare`) and runs it in this
-  process's role (`roles`: locally, as a worker, or as the chief, which serves the oracle via
-  `oracle_server`); `run_files` writes the run's settings, tables and reports.
+- `packing`: the whole packing policy: when trials may train together (float32, no XLA, no
+  `--devices`), how many per step (slots, the `DEFAULT_MAX_ROWS` limit) and the order it asks of a
+  strategy (rank and alpha varying fastest).
+- `trial_runner`: `TrialRunner`, the one trial runner: a group of 1..N trials in one fit, each with
+  its HParams session, measurement callbacks, divergence check, `measurements.json` and adapter.
+- `tuner`: `LoraTuner`, keras-tuner's `BaseTuner`, whose `run_trial` runs the trial and the pack
+  companions it draws from the oracle.
+- `single_trial`: one trial without keras-tuner or TensorFlow (the JAX path), on the same runner.
+- `baseline`: the unadapted base on the validation set (`baseline.json`), measured once per run.
+- `hparams`: TensorBoard's HParams experiment and each trial's session.
+- `sweep`: `run_sweep(SweepConfig)` (`sweep_config`), which prepares the run (`prepare`) and runs it
+  in this process's role (`roles`: locally, as a worker, or as the chief, which serves the oracle via
+  `oracle_server`; `cluster`: which role this process has); `run_files` writes the run's settings,
+  tables and reports.
 - `failures`: keras-tuner's failed trials and its stop after too many in a row, read in one place.
 """

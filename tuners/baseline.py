@@ -60,7 +60,7 @@ def measure_baseline(
         val_tokens: the validation pairs, tokenized.
         val_texts: the validation set as text, for BLEU and chrF.
         run_dir: the run's directory, which must exist.
-        model: a compiled model that computes the base (a packed model with its adapters at zero,
+        model: a compiled model that computes the base (the trials' model with every adapter slot empty,
             whose traced eval step the trials reuse); None builds and then drops one.
 
     Returns:

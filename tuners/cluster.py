@@ -106,8 +106,8 @@ class Cluster:
             grpc.channel_ready_future(channel).result(timeout=self.chief_timeout_s)
         except grpc.FutureTimeoutError:
             raise InputError(
-                f"no chief answered at {self.address} within {self.chief_timeout_s:g} s; start "
-                "tune.py --distributed chief there first, or fix --oracle-address"
+                f"oracle_address: no chief answered at {self.address} within {self.chief_timeout_s:g} s; "
+                "start the chief there first, or give its address", parameter="oracle_address"
             ) from None
         finally:
             channel.close()

@@ -15,6 +15,8 @@ except RuntimeError as error:
 ```
 """
 
+from keras_tuner.errors import FatalError
+
 FAILURE_LIMIT_TEXT = "consecutive failures"  # in keras-tuner 1.4's `Oracle._check_consecutive_failures`
 
 
@@ -22,6 +24,17 @@ class SweepStopped(RuntimeError):
     """The sweep stopped early (too many failures in a row, chief lost); a rerun resumes.
 
     Example: `raise SweepStopped("the chief stopped the sweep: ...; fix the cause and rerun")`.
+    """
+
+
+class TrialError(FatalError):
+    """An error inside a trial that is not the trial's own failure (a bug, bad input): it stops the sweep.
+
+    keras-tuner records any other exception of a trial and goes on with the next; its
+    `FatalError` family stops the search. The original error is the `__cause__`, which
+    `tuners.roles` raises again with its traceback.
+
+    Example: `raise TrialError("trial 3 stopped the sweep: TypeError: ...") from error`.
     """
 
 
@@ -58,3 +71,19 @@ def failure_reason(message: str | None) -> str:
     last = (message or "unknown error").strip().splitlines()[-1]
     name, _, text = last.partition(": ")
     return f"{name.rsplit('.', 1)[-1]}: {text}" if text else last
+
+
+OUT_OF_MEMORY_NAMES = ("ResourceExhaustedError", "OutOfMemoryError", "MemoryError")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an accelerator or host running out of memory (a trial's expected failure).
+
+    TensorFlow raises `ResourceExhaustedError`, XLA on JAX an `XlaRuntimeError` saying
+    `RESOURCE_EXHAUSTED`, PyTorch an `OutOfMemoryError`, Python a `MemoryError`; read by name, so
+    that no backend need be imported.
+
+    Example: `is_out_of_memory(MemoryError())` -> `True`; `is_out_of_memory(TypeError())` -> `False`.
+    """
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & set(OUT_OF_MEMORY_NAMES)) or "RESOURCE_EXHAUSTED" in str(error)

@@ -1,6 +1,7 @@
-"""TensorBoard HParams: the experiment (domains, metric columns) and the report's figures.
+"""TensorBoard HParams: the experiment (domains, metric columns), each trial's session, the report's figures.
 
-Each trial's session (its row) is written by `LoraSweepTuner.run_trial` with `SearchSpace.trial_hparams`.
+A trial's session (its row) is started and ended by the trial runner (`tuners.trial_runner`)
+with `start_session` / `end_session`, written with TensorBoard's own event writer on any backend.
 
 Example:
 ```python
@@ -10,11 +11,13 @@ write_experiment(run_dir / "tensorboard", SearchSpace(), max_epochs=2)
 
 import pathlib
 import shutil
+import time
 
-import tensorflow as tf
-from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api as hparams_api
-from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from tuners.search_space import SearchSpace, targets_name
 
@@ -144,6 +147,8 @@ def write_experiment(
     """
     if any(pathlib.Path(log_dir).glob("events.out.tfevents*")):
         return
+    import tensorflow as tf
+
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default():
         tf.summary.experimental.write_raw_pb(experiment_summary(space, max_epochs, epochs_vary, precision).SerializeToString(),
@@ -160,6 +165,8 @@ def write_figures(log_dir: str | pathlib.Path, paths: list) -> None:
 
     Example: `write_figures(run_dir / "tensorboard" / "report", [run_dir / "loss_vs_rank.png"])`.
     """
+    import tensorflow as tf
+
     from lora_keras.results.plots import figure_images
 
     shutil.rmtree(log_dir, ignore_errors=True)  # a resumed run replaces, not repeats, its images
@@ -170,3 +177,38 @@ def write_figures(log_dir: str | pathlib.Path, paths: list) -> None:
         for name, image in figure_images(paths).items():
             tf.summary.image(name, image[None, ...], step=0)
     writer.close()
+
+
+def write_summary(logdir: str | pathlib.Path, summary: summary_pb2.Summary, step: int = 0) -> None:
+    """Append a `Summary` at `step` to an event file of its own in `logdir` (TensorBoard's writer, no TensorFlow).
+
+    Example: `write_summary("logs/sweep/tensorboard/trial_0", text_pb("notes", "hello"))`.
+    """
+    writer = EventFileWriter(str(logdir))
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+    writer.close()
+
+
+def start_session(session_dir: str | pathlib.Path, hparams: dict, trial_id: str) -> None:
+    """Start a trial's HParams session in `session_dir`, dropping what a killed attempt left there.
+
+    Example: `start_session("logs/sweep/tensorboard/trial_0", {"rank": 4, "batch_size": 8}, "trial_0")`.
+    """
+    session_dir = pathlib.Path(session_dir)
+    shutil.rmtree(session_dir, ignore_errors=True)
+    session_dir.mkdir(parents=True)
+    write_summary(session_dir, hparams_summary.hparams_pb(hparams, trial_id=trial_id))
+
+
+def end_session(session_dir: str | pathlib.Path, succeeded: bool) -> None:
+    """End a trial's HParams session: TensorBoard shows its row as succeeded or failed.
+
+    Example: `end_session("logs/sweep/tensorboard/trial_0", succeeded=True)`.
+    """
+    status = api_pb2.STATUS_SUCCESS if succeeded else api_pb2.STATUS_FAILURE
+    info = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time()))
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=metadata.SESSION_END_INFO_TAG, metadata=metadata.create_summary_metadata(info),
+                      tensor=metadata.NULL_TENSOR)
+    write_summary(session_dir, summary)

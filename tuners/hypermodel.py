@@ -1,11 +1,18 @@
 """The keras-tuner `HyperModel`: builds a LoRA-adapted T5 per trial (`build`) and trains it (`fit`).
 
-What a trial's hyperparameters mean (its values, epochs, LoRA config) is the `SearchSpace`'s;
-this builds and fits with them.
+One model serves every trial of one set of targets, dropout and init: each adapted projection
+holds `slots` adapters padded to the sweep's largest rank (`lora_keras.adapters.layer`), so its
+train and eval steps are traced once, whatever the rank or alpha. A trial is put in a slot
+and trains from its own initial adapter; `fit_group` trains several trials of one batch size
+and learning rate in one step, each on its own rows and its own loss (`fit` is the group of
+one). What a trial's hyperparameters mean (values, epochs, LoRA config) is the `SearchSpace`'s.
 
 Example:
 ```python
-hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(4,), batch_sizes=(8,)), epochs=1)
+hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(1, 4, 16), batch_sizes=(8,)), epochs=2, slots=3)
+model = hypermodel.build(hp)                                  # compiled, the trial in slot 0
+hypermodel.fit(hp, model, train_tokens, val_tokens)           # one trial
+hypermodel.fit_group([hp1, hp4, hp16], model, train_tokens, val_tokens)   # three in one step
 ```
 """
 
@@ -13,70 +20,52 @@ import time
 
 import keras
 import keras_tuner
+import numpy as np
 
-from lora_keras.data.pipeline import TokenizedPairs, make_dataset
+from lora_keras.adapters import LoraConfig, activate_slots, add_lora, clear_slots, load_slot, read_adapter, set_slot
+from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots
+from lora_keras.errors import InputError
+from lora_keras.models.base import BaseModel
 from lora_keras.runtime import precision as precisions
 from lora_keras.runtime.backend import in_distribution_strategy
 from lora_keras.runtime.graph_memory import CustomGradientRegistrations
 from lora_keras.runtime.heap import freeze_long_lived, thaw
 from lora_keras.runtime.xla import length_multiple
-from lora_keras.adapters import LoraConfig, add_lora, reset_lora
-from lora_keras.adapters import lean_projections
-from lora_keras.models.base import BaseModel
 from tuners.search_space import SearchSpace
 
 EVAL_BATCH_SIZE = 64
+ALONE_STEPS = 4  # timed steps of a configuration alone, after one untimed step on its longest batch
 
 
-class _TrialModel:
-    """A compiled model that can be put back to its state right after `build`.
+class _KeptModel:
+    """A compiled model and what puts it back to its state right after `build`."""
 
-    Building a model and tracing its train, eval and generate steps costs
-    seconds per trial; resetting the adapters, the optimizer and the dropout
-    seeds costs milliseconds, and a trial then trains exactly as it would on
-    a fresh model. That lets the steps be traced before a trial's clock starts,
-    and lets the next trial with the same LoRA config use the model again.
-    """
-
-    def __init__(self, config, model, seed, registrations):
-        self.config = config
+    def __init__(self, key, model, registrations):
+        self.key = key
         self.model = model
-        self.seed = seed
         self.registrations = registrations  # what TensorFlow keeps of its traced steps, released with it
         self.traced = False
-        self.seed_states = [
-            (variable, keras.ops.convert_to_numpy(variable))
-            for variable in model.variables
-            if "seed_generator" in variable.path
-        ]
-
-    def reset(self, learning_rate: float) -> keras.Model:
-        """The model as right after `build`, its optimizer at `learning_rate`."""
-        reset_lora(self.model.backbone, self.config, self.seed)
-        for variable, value in self.seed_states:
-            variable.assign(value)
-        precisions.reset_optimizer(self.model.optimizer, learning_rate)
-        return self.model
+        self.seed_states = [(v, keras.ops.convert_to_numpy(v)) for v in model.variables if "seed_generator" in v.path]
 
 
 class LoraT5HyperModel(keras_tuner.HyperModel):
-    """Builds a LoRA-adapted `T5Seq2SeqLM` per trial and trains it.
+    """Builds a LoRA-adapted `T5Seq2SeqLM` per trial and trains it, alone or with others in one step.
 
-    Every hyperparameter is declared up front (`declare_hyperparameters`), so
-    the first trial logs them all and the tuner never builds a model just to
-    discover the space. With `reuse_models` (the default), consecutive trials
-    with the same LoRA config (rank, alpha, targets, dropout) share one compiled model,
-    reset to its freshly built state, so only the first of them pays for
-    building and tracing; results are identical to building anew.
+    Every hyperparameter is declared up front (`declare_hyperparameters`), so the first trial
+    logs them all and the tuner never builds a model just to discover the space. Trials with
+    the same targets, dropout and init share one compiled model (`reuse_models`), reset to its
+    freshly built state with the trial's adapter in its slot: results are identical to building
+    anew, and only the first pays for building and tracing.
 
     Args:
         base: the frozen T5 each trial starts from.
-        space: the search space; what a trial's values mean is read there.
+        space: the search space; its largest rank pads every adapter.
         epochs: epochs per trial, unless the strategy sets a trial's (Hyperband).
         seed: initialisation, dropout and data order of every trial.
-        reuse_models: share one compiled model among consecutive trials of one LoRA config.
+        slots: the most trials trained in one step (`fit_group`); 1 trains one at a time.
+        reuse_models: share one compiled model among trials of one targets, dropout and init.
         jit_compile: XLA for the train step, batch lengths padded to multiples of 16 so it compiles
-            a few shapes (`lora_keras.runtime.xla`); no gain measured on CPU.
+            a few shapes (`lora_keras.runtime.xla`); one slot only.
         lora_init: how LoRA's A is drawn (`lora_keras.adapters.config.INITIALIZERS`).
         precision: `float32`, `mixed_bfloat16` or `mixed_float16` (`lora_keras.runtime.precision`).
 
@@ -91,27 +80,32 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     """
 
     def __init__(
-        self, base: BaseModel, space: SearchSpace, epochs: int = 2, seed: int = 0, reuse_models: bool = True,
-        jit_compile: bool = False, lora_init: str = "peft", precision: str = precisions.DEFAULT,
+        self, base: BaseModel, space: SearchSpace, epochs: int = 2, seed: int = 0, slots: int = 1,
+        reuse_models: bool = True, jit_compile: bool = False, lora_init: str = "peft",
+        precision: str = precisions.DEFAULT,
     ):
         super().__init__(name="lora_t5")
+        if slots > 1 and jit_compile:
+            raise InputError("slots: several trials per step need shapes XLA cannot compile; use 1 with jit_compile",
+                             parameter="slots")
         self.base = base
         self.space = space
         self.epochs = epochs
         self.seed = seed
-        self.lora_init = lora_init
+        self.slots = int(slots)
         self.reuse_models = reuse_models
         self.jit_compile = jit_compile
+        self.lora_init = lora_init
         self.precision = precisions.check_precision(precision)
         self.length_multiple = length_multiple(jit_compile)  # bounded batch shapes under XLA
-        self._current = None
+        self._kept = None
 
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
         """Declare the search space on `hp` (keras-tuner's hook; the space does it)."""
         self.space.declare(hp)
 
     def lora_config(self, hp: keras_tuner.HyperParameters) -> LoraConfig:
-        """The `LoraConfig` that `build(hp)` adapts the model with."""
+        """The `LoraConfig` of the trial `hp`."""
         return self.space.lora_config(hp, self.lora_init)
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
@@ -121,97 +115,169 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
             hp: the trial's hyperparameters.
 
         Returns:
-            A `T5Seq2SeqLM` with LoRA at the trial's config, compiled with Adam at its learning rate.
+            A `T5Seq2SeqLM` whose slot 0 holds the trial's initial adapter (the other slots
+            empty), compiled with Adam at its learning rate.
         """
         self.declare_hyperparameters(hp)
-        config = self.lora_config(hp)
-        current = self._current
-        if self.reuse_models and current is not None and current.config == config:
-            return current.reset(hp.get("learning_rate"))
+        model = self.model_for(self.lora_config(hp))
+        self.start(model, [hp])
+        return model
+
+    def model_for(self, config: LoraConfig) -> keras.Model:
+        """The compiled model that can train `config`: the kept one, or a new one (every slot empty).
+
+        Until `start` puts trials in it, it computes the base's outputs.
+        """
+        key = (tuple(config.targets), float(config.dropout), config.init)
+        if self.reuse_models and self._kept is not None and self._kept.key == key:
+            return self._kept.model
         self.release()
         registrations = CustomGradientRegistrations()
         keras.utils.set_random_seed(self.seed)  # same init for a trial whatever ran before
         backbone = precisions.build_backbone(self.base, self.precision)
-        add_lora(backbone, config, seed=self.seed)
-        lean_projections(backbone)
+        add_lora(backbone, config, seed=self.seed, slots=self.slots, max_rank=max(self.space.ranks))
+        clear_slots(backbone)
         model = self.base.build_model(backbone)
-        model.compile(optimizer=precisions.optimizer(self.precision, hp.get("learning_rate")),
+        model.compile(optimizer=precisions.optimizer(self.precision, self.space.learning_rates[0]),
                       jit_compile=self.jit_compile)
-        self._current = _TrialModel(config, model, self.seed, registrations)
+        self._kept = _KeptModel(key, model, registrations)
         return model
 
     def release(self) -> None:
         """Drop the kept model and free what TensorFlow holds for it."""
         thaw()  # the model may have been frozen out of the collector's reach after its trace
-        if self._current is None:
+        if self._kept is None:
             return
-        registrations = self._current.registrations
-        self._current = None
+        registrations = self._kept.registrations
+        self._kept = None
         if not in_distribution_strategy():  # inside a strategy's scope, clearing breaks the scope
             keras.backend.clear_session()
         registrations.release()  # else TensorFlow keeps the model's training graph to the end
 
-    def trace(
-        self, hp: keras_tuner.HyperParameters, model: keras.Model, train_tokens: TokenizedPairs,
-        val_tokens: TokenizedPairs,
-    ) -> float:
-        """Trace `model`'s train and eval steps on one batch, then reset it to its built state.
-
-        `fit` calls this first, so every trial's clock measures training, not tracing,
-        whether its model is new or reused.
+    def start(self, model: keras.Model, hps: list, parents: list | None = None) -> None:
+        """Put trial `j` of `hps` in slot `j` at its initial adapter (or its parent's), the model as built.
 
         Args:
-            hp: the trial's hyperparameters (its batch size and learning rate).
-            model: the model `build(hp)` returned.
-            train_tokens: training pairs; their first batch is traced.
-            val_tokens: validation pairs; their first batch is traced.
-
-        Returns:
-            The seconds spent (0 if already traced).
+            model: a model from `model_for` or `build`.
+            hps: the trials, at most `slots`.
+            parents: per trial, the adapter file it continues from (Hyperband), or None.
         """
-        current = self._current
-        if current is None or current.model is not model or current.traced:
+        if not 1 <= len(hps) <= self.slots:
+            raise InputError(f"slots: {len(hps)} trials for a model of {self.slots} slots", parameter="slots")
+        backbone = model.backbone
+        clear_slots(backbone, first=len(hps))  # empty slots: no gradient, no update
+        for slot, hp in enumerate(hps):
+            set_slot(backbone, slot, self.lora_config(hp), self.seed)
+            if parents and parents[slot] is not None:
+                load_slot(backbone, slot, *read_adapter(parents[slot]), source=str(parents[slot]))
+        activate_slots(backbone, len(hps))
+        kept = self._kept if self._kept is not None and self._kept.model is model else None
+        for variable, value in kept.seed_states if kept else ():
+            variable.assign(value)
+        precisions.reset_optimizer(model.optimizer, hps[0].get("learning_rate"))
+
+    def trace(self, model: keras.Model, train_tokens: TokenizedPairs, val_tokens: TokenizedPairs,
+              batch_size: int = 2) -> float:
+        """Trace `model`'s train and eval steps once (any rank, batch size and slot count); seconds spent.
+
+        `fit_group` calls it first, so a trial's clock measures training, not tracing. With one
+        slot it traces on `batch_size` rows (XLA and JAX compile per shape: the trial's own), with
+        several on two rows per slot (TensorFlow's traced step takes any batch then). Leaves every
+        slot empty: `start` puts the trials in.
+        """
+        kept = self._kept
+        if kept is None or kept.model is not model or kept.traced:
             return 0.0
         started = time.perf_counter()
-        batch_size = hp.get("batch_size")
-        head = TokenizedPairs(train_tokens.source_ids[:batch_size], train_tokens.target_ids[:batch_size])
-        model.fit(make_dataset(head, batch_size, length_multiple=self.length_multiple), epochs=1, verbose=0,
-                  shuffle=False)
-        val_head = TokenizedPairs(val_tokens.source_ids[:EVAL_BATCH_SIZE], val_tokens.target_ids[:EVAL_BATCH_SIZE])
-        model.evaluate(make_dataset(val_head, EVAL_BATCH_SIZE, length_multiple=self.length_multiple), verbose=0)
-        current.reset(hp.get("learning_rate"))
-        current.traced = True
+        backbone = model.backbone
+        rows, val_rows = (2, 2) if self.slots > 1 else (batch_size, EVAL_BATCH_SIZE)
+        head = TokenizedPairs(train_tokens.source_ids[:rows], train_tokens.target_ids[:rows])
+        val_head = TokenizedPairs(val_tokens.source_ids[:val_rows], val_tokens.target_ids[:val_rows])
+        # One slot too: the first configuration measured alone then runs as warm as the next ones.
+        for slots in dict.fromkeys((self.slots, 1)):
+            activate_slots(backbone, slots)
+            model.fit(repeat_for_slots(make_dataset(head, rows, length_multiple=self.length_multiple), slots),
+                      epochs=1, verbose=0, shuffle=False)
+        activate_slots(backbone, self.slots)
+        model.evaluate(repeat_for_slots(make_dataset(val_head, val_rows, length_multiple=self.length_multiple),
+                                        self.slots), verbose=0)
+        clear_slots(backbone)
+        activate_slots(backbone, 1)
+        kept.traced = True
         freeze_long_lived()  # later trials' memory clean-up then skips the model and its graphs
         return time.perf_counter() - started
+
+    def fit_group(
+        self, hps: list, model: keras.Model, train_tokens: TokenizedPairs, val_tokens: TokenizedPairs,
+        callbacks: list | None = None, verbose: int = 1, parents: list | None = None, **kwargs,
+    ) -> keras.callbacks.History:
+        """Train the trials `hps` together: slot `j` for `hps[j]`, each batch holding each trial's batch once.
+
+        They must share batch size, learning rate and epochs (`tuners.packing.pack_key`); they
+        see the same batches, in the order a trial alone would.
+
+        Args:
+            hps: the trials.
+            model: a model from `build` or `model_for`.
+            train_tokens: training pairs, reshuffled every epoch.
+            val_tokens: validation pairs, evaluated after every epoch.
+            callbacks: Keras callbacks; with several trials, `loss_<slot>` and `val_loss_<slot>`
+                are each trial's losses.
+            verbose: Keras's progress output.
+            parents: per trial, the adapter file it continues from, or None.
+            **kwargs: passed on to `keras.Model.fit`.
+
+        Returns:
+            Keras's `History`.
+        """
+        shared = {(hp.get("batch_size"), hp.get("learning_rate"), self.space.trial_epochs(hp, self.epochs))
+                  for hp in hps}
+        if len(shared) > 1:
+            raise InputError("hps: trials trained together need one batch size, learning rate and epochs",
+                             parameter="hps")
+        self.trace(model, train_tokens, val_tokens, hps[0].get("batch_size"))
+        self.start(model, hps, parents)
+        slots = len(hps)
+        initial_epoch, epochs = self.space.trial_epochs(hps[0], self.epochs)
+        train = make_dataset(train_tokens, hps[0].get("batch_size"), shuffle=True, seed=self.seed,
+                             length_multiple=self.length_multiple)
+        val = make_dataset(val_tokens, EVAL_BATCH_SIZE, length_multiple=self.length_multiple)
+        return model.fit(
+            repeat_for_slots(train, slots), validation_data=repeat_for_slots(val, slots),
+            epochs=epochs, initial_epoch=initial_epoch,
+            shuffle=False,  # the dataset reshuffles itself each epoch
+            callbacks=callbacks, verbose=verbose, **kwargs,
+        )
 
     def fit(
         self, hp: keras_tuner.HyperParameters, model: keras.Model, train_tokens: TokenizedPairs,
         val_tokens: TokenizedPairs, callbacks: list | None = None, verbose: int = 1, **kwargs,
     ) -> keras.callbacks.History:
-        """Train `model` for the trial `hp`: its batch size, over its epochs (`SearchSpace.trial_epochs`).
+        """Train `model` for the trial `hp`: its batch size, over its epochs (the group of one).
 
-        Args:
-            hp: the trial's hyperparameters.
-            model: the model `build(hp)` returned.
-            train_tokens: training pairs, reshuffled every epoch.
-            val_tokens: validation pairs, evaluated after every epoch.
-            callbacks: Keras callbacks of the trial.
-            verbose: Keras's progress output.
-            **kwargs: passed on to `keras.Model.fit`.
-
-        Returns:
-            Keras's `History` of the trial.
+        Example: `hypermodel.fit(hp, hypermodel.build(hp), train_tokens, val_tokens)`.
         """
-        self.trace(hp, model, train_tokens, val_tokens)
-        initial_epoch, epochs = self.space.trial_epochs(hp, self.epochs)
-        return model.fit(
-            make_dataset(train_tokens, hp.get("batch_size"), shuffle=True, seed=self.seed,
-                         length_multiple=self.length_multiple),
-            validation_data=make_dataset(val_tokens, EVAL_BATCH_SIZE, length_multiple=self.length_multiple),
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            shuffle=False,  # the dataset reshuffles itself each epoch
-            callbacks=callbacks,
-            verbose=verbose,
-            **kwargs,
-        )
+        return self.fit_group([hp], model, train_tokens, val_tokens, callbacks=callbacks, verbose=verbose, **kwargs)
+
+    def measure_alone(
+        self, hp: keras_tuner.HyperParameters, model: keras.Model, train_tokens: TokenizedPairs, callbacks: list,
+        steps: int = ALONE_STEPS,
+    ) -> None:
+        """Train the trial's configuration alone (one slot) for a few steps under `callbacks`.
+
+        The first step is on the training set's longest pairs (the memory peak of any of its
+        batches), untimed; then `steps` steps on the trial's own first batches. Leaves the
+        model for `start` to reset.
+        """
+        batch_size = hp.get("batch_size")
+        self.start(model, [hp])
+        lengths = (train_tokens.source_ids != 0).sum(1) + (train_tokens.target_ids != 0).sum(1)
+        longest = np.argsort(-lengths, kind="stable")[:batch_size]
+        longest_pairs = TokenizedPairs(train_tokens.source_ids[longest], train_tokens.target_ids[longest])
+        dataset = make_dataset(longest_pairs, batch_size).concatenate(
+            make_dataset(train_tokens, batch_size, shuffle=True, seed=self.seed).take(steps))
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+
+    def steps_per_epoch(self, hp: keras_tuner.HyperParameters, train_tokens: TokenizedPairs) -> int:
+        """The trial's training steps per epoch."""
+        return -(-len(train_tokens) // hp.get("batch_size"))

@@ -32,6 +32,7 @@ from lora_keras.models.sources import load_base
 from lora_keras.runtime.devices import mirrored_strategy
 from lora_keras.runtime.gpu_memory import enable_memory_growth
 from tuners.baseline import measure_baseline
+from tuners.packing import FASTEST
 from tuners.strategies import STRATEGIES, make_oracle
 from tuners.sweep_config import SweepConfig
 from lora_keras.evaluation import ValidationTexts
@@ -69,7 +70,7 @@ def make_sweep_oracle(config: SweepConfig) -> keras_tuner.Oracle:
     try:
         return make_oracle(
             config.strategy, keras_tuner.Objective("val_loss", "min"), config.max_trials, hp, config.seed,
-            max_epochs=config.epochs,
+            max_epochs=config.epochs, fastest=FASTEST,
         )
     except ImportError as error:  # bayesian without scipy and scikit-learn
         if config.strategy not in STRATEGY_EXTRAS:
@@ -98,7 +99,7 @@ class PreparedRun:
 
         Args:
             run_dir: the run's directory, which must exist.
-            model: a compiled model computing the base (e.g. a packed model, adapters zero); None builds one.
+            model: a compiled model computing the base (e.g. the trials' model, every adapter slot empty); None builds one.
 
         Returns:
             The baseline, or None while another process measures it.
@@ -185,5 +186,6 @@ def _prefix(config, base):
     source = config.source_lang or task.get("source_lang")
     target = config.target_lang or task.get("target_lang")
     if not source or not target:
-        raise InputError("the task prefix needs --source-lang and --target-lang (or --prefix)")
+        raise InputError("source_lang: the task prefix needs source_lang and target_lang, or a prefix; "
+                         "give both languages (or the prefix)", parameter="source_lang")
     return f"translate {source} to {target}: "

@@ -16,13 +16,12 @@ import keras_tuner
 
 from lora_keras.errors import InputError
 from tuners.cluster import Cluster
-from tuners.failures import SweepStopped, is_failure_limit
 from lora_keras.runtime.backend import gpu_count
 from lora_keras.runtime.xla import default_jit_compile
+from tuners.failures import SweepStopped, TrialError, is_failure_limit
 from tuners.hypermodel import LoraT5HyperModel
 from tuners.oracle_server import serve_oracle
-from tuners.packing import DEFAULT_MAX_ROWS, PackedLoraHyperModel
-from tuners.packing_tuner import PackingSweepTuner
+from tuners.packing import policy_for
 from tuners.prepare import prepare_run
 from tuners.run_files import (
     check_joined_run,
@@ -33,7 +32,7 @@ from tuners.run_files import (
     write_tables,
 )
 from tuners.sweep_config import SweepConfig
-from tuners.sweep_tuner import LoraSweepTuner
+from tuners.tuner import LoraTuner
 
 
 def run_locally(config: SweepConfig, oracle: keras_tuner.Oracle, started: float) -> list[dict]:
@@ -106,7 +105,7 @@ def serve_as_chief(config: SweepConfig, oracle: keras_tuner.Oracle, started: flo
         raise InputError("the chief trains nothing; give devices to the workers", parameter="devices")
     claim_run_dir(config)
     write_run_files(config)
-    tuner = LoraSweepTuner(oracle, config.run_dir, config.space, config.epochs, verbose=config.verbose)
+    tuner = LoraTuner(oracle, config.run_dir, config.space, config.epochs, verbose=config.verbose)
     tuner.save()
     if config.verbose:
         print(f"Chief of {config.run_dir}: serving trials at {config.cluster.address}", flush=True)
@@ -143,41 +142,32 @@ def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped:
 def _trial_tuner(config, oracle, run, on_trial_done=None):
     """A tuner that runs trials here: the hypermodel on the prepared base, the baseline measured first.
 
-    On the default devices in float32 without XLA, one packed model serves every trial, traced once
-    (`tuners.packing`), `config.pack_slots()` trials per step at most; with `--devices`, a reduced
-    precision or XLA, each LoRA config builds its own model (in the strategy's scope), reused by its
-    consecutive trials.
+    One model per targets, dropout and init serves every trial, traced once; the packing policy
+    (`tuners.packing.policy_for`) says how many trials may share its step.
     """
     jit_compile = default_jit_compile(gpu_count()) if config.jit_compile is None else config.jit_compile
-    if run.strategy is None and config.precision == "float32" and not jit_compile:
-        hypermodel = PackedLoraHyperModel(
-            run.base, config.space, epochs=config.epochs, seed=config.seed, slots=config.pack_slots(),
-            lora_init=config.lora_init, max_rows=DEFAULT_MAX_ROWS if config.pack is None else None,
-        )
-        # The packed model, all its adapters zero, is the base: the baseline costs no model of its own.
-        first = config.space.lora_config(_first_values(config.space), config.lora_init)
-        baseline = run.measure_baseline(config.run_dir, model=hypermodel.model_for(first))
-        return PackingSweepTuner(
-            oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, verbose=config.verbose,
-            on_trial_done=on_trial_done, baseline_val_loss=baseline["val_loss"] if baseline else None,
-            base_translations=tuple(baseline.get("sample_translations", ())) if baseline else (),
-        )
-    # One process measures the baseline; the others (workers) go on without it.
-    baseline = run.measure_baseline(config.run_dir)
+    packing = policy_for(config, jit_compile, run.strategy)
     hypermodel = LoraT5HyperModel(
-        run.base, config.space, epochs=config.epochs, seed=config.seed, lora_init=config.lora_init,
-        jit_compile=jit_compile, precision=config.precision,
+        run.base, config.space, epochs=config.epochs, seed=config.seed, slots=packing.slots,
+        lora_init=config.lora_init, jit_compile=jit_compile, precision=config.precision,
     )
-    return LoraSweepTuner(
-        oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, verbose=config.verbose,
-        on_trial_done=on_trial_done, strategy=run.strategy,
+    # In float32 on the default devices without XLA, the trials' model with every slot empty is the
+    # base: the baseline costs no model of its own (elsewhere it is measured on a float32 base of its
+    # own). One process measures it; the others (workers) go on without it.
+    model = None
+    if run.strategy is None and config.precision == "float32" and not jit_compile:
+        model = hypermodel.model_for(config.space.lora_config(_first_values(config.space), config.lora_init))
+    baseline = run.measure_baseline(config.run_dir, model=model)
+    return LoraTuner(
+        oracle, config.run_dir, config.space, config.epochs, hypermodel=hypermodel, packing=packing,
+        verbose=config.verbose, on_trial_done=on_trial_done, strategy=run.strategy,
         baseline_val_loss=baseline["val_loss"] if baseline else None,
         base_translations=tuple(baseline.get("sample_translations", ())) if baseline else (),
     )
 
 
 def _first_values(space):
-    """Hyperparameters holding the space's first values: the targets and dropout the packed model starts with."""
+    """Hyperparameters holding the space's first values: the targets and dropout the first model has."""
     hp = keras_tuner.HyperParameters()
     space.declare(hp)
     return hp
@@ -187,6 +177,8 @@ def _search(tuner, run):
     """Run trials until the oracle says the search is over; `SweepStopped` at its failure limit."""
     try:
         tuner.search(run.train_tokens, run.val_tokens, run.val_texts)
+    except TrialError as error:  # a bug or bad input inside a trial: its own error, traceback and all
+        raise error.__cause__ from None
     except RuntimeError as error:
         if not is_failure_limit(error):
             raise

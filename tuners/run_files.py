@@ -25,7 +25,7 @@ from tuners.failures import SweepStopped
 from tuners.hparams import write_experiment, write_figures
 from tuners.strategies import budgets_in_epochs
 from tuners.sweep_config import SweepConfig
-from tuners.sweep_tuner import LoraSweepTuner
+from tuners.tuner import LoraTuner
 
 RUN_CONFIG_FILE = "run_config.json"
 
@@ -37,14 +37,14 @@ def _check_resumable(config):
     stored = json.loads(path.read_text())
     if stored.get("loss") != LOSS_DEFINITION:
         raise InputError(
-            f"{config.run_dir} holds losses computed the old way (padding counted in the mean), which "
-            "cannot be mixed with new ones; pass --overwrite to run it again or --name for a new run"
+            f"name: {config.run_dir} holds losses computed the old way (padding counted in the mean), which "
+            "cannot be mixed with new ones; overwrite it or give another name for a new run", parameter="name"
         )
     stored.setdefault("precision", "float32")  # runs from before --precision trained in float32
     if stored != config.identity():
         raise InputError(
-            f"{config.run_dir} holds a run with other settings; "
-            "pass --overwrite to replace it or --name for a new run"
+            f"name: {config.run_dir} holds a run with other settings; overwrite it or give another name "
+            "for a new run", parameter="name"
         )
 
 
@@ -72,12 +72,13 @@ def check_joined_run(config: SweepConfig) -> None:
     path = config.run_dir / RUN_CONFIG_FILE
     if not path.is_file():
         raise InputError(
-            f"{path} not found: the chief writes it before serving; give workers the chief's "
-            "--logdir (on a filesystem they share) and --name"
+            f"logdir: {path} not found: the chief writes it before serving; give workers the chief's "
+            "logdir (on a filesystem they share) and name", parameter="logdir"
         )
     if json.loads(path.read_text()) != config.identity():
         raise InputError(
-            f"{config.run_dir} is the chief's run with other settings; give workers the chief's settings"
+            f"name: {config.run_dir} is the chief's run with other settings; give workers the chief's settings",
+            parameter="name"
         )
 
 
@@ -95,7 +96,7 @@ def write_run_files(config: SweepConfig) -> None:
                      config.precision)
 
 
-def write_tables(tuner: LoraSweepTuner) -> list[dict]:
+def write_tables(tuner: LoraTuner) -> list[dict]:
     """`results.csv` and `results.md` from the oracle's trials (after every trial: a kill keeps them).
 
     Args:
@@ -114,7 +115,7 @@ def write_tables(tuner: LoraSweepTuner) -> list[dict]:
     return rows
 
 
-def stopped(tuner: LoraSweepTuner) -> SweepStopped:
+def stopped(tuner: LoraTuner) -> SweepStopped:
     """Write the tables, then say why the sweep stopped: too many failed trials in a row.
 
     Args:
@@ -132,7 +133,7 @@ def stopped(tuner: LoraSweepTuner) -> SweepStopped:
     )
 
 
-def write_final_reports(config: SweepConfig, tuner: LoraSweepTuner, started: float) -> list[dict]:
+def write_final_reports(config: SweepConfig, tuner: LoraTuner, started: float) -> list[dict]:
     """The whole tables and the reports once every trial has ended.
 
     Args:

@@ -31,7 +31,7 @@ class SweepConfig:
     Each field is the flag of the same name (`source_lang` is `--source-lang`), except
     `space` (`--ranks`, `--batch-sizes`, `--learning-rates`, `--lora-alpha`, `--targets`,
     `--lora-dropouts`), `verbose` (`--quiet`) and `cluster` (`--distributed`, `--oracle-address`,
-    `--worker-id`, `--chief-timeout`) and `pack` (`--pack`, `--no-pack`; None: `pack_slots`'s default).
+    `--worker-id`, `--chief-timeout`) and `pack` (`--pack`, `--no-pack`; None: `tuners.packing.policy_for`'s default).
 
     Example: `SweepConfig(model="path/to/flan-t5-small", train="train.tsv", source_lang="English",
     target_lang="French", space=SearchSpace(ranks=(4, 16)))`.
@@ -64,19 +64,6 @@ class SweepConfig:
     devices: str | None = None  # `lora_keras.runtime.devices.mirrored_strategy` spec: data parallel per trial
     cluster: Cluster | None = None  # this process's part in a distributed sweep
     pack: int | None = None  # the most trials trained in one step; None: every rank of a grid
-
-    def pack_slots(self) -> int:
-        """How many trials train in one step: `pack` if given, else the number of ranks for the grid, else 1.
-
-        Only the grid (the default) packs by default: it hands out every rank (and alpha) of a batch
-        size in a row, and no later trial depends on an earlier one's result. By default a pack also
-        stays within `tuners.packing.DEFAULT_MAX_ROWS` rows per step; a given `pack` does not.
-
-        Example: `SweepConfig().pack_slots()` -> `3`; `SweepConfig(pack=1).pack_slots()` -> `1`.
-        """
-        if self.pack is not None:
-            return self.pack
-        return len(self.space.ranks) * max(1, len(self.space.lora_alphas)) if self.strategy == "grid" else 1
 
     @property
     def run_dir(self) -> pathlib.Path:

@@ -1,6 +1,5 @@
-"""LoRA adapters on Keras `Dense` layers of keras-hub T5 models: what they are (`config`),
-how an adapted layer computes (`projection`), adding and merging them (`lora`), and
-their files (`files`).
+"""LoRA adapters on keras-hub T5 models: what an adapter is (`config`), the one layer that holds a
+projection's adapters (`layer`), adding, setting and merging them (`lora`), and their files (`files`).
 
 Example:
 ```python
@@ -12,13 +11,15 @@ save_adapter(backbone, "adapter.safetensors")
 
 from lora_keras.adapters.config import TARGETS, LoraConfig, check_rank, target_layers
 from lora_keras.adapters.files import load_adapter, read_adapter, save_adapter
+from lora_keras.adapters.layer import LoraDense, project
 from lora_keras.adapters.lora import (
-    adapted_layers, adapter_weights, add_lora, lora_parameter_count, merge_lora, merged_weights, reset_lora,
+    activate_slots, adapter_config, adapter_variables, adapter_weights, add_lora, clear_slots, load_slot,
+    lora_layers, lora_parameter_count, merge_lora, merged_weights, reset_lora, set_slot, slot_count,
 )
-from lora_keras.adapters.projection import Projection, lean_projections, project, projection_of
 
 __all__ = [
-    "TARGETS", "LoraConfig", "Projection", "adapted_layers", "adapter_weights", "add_lora", "check_rank",
-    "lean_projections", "load_adapter", "lora_parameter_count", "merge_lora", "merged_weights", "project",
-    "projection_of", "read_adapter", "reset_lora", "save_adapter", "target_layers",
+    "TARGETS", "LoraConfig", "LoraDense", "activate_slots", "adapter_config", "adapter_variables",
+    "adapter_weights", "add_lora", "check_rank", "clear_slots", "load_adapter", "load_slot", "lora_layers",
+    "lora_parameter_count", "merge_lora", "merged_weights", "project", "read_adapter", "reset_lora",
+    "save_adapter", "set_slot", "slot_count", "target_layers",
 ]

@@ -94,8 +94,55 @@ class LoraConfig:
             raise InputError(f"LoRA init {self.init!r} is unknown; choose from {' '.join(INITIALIZERS)}")
 
 
+def projection_sites(backbone: keras.Model, targets: Iterable[str]) -> dict[str, tuple[keras.layers.Layer, str]]:
+    """Where each T5 projection named by `targets` sits: `{path: (parent layer, attribute name)}`.
+
+    Args:
+        backbone: a keras-hub `T5Backbone`.
+        targets: names from `TARGETS`.
+
+    Returns:
+        `{path: (parent, attribute)}` in a fixed order: encoder then decoder, block by block.
+
+    Example: `projection_sites(backbone, ["q"])["encoder/0/self_attention/q"]` -> `(attention, "query_projector")`.
+    """
+    targets = tuple(targets)
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown:
+        raise InputError(
+            f"targets: unknown LoRA target(s) {', '.join(unknown)}; choose from {' '.join(TARGETS)}",
+            parameter="targets",
+        )
+    if not targets:
+        raise InputError(f"targets: none given; choose from {' '.join(TARGETS)}", parameter="targets")
+    sites = {}
+    stacks = (
+        ("encoder", backbone.encoder_transformer_layers),
+        ("decoder", backbone.decoder_transformer_layers),
+    )
+    for stack_name, stack in stacks:
+        for index, block in enumerate(stack):
+            attentions = [("self_attention", block.self_attention)]
+            if block.is_decoder:
+                attentions.append(("cross_attention", block.cross_attention))
+            for attention_name, attention in attentions:
+                for target in targets:
+                    if target in ATTENTION_TARGETS:
+                        sites[f"{stack_name}/{index}/{attention_name}/{target}"] = (
+                            attention, ATTENTION_TARGETS[target])
+            for target in targets:
+                for number, attribute in enumerate(FEED_FORWARD_TARGETS.get(target, ())):
+                    if getattr(block, attribute, None) is None:  # no gate projector in a plain ReLU T5
+                        continue
+                    suffix = f"{target}_{number}" if target == "wi" else target
+                    sites[f"{stack_name}/{index}/feed_forward/{suffix}"] = (block, attribute)
+    return sites
+
+
 def target_layers(backbone: keras.Model, targets: Iterable[str]) -> dict[str, keras.layers.Dense]:
     """The `Dense` layers of `backbone` named by `targets`, keyed by a stable path.
+
+    A projection that `add_lora` wrapped in a `LoraDense` gives the `Dense` it wraps.
 
     Args:
         backbone: a keras-hub `T5Backbone`.
@@ -110,37 +157,10 @@ def target_layers(backbone: keras.Model, targets: Iterable[str]) -> dict[str, ke
     # {"encoder/0/self_attention/q": Dense, ..., "decoder/0/cross_attention/q": Dense}
     ```
     """
-    targets = tuple(targets)
-    unknown = sorted(set(targets) - set(TARGETS))
-    if unknown:
-        raise InputError(
-            f"unknown LoRA target(s) {', '.join(unknown)}; "
-            f"choose from {' '.join(TARGETS)}"
-        )
-    if not targets:
-        raise InputError(f"no LoRA targets given; choose from {' '.join(TARGETS)}")
     layers = {}
-    stacks = (
-        ("encoder", backbone.encoder_transformer_layers),
-        ("decoder", backbone.decoder_transformer_layers),
-    )
-    for stack_name, stack in stacks:
-        for index, block in enumerate(stack):
-            attentions = [("self_attention", block.self_attention)]
-            if block.is_decoder:
-                attentions.append(("cross_attention", block.cross_attention))
-            for attention_name, attention in attentions:
-                for target in targets:
-                    if target in ATTENTION_TARGETS:
-                        path = f"{stack_name}/{index}/{attention_name}/{target}"
-                        layers[path] = getattr(attention, ATTENTION_TARGETS[target])
-            for target in targets:
-                for number, attribute in enumerate(FEED_FORWARD_TARGETS.get(target, ())):
-                    dense = getattr(block, attribute, None)
-                    if dense is None:  # no gate projector in a plain ReLU T5
-                        continue
-                    suffix = f"{target}_{number}" if target == "wi" else target
-                    layers[f"{stack_name}/{index}/feed_forward/{suffix}"] = dense
+    for path, (parent, attribute) in projection_sites(backbone, targets).items():
+        layer = getattr(parent, attribute)
+        layers[path] = layer if isinstance(layer, keras.layers.Dense) else layer.base
     return layers
 
 

@@ -18,28 +18,25 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from lora_keras.adapters.config import LoraConfig
-from lora_keras.adapters.lora import adapted_layers, adapter_config, adapter_weights, add_lora
+from lora_keras.adapters.lora import adapter_config, adapter_weights, add_lora, load_slot, lora_layers
 from lora_keras.errors import InputError
 
 
-def save_adapter(backbone: keras.Model, path: str | os.PathLike, config: LoraConfig | None = None) -> None:
-    """Write the adapter weights of `backbone` alone (a safetensors file, config in its metadata).
+def save_adapter(backbone: keras.Model, path: str | os.PathLike, slot: int = 0) -> None:
+    """Write one adapter of `backbone` alone: a safetensors file, its `LoraConfig` in the metadata.
 
     Args:
         backbone: a backbone with adapters from `add_lora`.
         path: the file to write.
-        config: the adapters' config; read from the layers when None.
+        slot: which of a packed backbone's adapters (0 for a plain one).
 
     Example:
     ```python
-    save_adapter(backbone, "logs/sweep/adapters/trial_0.safetensors", config)
+    save_adapter(backbone, "logs/sweep/adapters/trial_0.safetensors")
     ```
     """
-    if not adapted_layers(backbone):
-        raise ValueError("the backbone has no LoRA adapters to save")
-    config = config or adapter_config(backbone)
-    metadata = {"lora_config": json.dumps(config.to_dict())}
-    save_file(adapter_weights(backbone), str(path), metadata=metadata)
+    metadata = {"lora_config": json.dumps(adapter_config(backbone, slot).to_dict())}
+    save_file(adapter_weights(backbone, slot), str(path), metadata=metadata)
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[LoraConfig, dict[str, np.ndarray]]:
@@ -66,8 +63,15 @@ def read_adapter(path: str | os.PathLike) -> tuple[LoraConfig, dict[str, np.ndar
     return config, weights
 
 
-def load_adapter(backbone: keras.Model, path: str | os.PathLike, seed: int | None = None) -> LoraConfig:
-    """Add LoRA to a fresh `backbone` as saved in `path` and set its weights; returns the config.
+def load_adapter(backbone: keras.Model, path: str | os.PathLike, seed: int | None = None,
+                 slot: int = 0) -> LoraConfig:
+    """Put the adapter saved in `path` on `backbone` (adding LoRA to a fresh one first); returns its config.
+
+    Args:
+        backbone: a backbone without adapters, or one whose adapters the file's config fits.
+        path: a file written by `save_adapter`.
+        seed: seeds the dropout masks of adapters added here.
+        slot: the slot to load it into (0 for a plain backbone).
 
     Example:
     ```python
@@ -75,20 +79,7 @@ def load_adapter(backbone: keras.Model, path: str | os.PathLike, seed: int | Non
     ```
     """
     config, weights = read_adapter(path)
-    layers = adapted_layers(backbone) or add_lora(backbone, config, seed=seed)
-    expected = {f"{p}/lora_{ab}" for p in layers for ab in ("a", "b")}
-    if expected != set(weights):
-        raise InputError(
-            f"adapter {path} does not fit this model (layers differ); "
-            "pass the base model it was trained on"
-        )
-    for path_, dense in layers.items():
-        for name, variable in (("a", dense.lora_kernel_a), ("b", dense.lora_kernel_b)):
-            value = weights[f"{path_}/lora_{name}"]
-            if tuple(value.shape) != tuple(variable.shape):
-                raise InputError(
-                    f"adapter {path} has {path_}/lora_{name} of shape {value.shape}, "
-                    f"the model needs {tuple(variable.shape)}; pass the matching base model"
-                )
-            variable.assign(value)
+    if not lora_layers(backbone):
+        add_lora(backbone, config, seed=seed)
+    load_slot(backbone, slot, config, weights, source=str(path))
     return config

@@ -21,9 +21,8 @@ import os
 import pathlib
 from typing import TYPE_CHECKING
 
-import keras
 
-from lora_keras.adapters import TARGETS, load_adapter, merge_lora, target_layers
+from lora_keras.adapters import load_adapter, merged_weights
 from lora_keras.errors import InputError
 from lora_keras.models.hf.checkpoint import hf_config, hf_state_dict
 from lora_keras.models.hf.tokenizer import SENTINEL, write_tokenizer_files
@@ -58,10 +57,7 @@ def merged_backbone(base: BaseModel, adapter: str | os.PathLike | None = None) -
         return backbone
     adapted = base.build_backbone()
     load_adapter(adapted, adapter)
-    merge_lora(adapted)  # kernels now hold W + (alpha / rank) A B
-    merged = target_layers(adapted, TARGETS)
-    for path, dense in target_layers(backbone, TARGETS).items():
-        dense.kernel.assign(keras.ops.convert_to_numpy(merged[path].kernel))
+    backbone.set_weights(merged_weights(adapted))  # each adapted kernel W + (alpha / rank) A B
     return backbone
 
 

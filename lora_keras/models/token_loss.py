@@ -24,6 +24,7 @@ import keras
 import keras_hub
 from keras import ops
 
+from lora_keras.adapters.lora import lora_layers, slot_count
 from lora_keras.models.masking_warning import masking_warning_ignored
 from lora_keras.runtime.backend import replicas_in_sync
 
@@ -46,17 +47,6 @@ def perplexity(loss: float | None) -> float | None:
         return math.exp(loss)
     except OverflowError:
         return math.inf
-
-
-def per_token_loss() -> keras.losses.Loss:
-    """Sparse cross-entropy from logits, summed over real tokens and divided by their count, per batch.
-
-    Example:
-    ```python
-    model.compile(optimizer="adam", loss=per_token_loss())
-    ```
-    """
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
 
 
 class TokenMean(keras.metrics.Metric):
@@ -120,7 +110,8 @@ class TokenAccuracy(TokenMean):
 class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
     """keras-hub's `T5Seq2SeqLM`, trained on and reporting the mean NLL per real target token.
 
-    `compile` defaults the loss to `per_token_loss()`; the `loss` it logs (training,
+    Its loss is the batch's summed NLL over its real target tokens, divided by their count
+    (with several adapter slots, each slot's, summed); the `loss` it logs (training,
     `val_loss`, `evaluate`) is the token-weighted mean over the whole epoch or set.
     Expects the padding mask of the targets as `sample_weight` (see `lora_keras.data.pipeline`).
 
@@ -165,47 +156,56 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         with masking_warning_ignored():
             return super().predict_step(*args, **kwargs)
 
-    def compile(
-        self, optimizer: Any = "auto", loss: Any = "auto", *, weighted_metrics: tuple | list = (), **kwargs: Any
-    ) -> None:
-        """Keras's `compile`, the loss defaulting to `per_token_loss()` and `loss` logged per real token."""
-        super().compile(
-            optimizer=optimizer,
-            loss=per_token_loss() if loss == "auto" else loss,
-            weighted_metrics=list(weighted_metrics),
-            **kwargs,
-        )
+    def compile(self, optimizer: Any = "auto", *, weighted_metrics: tuple | list = (), **kwargs: Any) -> None:
+        """Keras's `compile`, with the loss per real target token (per slot, for several adapters per layer)."""
+        super().compile(optimizer=optimizer, loss=None, weighted_metrics=list(weighted_metrics), **kwargs)
         self.token_loss = TokenMean(name="loss")
+        slots = slot_count(self.backbone)
+        self.slot_losses = SlotTokenMeans(slots) if slots > 1 else None
+
+    @property
+    def active_slots(self) -> Any:
+        """The number of adapter slots the batches hold (a variable read by the traced steps), or 1."""
+        if self.slot_losses is None:
+            return 1
+        return ops.cast(next(iter(lora_layers(self.backbone).values())).active, "int32")
 
     def compute_loss(
         self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
     ) -> Any:
-        """The batch's per-token loss; also adds its summed NLL and token count to the logged `loss`."""
-        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
-        tokens = ops.cast(ops.sum(sample_weight) if sample_weight is not None else ops.size(y), loss.dtype)
-        replicas = replicas_in_sync()
-        # Keras divides a replica's mean by the replica count: undo it for this replica's sum.
-        nll_sum = loss * replicas * tokens
-        self.token_loss.update_state(nll_sum, tokens)
-        if replicas > 1:  # data parallel (tf.distribute only): the global batch's mean, as one device's
+        """The batch's mean NLL per real target token; with several slots, the sum of each slot's.
+
+        A batch of several slots holds each slot's examples in turn (`lora_keras.adapters.layer`),
+        so each slot's adapter gets the gradient of its own loss alone. The summed NLL and token
+        count also go to the logged `loss` (and `loss_<slot>`).
+        """
+        nll = keras.losses.sparse_categorical_crossentropy(y, ops.cast(y_pred, "float32"), from_logits=True)
+        weight = ops.ones_like(nll) if sample_weight is None else ops.cast(sample_weight, nll.dtype)
+        totals = ops.sum(ops.reshape(nll * weight, (self.active_slots, -1)), axis=1)
+        counts = ops.sum(ops.reshape(weight, (self.active_slots, -1)), axis=1)
+        if self.slot_losses is not None:
+            self.slot_losses.update_state(totals, counts)
+        self.token_loss.update_state(ops.sum(totals), ops.sum(counts))
+        if replicas_in_sync() > 1:  # data parallel (tf.distribute only, one slot): the global batch's mean
             import tensorflow as tf
 
             replica = tf.distribute.get_replica_context()  # None when Keras builds the loss symbolically
-            if replica is not None:
-                all_tokens = replica.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
-                loss = ops.divide_no_nan(nll_sum, all_tokens)  # replicas' gradients are summed
-        return loss
+            if replica is not None:  # replicas' gradients are summed
+                return ops.divide_no_nan(ops.sum(totals), replica.all_reduce(tf.distribute.ReduceOp.SUM, counts[0]))
+        return ops.sum(ops.divide_no_nan(totals, counts))
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         # The token-weighted mean takes the place of Keras's batch-weighted `loss` tracker.
         own = getattr(self, "token_loss", None)
         others = [metric for metric in super().metrics if metric.name != "loss"]
-        return others if own is None else [own, *others]
+        slot_losses = getattr(self, "slot_losses", None)
+        others = [metric for metric in others if metric is not slot_losses]
+        return ([] if own is None else [own]) + others + ([] if slot_losses is None else [slot_losses])
 
 
 class SlotTokenMeans(keras.metrics.Metric):
-    """Per slot of a `LoraPack`: a summed NLL over a token count, logged as `loss_0`, `loss_1`, ...
+    """Per adapter slot (`lora_keras.adapters.layer.LoraDense`): a summed NLL over a token count, logged as `loss_0`, `loss_1`, ...
 
     Args:
         slots: the pack's slots; slots not in use keep their sums.
@@ -240,59 +240,3 @@ class SlotTokenMeans(keras.metrics.Metric):
         """Start every slot from zero."""
         self.total.assign(ops.zeros((self.slots,), "float64"))
         self.count.assign(ops.zeros((self.slots,), "float64"))
-
-
-class PackedTokenLossSeq2SeqLM(TokenLossSeq2SeqLM):
-    """A `TokenLossSeq2SeqLM` training the slots of a `LoraPack` together, each on its own loss.
-
-    A batch of `pack.active * b` rows holds each slot's `b` examples in turn; the training
-    objective is the sum over the slots in use of each slot's mean NLL per real target token,
-    so each slot's adapter gets the gradient of its own loss alone. Logs `loss_<slot>` (and
-    `val_loss_<slot>`) per slot; `loss` is the mean over all the batch's tokens.
-
-    Args:
-        backbone: a `T5Backbone` with `add_packed_lora`'s adapters.
-        pack: the `LoraPack` on it.
-
-    Example:
-    ```python
-    pack = add_packed_lora(backbone, slots=3, max_rank=16)
-    model = PackedTokenLossSeq2SeqLM(backbone, pack)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    ```
-    """
-
-    def __init__(self, backbone: keras_hub.models.T5Backbone, pack: Any, **kwargs: Any) -> None:
-        object.__setattr__(self, "_pack", pack)  # before Keras's __init__ compiles; a plain object, untracked
-        super().__init__(backbone=backbone, preprocessor=None, **kwargs)
-
-    @property
-    def pack(self) -> Any:
-        """The `LoraPack` the model trains."""
-        return self._pack
-
-    def compile(self, optimizer: Any = "auto", loss: Any = "auto", **kwargs: Any) -> None:
-        """`TokenLossSeq2SeqLM.compile`, plus the per-slot losses."""
-        super().compile(optimizer=optimizer, loss=loss, **kwargs)
-        self.slot_losses = SlotTokenMeans(self.pack.slots)
-
-    def compute_loss(
-        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
-    ) -> Any:
-        """The sum over the slots in use of each slot's mean NLL per real target token."""
-        nll = keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True)
-        weight = ops.cast(sample_weight, nll.dtype)
-        active = ops.cast(self.pack.active, "int32")
-        totals = ops.sum(ops.reshape(nll * weight, (active, -1)), axis=1)
-        counts = ops.sum(ops.reshape(weight, (active, -1)), axis=1)
-        self.slot_losses.update_state(totals, counts)
-        self.token_loss.update_state(ops.sum(totals), ops.sum(counts))
-        return ops.sum(ops.divide_no_nan(totals, counts))
-
-    @property
-    def metrics(self) -> list[keras.metrics.Metric]:
-        metrics = super().metrics
-        slot_losses = getattr(self, "slot_losses", None)
-        if slot_losses is None:
-            return metrics
-        return [m for m in metrics if m is not slot_losses] + [slot_losses]

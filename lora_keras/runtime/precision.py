@@ -113,9 +113,7 @@ def reset_optimizer(optimizer: keras.optimizers.Optimizer, learning_rate: float)
     initial = {}
     if inner is not optimizer and optimizer.built:
         initial[id(optimizer.dynamic_scale)] = optimizer.initial_scale
-    for variable in optimizer.variables:
-        if variable is inner._learning_rate:
-            continue
+    for variable in optimizer.variables:  # the learning rate's too: it is set below
         value = initial.get(id(variable), 0)
         variable.assign(np.full(variable.shape, value, variable.dtype))
     inner.learning_rate = learning_rate

@@ -62,7 +62,7 @@ def budgets_in_epochs(name: str) -> bool:
 
 def make_oracle(
     name: str, objective: keras_tuner.Objective | str, max_trials: int | None,
-    hyperparameters: keras_tuner.HyperParameters, seed: int, max_epochs: int = 1,
+    hyperparameters: keras_tuner.HyperParameters, seed: int, max_epochs: int = 1, fastest: tuple[str, ...] = (),
 ) -> keras_tuner.Oracle:
     """The oracle of strategy `name` over `hyperparameters`; `KeyError` if none is registered.
 
@@ -78,6 +78,8 @@ def make_oracle(
         hyperparameters: the declared search space.
         seed: the strategy's seed; 0 is a seed like any other (see `SEED_FOR_ZERO`).
         max_epochs: the most epochs a trial trains to, for strategies that budget in epochs.
+        fastest: names to vary fastest, for strategies that take an order (their constructor takes
+            `fastest`, as the grid's does); the others ignore it.
 
     Returns:
         The oracle.
@@ -93,6 +95,8 @@ def make_oracle(
         kwargs["max_epochs"] = max_epochs
     elif max_trials is None:
         kwargs["max_trials"] = math.prod(len(getattr(hp, "values", [None])) for hp in hyperparameters.space)
+    if "fastest" in inspect.signature(oracle_class).parameters:
+        kwargs["fastest"] = tuple(fastest)
     return oracle_class(**kwargs)
 
 

@@ -30,34 +30,38 @@ def grid_values(hyperparameters: keras_tuner.HyperParameters) -> list[dict]:
     return [dict(zip(names, combo)) for combo in itertools.product(*options)]
 
 
-# Varied fastest, so trials that can train in one step (`tuners.packing`) come one after another.
-PACKED_NAMES = ("rank", "lora_alpha")
+def ordered_grid(hyperparameters: keras_tuner.HyperParameters, fastest: tuple[str, ...] = ()) -> list[dict]:
+    """`grid_values`, reordered so that the names in `fastest` vary fastest (the others in declaration order).
 
-
-def packable_order(hyperparameters: keras_tuner.HyperParameters) -> list[dict]:
-    """`grid_values`, reordered so that rank (and alpha) vary fastest.
-
-    Example: `[(v["rank"], v["batch_size"]) for v in packable_order(hp)]` ->
+    Example: `[(v["rank"], v["batch_size"]) for v in ordered_grid(hp, fastest=("rank",))]` ->
     `[(1, 8), (4, 8), (16, 8), (1, 64), ...]`.
     """
     positions = {
         hp.name: {value: index for index, value in enumerate(hp.values if hasattr(hp, "values") else [hp.value])}
         for hp in hyperparameters.space
     }
-    others = [name for name in positions if name not in PACKED_NAMES]
+    others = [name for name in positions if name not in fastest]
     return sorted(grid_values(hyperparameters), key=lambda v: [positions[name][v[name]] for name in others])
 
 
 class GridOracle(keras_tuner.Oracle):
-    """Runs every combination exactly once, in a fixed order: rank (and alpha) varying fastest.
+    """Runs every combination exactly once, in a fixed order: declaration order, `fastest` varying fastest.
 
-    Example: `GridOracle(objective="val_loss", hyperparameters=hp)`.
+    Args:
+        fastest: names to vary fastest (a caller that trains neighbours together asks for its own).
+        **kwargs: `keras_tuner.Oracle`'s.
+
+    Example: `GridOracle(objective="val_loss", hyperparameters=hp, fastest=("rank",))`.
     """
+
+    def __init__(self, *args, fastest: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fastest = tuple(fastest)
 
     def populate_space(self, trial_id: str) -> dict:
         """The first combination no trial has taken; `STOPPED` when every one has."""
         taken = [trial.hyperparameters.values for trial in self.trials.values()]
-        for values in packable_order(self.hyperparameters):
+        for values in ordered_grid(self.hyperparameters, self.fastest):
             if not any(all(done.get(k) == v for k, v in values.items()) for done in taken):
                 return {"status": trial_module.TrialStatus.RUNNING, "values": values}
         return {"status": trial_module.TrialStatus.STOPPED}

@@ -1,0 +1,232 @@
+"""The one trial runner: a group of 1..N trials trained in one fit, each measured and recorded as its own.
+
+For every trial of the group it opens and closes the HParams session, runs the measurement
+callbacks, checks the losses for divergence, scores the translations (when given the
+validation texts) and writes its measurements and adapter. A trial alone is the group of one;
+`LoraTuner.run_trial` and the JAX path (`tuners.single_trial`) both run trials here.
+
+Cost figures are each trial's own. A trial alone is measured in its own fit. In a group of
+several, each configuration first trains alone for a few steps on the same traced step
+(`LoraT5HyperModel.measure_alone`): its `training_time_s` is its median step time times its
+steps, its `peak_memory_mb` the peak of those steps; the group's own fit is recorded beside
+(`pack_training_time_s`, `pack_tokens_per_s`).
+
+Expected failures (out of memory, a diverged loss, keras-tuner's `FailedTrialError`) are a
+trial's outcome; any other error is a bug and propagates with its traceback.
+
+Example:
+```python
+runner = TrialRunner(hypermodel, space, max_epochs=2)
+outcomes = runner.run([TrialPlan("0", hp, pathlib.Path("tb/trial_0"))], train_tokens, val_tokens, val_texts)
+outcomes["0"]["val_loss"]          # or a FailedTrialError
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+
+import keras
+import keras_tuner
+from keras_tuner.errors import FailedTrialError
+
+from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory, StepTimer, create_writer
+from callbacks._summary import flush, write_scalars
+from lora_keras.adapters import merged_weights, save_adapter
+from lora_keras.data.pipeline import TokenizedPairs
+from lora_keras.evaluation import SAMPLE_TRANSLATIONS, ValidationTexts
+from tuners.failures import is_out_of_memory
+from tuners.hparams import end_session, start_session, write_summary
+from tuners.hypermodel import LoraT5HyperModel
+from tuners.search_space import SearchSpace
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialPlan:
+    """One trial to run and where its records go.
+
+    Args:
+        trial_id: the trial's id (its HParams session is `trial_<id>`).
+        hyperparameters: its values.
+        session_dir: its TensorBoard session directory.
+        adapter_path: where its adapter is saved, or None to keep none.
+        measurements_path: where its figures are written as JSON, or None.
+        parent_adapter: the adapter it continues from (a Hyperband child), or None.
+
+    Example: `TrialPlan("3", hp, run_dir / "tensorboard" / "trial_3", run_dir / "adapters" / "trial_3.safetensors")`.
+    """
+
+    trial_id: str
+    hyperparameters: keras_tuner.HyperParameters
+    session_dir: pathlib.Path
+    adapter_path: pathlib.Path | None = None
+    measurements_path: pathlib.Path | None = None
+    parent_adapter: pathlib.Path | None = None
+
+
+class TrialRunner:
+    """Trains groups of trials of a `LoraT5HyperModel`, each measured and recorded as its own.
+
+    Args:
+        hypermodel: builds and fits the trials.
+        space: what a trial's values mean.
+        max_epochs: the sweep's epochs per trial.
+        strategy: a `tf.distribute.Strategy` to build and train in, or None.
+        gpus: the GPUs a trial's peak memory is read from (None: the default).
+        verbose: Keras's progress output.
+        base_translations: the unadapted base's first translations, shown beside each trial's.
+        settings: extra fields for every trial's figures (e.g. `tuner_id`).
+
+    Example: `TrialRunner(hypermodel, space, max_epochs=2).run(plans, train_tokens, val_tokens)`.
+    """
+
+    def __init__(self, hypermodel: LoraT5HyperModel, space: SearchSpace, max_epochs: int, strategy=None,
+                 gpus=None, verbose: int = 0, base_translations: tuple = (), settings: dict | None = None):
+        self.hypermodel = hypermodel
+        self.space = space
+        self.max_epochs = max_epochs
+        self.strategy = strategy
+        self.gpus = gpus
+        self.verbose = verbose
+        self.base_translations = tuple(base_translations)
+        self.settings = dict(settings or {})
+        self.first_trial_start = FirstTrialStart()  # host memory: each trial as if it ran alone
+
+    def run(self, plans: list[TrialPlan], train_tokens: TokenizedPairs, val_tokens: TokenizedPairs,
+            val_texts: ValidationTexts | None = None) -> dict[str, dict | FailedTrialError]:
+        """Train `plans` together (one slot each) and record each; trial id -> its figures or its failure.
+
+        Args:
+            plans: 1 to `hypermodel.slots` trials sharing a `tuners.packing.pack_key`.
+            train_tokens: training pairs.
+            val_tokens: validation pairs, evaluated after every epoch.
+            val_texts: the validation set as text, for BLEU and chrF; None scores nothing.
+
+        Returns:
+            Per trial id, its figures (`val_loss`, `final_loss`, `training_time_s`, `peak_memory_mb`,
+            ...) or the `FailedTrialError` that ended it.
+        """
+        hypermodel = self.hypermodel
+        hps = [plan.hyperparameters for plan in plans]
+        hparams = [{**self.space.trial_hparams(hp, self.max_epochs), "precision": hypermodel.precision} for hp in hps]
+        for plan, values in zip(plans, hparams):
+            start_session(plan.session_dir, values, f"trial_{plan.trial_id}")
+        writers = [create_writer(str(plan.session_dir)) for plan in plans]
+        packed = len(plans) > 1
+        slot_keys = hypermodel.slots > 1
+        timer = EpochTimer(train_tokens.token_count * len(plans), None if packed else writers[0])
+        losses = [LossScalars(writer, slot=slot if slot_keys else None) for slot, writer in enumerate(writers)]
+        parameters = [ParameterCount(writer, slot=slot) for slot, writer in enumerate(writers)]
+        # Memory first: its clean-up before a fit (gc, malloc_trim) stays off the trial's clock.
+        memory = [] if packed else [self._peak_memory(writers[0])]
+        callbacks = [*memory, timer, *parameters, *losses]
+        if not packed:
+            callbacks.append(keras.callbacks.TerminateOnNaN())  # a diverged trial alone stops at once
+        try:
+            with self.strategy.scope() if self.strategy else contextlib.nullcontext():
+                model = hypermodel.build(hps[0])
+                trace_s = hypermodel.trace(model, train_tokens, val_tokens, hps[0].get("batch_size"))
+                alone = [self._measure_alone(hp, model, train_tokens, writer) if packed else {}
+                         for hp, writer in zip(hps, writers)]
+                hypermodel.fit_group(hps, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose,
+                                     parents=[plan.parent_adapter for plan in plans])
+        except Exception as error:
+            for plan, writer in zip(plans, writers):
+                flush(writer)
+                end_session(plan.session_dir, succeeded=False)
+            if not is_out_of_memory(error):
+                raise
+            failure = FailedTrialError(f"out of memory ({type(error).__name__}); try a smaller batch size or rank")
+            return {plan.trial_id: failure for plan in plans}
+        fit = timer.results()
+        outcomes = {}
+        for slot, (plan, hp, writer) in enumerate(zip(plans, hps, writers)):
+            figures = self._figures(hp, hparams[slot], [*memory, timer, parameters[slot], losses[slot]])
+            figures.update(alone[slot], trace_s=trace_s)
+            if packed:
+                figures.update(pack_group="+".join(p.trial_id for p in plans),
+                               pack_training_time_s=fit["training_time_s"], pack_tokens_per_s=fit["tokens_per_s"])
+            outcomes[plan.trial_id] = self._record(plan, model, slot, figures, writer, val_texts)
+        return outcomes
+
+    def _figures(self, hp, hparams, measures):
+        """A trial's settings and every measure's results."""
+        figures = {
+            **hparams, "lora_init": self.hypermodel.lora_init,
+            "initial_epoch": self.space.trial_epochs(hp, self.max_epochs)[0],
+            "parent_trial_id": hp.values.get("tuner/trial_id"),
+            "jit_compile": self.hypermodel.jit_compile,
+            "num_replicas": self.strategy.num_replicas_in_sync if self.strategy else 1,
+            **self.settings,
+        }
+        for measure in measures:
+            figures.update(measure.results())
+        return figures
+
+    def _record(self, plan, model, slot, figures, writer, val_texts):
+        """Check, score and keep one trial: its figures, or the `FailedTrialError` of a diverged loss."""
+        if not all(figures[k] is not None and math.isfinite(figures[k]) for k in ("final_loss", "val_loss")):
+            flush(writer)
+            end_session(plan.session_dir, succeeded=False)
+            return FailedTrialError(
+                f"loss diverged to {figures['final_loss']} (val {figures['val_loss']}); try a lower learning rate")
+        end_session(plan.session_dir, succeeded=True)
+        if val_texts is not None:
+            self._score(model, slot, val_texts, figures, plan.session_dir, writer, step=figures["epochs"] - 1)
+        flush(writer)
+        if plan.adapter_path is not None:
+            plan.adapter_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomically(plan.adapter_path, lambda path: save_adapter(model.backbone, path, slot=slot))
+        if plan.measurements_path is not None:
+            _atomically(plan.measurements_path, lambda path: pathlib.Path(path).write_text(json.dumps(figures, indent=2)))
+        return figures
+
+    def _score(self, model, slot, val_texts, figures, session_dir, writer, step):
+        """BLEU and chrF into `figures` and, with sample translations, into the trial's session."""
+        from tensorboard.plugins.text import summary_v2 as text_summary
+
+        scores, translations = val_texts.scores(model.backbone, self.hypermodel.base.tokenizer,
+                                                merged_weights(model.backbone, slot))
+        if self.base_translations:
+            val_texts = dataclasses.replace(val_texts, base_translations=self.base_translations)
+        figures.update(scores)
+        figures["sample_translations"] = translations[:SAMPLE_TRANSLATIONS]
+        write_scalars(writer, scores, step=step)
+        write_summary(session_dir, text_summary.text_pb("sample_translations", val_texts.samples_markdown(translations)),
+                      step=step)
+
+    def _measure_alone(self, hp, model, train_tokens, writer):
+        """The trial's own cost: a few steps of its configuration alone, scaled to its steps; its peak memory."""
+        hypermodel = self.hypermodel
+        started = time.perf_counter()
+        steps = StepTimer(warmup=1)
+        memory = self._peak_memory(writer)
+        hypermodel.measure_alone(hp, model, train_tokens, [memory, steps])
+        step_s = steps.results()["median_step_s"]
+        initial_epoch, epochs = self.space.trial_epochs(hp, self.max_epochs)
+        epoch_s = step_s * hypermodel.steps_per_epoch(hp, train_tokens)
+        tokens_per_s = train_tokens.token_count / epoch_s if epoch_s > 0 else 0.0
+        for epoch in range(initial_epoch, epochs):
+            write_scalars(writer, {"epoch_time_s": epoch_s, "tokens_per_s": tokens_per_s}, step=epoch)
+        return {
+            "training_time_s": epoch_s * (epochs - initial_epoch), "mean_epoch_time_s": epoch_s,
+            "tokens_per_s": tokens_per_s, "epoch_times_s": [epoch_s] * (epochs - initial_epoch),
+            "alone_step_s": step_s, "alone_steps": steps.results()["timed_steps"],
+            "cost_measure_s": time.perf_counter() - started, **memory.results(),
+        }
+
+    def _peak_memory(self, writer):
+        return PeakMemory(writer, gpus=self.gpus, first_trial_start=self.first_trial_start)
+
+
+def _atomically(path, write):
+    """`write(temporary path)`, then rename it to `path`: a kill mid-write leaves the old file or none."""
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
+    os.replace(partial, path)
