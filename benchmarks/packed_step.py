@@ -13,7 +13,6 @@ import os
 import pathlib
 import statistics
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,7 +30,7 @@ def main() -> None:
 
     from callbacks import StepTimer
     from lora_keras.data.pipeline import make_dataset, repeat_for_slots
-    from tuners.packing import PackedLoraHyperModel
+    from tuners.hypermodel import LoraT5HyperModel
     from tuners.prepare import prepare_run
     from tuners.search_space import SearchSpace
     from tuners.sweep_config import SweepConfig
@@ -39,8 +38,13 @@ def main() -> None:
     space = SearchSpace(ranks=tuple(args.ranks), batch_sizes=tuple(args.batch_sizes))
     config = SweepConfig(space=space, verbose=0)
     run = prepare_run(config)
-    hypermodel = PackedLoraHyperModel(run.base, space, slots=len(args.ranks))
+    # One model for every rank and batch size (one targets, dropout and init), its steps traced once.
+    hypermodel = LoraT5HyperModel(run.base, space, slots=len(args.ranks), lora_init=config.lora_init)
     tokens = run.train_tokens
+    first = keras_tuner.HyperParameters()
+    space.declare(first)
+    model = hypermodel.model_for(hypermodel.lora_config(first))
+    hypermodel.trace(model, tokens, run.val_tokens)
     for batch_size in args.batch_sizes:
         hps = []
         for rank in args.ranks:
@@ -48,15 +52,13 @@ def main() -> None:
             space.declare(hp)
             hp.values.update(rank=rank, batch_size=batch_size)
             hps.append(hp)
-        model = hypermodel.build_pack(hps)
-        hypermodel.trace(model, tokens, run.val_tokens)
         batches = make_dataset(tokens, batch_size, shuffle=True, seed=0).take(args.steps + 1)
         step_tokens = sum(int((x["encoder_padding_mask"].numpy().sum() + x["decoder_padding_mask"].numpy().sum()))
                           for x, _, _ in batches.skip(1))
         times = {1: [], len(hps): []}
         for _ in range(args.rounds):
             for slots in times:
-                hypermodel.start(hps[:slots])
+                hypermodel.start(model, hps[:slots])  # the first `slots` ranks, each at its initial adapter
                 timer = StepTimer(warmup=1)
                 model.fit(repeat_for_slots(batches, slots), epochs=1, verbose=0, shuffle=False, callbacks=[timer])
                 times[slots].append(statistics.median(timer.step_times_s))
@@ -66,7 +68,7 @@ def main() -> None:
         print(f"batch {batch_size}: step alone {alone * 1000:.0f} ms ({alone_rate:.0f} tokens/s), "
               f"{len(hps)} packed {packed * 1000:.0f} ms ({packed_rate:.0f} tokens/s): "
               f"{packed_rate / alone_rate:.2f}x", flush=True)
-        time.sleep(0)
+    hypermodel.release()
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ from lora_keras.runtime.devices import device_names
 from lora_keras.errors import InputError
 from test_tune_errors import assert_one_line_exit_2, load_tune
 from tuners.cluster import Cluster
+from tuners import oracle_server
 from tuners.oracle_server import serve_oracle
 from tuners.strategies import make_oracle
 from tuners.failures import SweepStopped
+from tuners.packing import Packing, PackScheduler
 from tuners.roles import chief_error
 from tuners.search_space import SearchSpace
-from tuners.sweep_tuner import LoraSweepTuner
+from tuners.tuner import LoraTuner
 
 RANKS, BATCH_SIZES = (1,), (8, 16)  # two trials of one LoRA config: each worker builds one model at most
 
@@ -185,7 +187,7 @@ def chief_tuner(run_dir, ranks, max_failures=3):
     space.declare(hp)
     oracle = make_oracle("grid", keras_tuner.Objective("val_loss", "min"), len(ranks), hp, 0)
     oracle.max_consecutive_failed_trials = max_failures
-    return LoraSweepTuner(oracle, run_dir, space, max_epochs=1, verbose=0)
+    return LoraTuner(oracle, run_dir, space, max_epochs=1, verbose=0)
 
 
 def serve_in_thread(tuner, port, on_trial_end):
@@ -237,6 +239,28 @@ def test_oracle_server_hands_each_trial_out_once_and_calls_back(tmp_path, monkey
     assert not thread.is_alive() and outcome == {}
     assert [t.hyperparameters.get("rank") for t in (first, second, third)] == [1, 2, 3]
     assert ended == [1, 2, 3]  # the tables after each trial saw every ended trial
+    assert json.loads((tmp_path / "tuner" / "oracle.json").read_text())["ongoing_trials"] == {}
+
+
+def test_a_worker_draws_its_pack_from_the_chief_and_the_chief_waits_for_its_extra_ids(tmp_path, monkeypatch):
+    """A worker's pack companions come from the chief's oracle under `<id>~1`, `<id>~2` (tuners.packing)."""
+    tuner = chief_tuner(tmp_path, ranks=(1, 2, 3))
+    port, ended = free_port(), []
+    thread, outcome = serve_in_thread(tuner, port, lambda: ended.append(len(tuner.trial_rows())))
+    (client,) = clients(monkeypatch, tuner.oracle, port, "w")
+    scheduler = PackScheduler(client, "w", Packing(3), tuner.space, max_epochs=1)
+    groups = list(scheduler.groups(client.create_trial("w")))
+    assert [[trial.hyperparameters.get("rank") for trial in group] for group in groups] == [[1, 2, 3]]
+    assert scheduler.used == ["w~1", "w~2"] and len({trial.trial_id for trial in groups[0]}) == 3
+    for loss, trial in enumerate(groups[0]):
+        end(client, trial, "COMPLETED", float(loss))
+    assert ended == [1, 2, 3]
+    assert client.create_trial("w").status == "STOPPED"
+    thread.join(timeout=3 * oracle_server.POLL_S)
+    assert thread.is_alive()  # the extra ids have not been told the search is over: the chief waits
+    assert list(scheduler.release()) == [] and scheduler.stopped == {"w~1", "w~2"}
+    thread.join(timeout=10)
+    assert not thread.is_alive() and outcome == {}
     assert json.loads((tmp_path / "tuner" / "oracle.json").read_text())["ongoing_trials"] == {}
 
 

@@ -37,7 +37,6 @@ from lora_keras.adapters import LoraConfig, adapter_weights, lora_parameter_coun
 from lora_keras.models.sources import load_preset
 from lora_keras.results.table import read_results_csv
 from tuners.hypermodel import LoraT5HyperModel
-from tuners.packing import PackedLoraHyperModel
 from tuners.strategies import STRATEGIES, make_oracle, register
 from tuners.strategies.cost_aware import CostAwareOracle
 from tuners.strategies.hyperband import EpochHyperbandOracle
@@ -209,8 +208,8 @@ def test_hyperband_needs_two_epochs_or_more():
 
 
 def run_trials_eagerly(monkeypatch):
-    for owner, name in ((LoraT5HyperModel, "build"), (PackedLoraHyperModel, "model_for")):
-        monkeypatch.setattr(owner, name, _eager(getattr(owner, name)))
+    """Every model a hypermodel builds (`model_for`, which `build` calls) runs eagerly."""
+    monkeypatch.setattr(LoraT5HyperModel, "model_for", _eager(LoraT5HyperModel.model_for))
 
 
 def _eager(make_model):
@@ -288,19 +287,12 @@ HYPERBAND_LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 EAGER_TUNE = """
 import runpy, sys
 from tuners.hypermodel import LoraT5HyperModel
-build = LoraT5HyperModel.build
-def eager_build(self, hp):
-    model = build(self, hp)
-    model.run_eagerly = True
-    return model
-LoraT5HyperModel.build = eager_build
-from tuners.packing import PackedLoraHyperModel
-model_for = PackedLoraHyperModel.model_for
+model_for = LoraT5HyperModel.model_for
 def eager_model_for(self, config):
     model = model_for(self, config)
     model.run_eagerly = True
     return model
-PackedLoraHyperModel.model_for = eager_model_for
+LoraT5HyperModel.model_for = eager_model_for
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -369,22 +361,22 @@ def hyperband_run(tiny_preset, tiny_corpus, tmp_path_factory):
     starts = []
 
     class AdapterAtTrainBegin(keras.callbacks.Callback):
-        def __init__(self, hp, slot, rank):
+        def __init__(self, hp, slot):
             super().__init__()
-            self.hp, self.slot, self.rank = hp, slot, rank
+            self.hp, self.slot = hp, slot
 
         def on_train_begin(self, logs=None):
-            starts.append((dict(self.hp.values), self.model.pack.slot_weights(self.slot, self.rank)))
+            starts.append((dict(self.hp.values), adapter_weights(self.model.backbone, self.slot)))
 
-    fit_pack = PackedLoraHyperModel.fit_pack
+    fit_group = LoraT5HyperModel.fit_group
 
     def recording_fit(self, hps, model, *fit_args, callbacks=None, **kwargs):
-        recorders = [AdapterAtTrainBegin(hp, slot, self.lora_config(hp).rank) for slot, hp in enumerate(hps)]
-        return fit_pack(self, hps, model, *fit_args, callbacks=[*(callbacks or []), *recorders], **kwargs)
+        recorders = [AdapterAtTrainBegin(hp, slot) for slot, hp in enumerate(hps)]
+        return fit_group(self, hps, model, *fit_args, callbacks=[*(callbacks or []), *recorders], **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         run_trials_eagerly(patch)
-        patch.setattr(PackedLoraHyperModel, "fit_pack", recording_fit)
+        patch.setattr(LoraT5HyperModel, "fit_group", recording_fit)
         load_tune().main(args)
     return HyperbandRun(run_dir, child, killed_events, rows_at_kill, starts)
 
@@ -408,7 +400,7 @@ def test_hyperband_from_the_cli_resumes_after_kill_9_and_runs_each_trial_once(hy
     assert [values.get("tuner/trial_id") for values, _ in hyperband_run.starts] == [better, None, None]
     session = run_dir / "tensorboard" / f"trial_{child}"
     events = list(session.glob("events.out.tfevents*"))
-    assert len(events) == 1 and not set(events) & set(hyperband_run.killed_events)  # the killed attempt's: dropped
+    assert events and not set(events) & set(hyperband_run.killed_events)  # the killed attempt's: dropped
     # The child trained one epoch more, logged as epoch 2, and reported what a strategy reads.
     measured = json.loads((run_dir / "tuner" / f"trial_{child}" / "measurements.json").read_text())
     assert (measured["epochs"], measured["initial_epoch"], measured["parent_trial_id"]) == (2, 1, better)
@@ -423,6 +415,7 @@ def test_hyperband_from_the_cli_resumes_after_kill_9_and_runs_each_trial_once(hy
     accumulator = EventAccumulator(str(session), size_guidance={"tensors": 0})
     accumulator.Reload()
     assert [event.step for event in accumulator.Tensors("val_loss")] == [1]  # epoch 2, counted from 0
+    assert len(accumulator.Tensors("_hparams_/session_start_info")) == 1  # one session: the resumed attempt's
 
 
 @pytest.mark.e2e

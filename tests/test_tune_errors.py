@@ -87,7 +87,7 @@ def test_a_run_with_losses_of_the_old_definition_is_not_resumed(tmp_path, capsys
         load_tune().main(args)
     stderr = capsys.readouterr().err
     assert_one_line_exit_2(caught.value.code, stderr, "holds losses computed the old way")
-    assert "pass --overwrite" in stderr
+    assert "overwrite it or give another name" in stderr
 
 
 def test_a_run_resumes_only_in_its_own_precision(tmp_path, capsys, tiny_preset, tiny_corpus):
@@ -129,3 +129,30 @@ def test_bayesian_without_its_extra_says_how_to_install_it(tmp_path, capsys, mon
                            "--strategy bayesian needs scipy and scikit-learn, not installed; "
                            "pip install -e '.[bayesian]'")
     assert not (tmp_path / "sweep").exists()
+
+
+def test_library_errors_name_the_parameter_in_library_terms(tmp_path):
+    """The library says `name`, `logdir`, `source_lang`; only a script turns them into flags."""
+    import json
+    import types
+
+    from lora_keras.cli import flag_message
+    from lora_keras.errors import InputError
+    from tuners.prepare import _prefix
+    from tuners.run_files import RUN_CONFIG_FILE, check_joined_run, claim_run_dir
+    from tuners.sweep_config import SweepConfig
+
+    config = SweepConfig(logdir=str(tmp_path), name="run")
+    with pytest.raises(InputError) as missing:
+        check_joined_run(config)
+    config.run_dir.mkdir(parents=True)
+    (config.run_dir / RUN_CONFIG_FILE).write_text(json.dumps({**config.identity(), "seed": 7}))
+    with pytest.raises(InputError) as other:
+        claim_run_dir(config)
+    with pytest.raises(InputError) as languages:
+        _prefix(SweepConfig(), types.SimpleNamespace(task=None))
+    errors = [missing.value, other.value, languages.value]
+    assert [error.parameter for error in errors] == ["logdir", "name", "source_lang"]
+    for error in errors:
+        assert "--" not in str(error) and str(error).startswith(error.parameter + ":")
+    assert flag_message(other.value).startswith(f"--name: {config.run_dir} holds a run with other settings")

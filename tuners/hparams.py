@@ -14,7 +14,6 @@ import shutil
 import time
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -50,7 +49,7 @@ HPARAM_DESCRIPTIONS = {
 }
 
 
-def experiment_hparams(space: SearchSpace, max_epochs: int, precision: str = "float32") -> list[hparams_api.HParam]:
+def experiment_hparams(space: SearchSpace, max_epochs: int, precision: str = "float32") -> list:
     """The experiment's hyperparameters: discrete domains for the six LoRA ones, epochs reached in 1..max.
 
     Args:
@@ -63,6 +62,8 @@ def experiment_hparams(space: SearchSpace, max_epochs: int, precision: str = "fl
 
     Example: `{h.name: h.domain for h in experiment_hparams(SearchSpace(), 2)}["rank"].values` -> `[1, 4, 16]`.
     """
+    from tensorboard.plugins.hparams import api as hparams_api  # imports TensorFlow
+
     discrete = hparams_api.Discrete
     domains = {
         "rank": discrete([int(r) for r in space.ranks]),
@@ -117,6 +118,8 @@ def experiment_summary(
 
     Example: `experiment_summary(SearchSpace(), 2).SerializeToString()`.
     """
+    from tensorboard.plugins.hparams import api as hparams_api  # imports TensorFlow
+
     summary = hparams_api.hparams_config_pb(
         hparams=experiment_hparams(space, max_epochs, precision),
         metrics=[hparams_api.Metric(tag, display_name=name, description=text) for tag, name, text in METRICS],

@@ -209,7 +209,8 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
 
     def fit_group(
         self, hps: list, model: keras.Model, train_tokens: TokenizedPairs, val_tokens: TokenizedPairs,
-        callbacks: list | None = None, verbose: int = 1, parents: list | None = None, **kwargs,
+        callbacks: list | None = None, verbose: int = 1, parents: list | None = None, epochs: int | None = None,
+        **kwargs,
     ) -> keras.callbacks.History:
         """Train the trials `hps` together: slot `j` for `hps[j]`, each batch holding each trial's batch once.
 
@@ -225,12 +226,15 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
                 are each trial's losses.
             verbose: Keras's progress output.
             parents: per trial, the adapter file it continues from, or None.
+            epochs: the epochs to train to, as keras-tuner's `search(..., epochs=N)` passes them; the
+                hypermodel's `epochs` when None (a Hyperband trial's own budget either way).
             **kwargs: passed on to `keras.Model.fit`.
 
         Returns:
             Keras's `History`.
         """
-        shared = {(hp.get("batch_size"), hp.get("learning_rate"), self.space.trial_epochs(hp, self.epochs))
+        max_epochs = self.epochs if epochs is None else int(epochs)
+        shared = {(hp.get("batch_size"), hp.get("learning_rate"), self.space.trial_epochs(hp, max_epochs))
                   for hp in hps}
         if len(shared) > 1:
             raise InputError("hps: trials trained together need one batch size, learning rate and epochs",
@@ -238,7 +242,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         self.trace(model, train_tokens, val_tokens, hps[0].get("batch_size"))
         self.start(model, hps, parents)
         slots = len(hps)
-        initial_epoch, epochs = self.space.trial_epochs(hps[0], self.epochs)
+        initial_epoch, epochs = self.space.trial_epochs(hps[0], max_epochs)
         train = make_dataset(train_tokens, hps[0].get("batch_size"), shuffle=True, seed=self.seed,
                              length_multiple=self.length_multiple)
         val = make_dataset(val_tokens, EVAL_BATCH_SIZE, length_multiple=self.length_multiple)

@@ -178,6 +178,8 @@ def _search(tuner, run):
     try:
         tuner.search(run.train_tokens, run.val_tokens, run.val_texts)
     except TrialError as error:  # a bug or bad input inside a trial: its own error, traceback and all
+        if is_failure_limit(error.__cause__):  # reached while ending a trial drawn for a pack
+            raise stopped(tuner) from None
         raise error.__cause__ from None
     except RuntimeError as error:
         if not is_failure_limit(error):

@@ -142,7 +142,9 @@ class TrialRunner:
                 end_session(plan.session_dir, succeeded=False)
             if not is_out_of_memory(error):
                 raise
-            failure = FailedTrialError(f"out of memory ({type(error).__name__}); try a smaller batch size or rank")
+            reason = (str(error).strip().splitlines() or [""])[0]
+            failure = FailedTrialError(f"out of memory ({type(error).__name__}: {reason}); "
+                                       "try a smaller batch size or rank")
             return {plan.trial_id: failure for plan in plans}
         fit = timer.results()
         outcomes = {}

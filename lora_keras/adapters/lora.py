@@ -62,7 +62,6 @@ def add_lora(
     for variable in backbone.weights:
         variable.trainable = False
     adapted = target_layers(backbone, config.targets)
-    adapted = target_layers(backbone, config.targets)
     layers = {}
     offset = 0
     for path, (parent, attribute) in projection_sites(backbone, TARGETS).items():

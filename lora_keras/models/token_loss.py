@@ -227,9 +227,11 @@ class SlotTokenMeans(keras.metrics.Metric):
 
     def update_state(self, totals: Any, counts: Any) -> None:
         """Add each slot in use its batch's summed NLL and token count (vectors of the slots in use)."""
-        spread = ops.one_hot(ops.arange(ops.shape(totals)[0]), self.slots, dtype="float64")  # (used, slots)
-        self.total.assign_add(ops.matmul(ops.cast(totals, "float64")[None, :], spread)[0])
-        self.count.assign_add(ops.matmul(ops.cast(counts, "float64")[None, :], spread)[0])
+        # (used, slots): slot j's value in column j. A select, not a product: one slot's NaN stays its own.
+        spread = ops.one_hot(ops.arange(ops.shape(totals)[0]), self.slots, dtype="float64") > 0
+        for variable, values in ((self.total, totals), (self.count, counts)):
+            values = ops.cast(values, "float64")[:, None]
+            variable.assign_add(ops.sum(ops.where(spread, values, ops.zeros_like(values)), axis=0))
 
     def result(self) -> dict:
         """`{"loss_<slot>": summed NLL / tokens}` for every slot (0 for one without tokens)."""

@@ -4,7 +4,7 @@ keras-tuner's `HyperbandOracle` with the sweep's epochs (`--epochs`) as `max_epo
 factor of 2 (LoRA sweeps train a few epochs, where keras-tuner's default of 3
 leaves a single bracket). Its trials carry `tuner/epochs` (the epoch to train
 to), `tuner/initial_epoch` and, when one continues an earlier trial,
-`tuner/trial_id`; `LoraSweepTuner.run_trial` then starts from that trial's
+`tuner/trial_id`; `LoraTuner.run_trial` then starts from that trial's
 saved adapter. The brackets are saved with the oracle after every trial, so a
 killed run resumes where it stopped.
 """
