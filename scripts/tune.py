@@ -29,6 +29,10 @@ from lora_keras.data.corpus import read_pairs  # noqa: E402
 from lora_keras.runtime.devices import HELP as DEVICES_HELP  # noqa: E402
 from lora_keras.runtime.precision import PRECISIONS  # noqa: E402
 
+# The library's parameters whose flag here is not `--parameter` (`lora_keras.cli.flag_message`).
+LIBRARY_FLAGS = {"rank": "--ranks", "alpha": "--lora-alpha", "dropout": "--lora-dropouts", "init": "--lora-init",
+                 "learning_rate": "--learning-rates", "batch_size": "--batch-sizes"}
+
 
 def target_sets(tokens: list[str]) -> tuple[tuple[str, ...], ...] | None:
     """The sets of projections `--targets` names: all tokens one set, unless they hold commas.
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     conflict = epochs_conflict(args)
     if conflict:
         parser.error(conflict)
-    with exit_on_input_error("tune.py"):
+    with exit_on_input_error("tune.py", flags=LIBRARY_FLAGS):
         from tuners.failures import SweepStopped
         from tuners.sweep import run_sweep
 

@@ -215,7 +215,7 @@ LONGEST_FILES_FIRST = (  # by their summed durations (`--durations=0`), 2026-11-
     "test_hypermodel.py",
     "test_precision.py",
     "test_export.py", "test_peft_parity.py", "test_failures.py", "test_strategies.py", "test_hf_scripts.py",
-    "test_callbacks.py", "test_hf_vocabulary.py", "test_demo.py", "test_token_loss.py", "test_projections.py",
+    "test_callbacks.py", "test_hf_vocabulary.py", "test_demo.py", "test_token_loss.py", "test_layer.py",
 )
 
 

@@ -322,3 +322,45 @@ def test_callbacks_without_writer_and_before_fit():
     for cb in [EpochTimer(1), PeakMemory(), ParameterCount(), LossScalars()]:
         assert_plain(cb.results())
     assert not math.isnan(EpochTimer(1).results()["tokens_per_s"])
+
+
+class WithBackbone(keras.Model):
+    """A model holding a keras-hub backbone as `backbone`, as lora-keras's `TokenLossSeq2SeqLM` does."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def call(self, inputs):
+        return self.backbone(inputs)
+
+
+def test_parameter_count_of_lora_adapters_is_one_adapter_at_its_own_rank(tmp_path):
+    """A backbone of 3 slots padded to rank 8: each slot counts as an adapter of its rank trained alone."""
+    import keras_hub
+    from conftest import tiny_backbone_kwargs
+
+    from lora_keras.adapters import LoraConfig, add_lora, set_slot
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.T5Backbone(**tiny_backbone_kwargs(120))
+    base = sum(int(np.prod(v.shape)) for v in backbone.weights)
+    add_lora(backbone, LoraConfig(rank=2, targets=("q", "v")), seed=0, slots=3, max_rank=8)
+    set_slot(backbone, 1, LoraConfig(rank=8, targets=("q", "v")), seed=1)
+    model = WithBackbone(backbone)
+    # q and v of 6 attentions (2 encoder self, 2 x 2 decoder self and cross), each 32 x 32: rank * (32 + 32).
+    per_rank = 6 * 2 * (32 + 32)
+    padded = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    assert padded == 3 * 8 * per_rank  # what the model holds: 3 slots of rank 8
+    for slot, rank in ((0, 2), (1, 8)):
+        writer = tf.summary.create_file_writer(str(tmp_path / f"slot_{slot}"))
+        cb = ParameterCount(writer=writer, slot=slot)
+        cb.set_model(model)
+        cb.on_train_begin()
+        writer.close()
+        trainable, total = rank * per_rank, base + rank * per_rank
+        assert cb.results() == {"trainable_params": trainable, "total_params": total,
+                                "trainable_percent": pytest.approx(100 * trainable / total)}
+        assert_plain(cb.results())
+        scalars = read_scalars(tmp_path / f"slot_{slot}")
+        assert scalars["trainable_params"] == [(0, trainable)] and scalars["total_params"] == [(0, total)]

@@ -14,7 +14,7 @@ from lora_keras.models.demo import corpus as demo_corpus
 from lora_keras import evaluation
 from lora_keras.data.pipeline import EOS_ID
 from lora_keras.evaluation import MergedTranslator, Translator, translate, translation_scores
-from lora_keras.adapters import LoraConfig, adapted_layers, add_lora
+from lora_keras.adapters import LoraConfig, add_lora
 from lora_keras.models.sources import load_base, load_preset
 
 HYPOTHESES = ["the cat sat on the mat .", "a dog runs in the park ."]
@@ -87,12 +87,11 @@ def test_merged_translator_decodes_every_lora_config_with_one_trace(tiny_preset)
     rng = np.random.default_rng(0)
     for rank, targets in ((1, ("q", "v")), (4, ("q", "k", "v", "o"))):
         backbone = base.build_backbone()
-        add_lora(backbone, LoraConfig(rank, targets=targets), seed=0)
-        for dense in adapted_layers(backbone).values():  # as if trained
-            dense.lora_kernel_b.assign(rng.normal(0, 3.0, dense.lora_kernel_b.shape).astype("float32"))
+        for layer in add_lora(backbone, LoraConfig(rank, targets=targets), seed=0).values():  # as if trained
+            layer.lora_b.assign(rng.normal(0, 3.0, layer.lora_b.shape).astype("float32"))
         adapted = translate(backbone, base.tokenizer, sources, max_new_tokens=8)
         assert adapted != unadapted  # the adapters change the translations ...
-        assert merged(backbone, sources) == adapted  # ... and the merged copy decodes them exactly
+        assert merged(backbone, sources) == adapted  # ... and the merged copy decodes them as the adapters do
         assert merged._translator is translator  # with the generate traced for the first model
 
 

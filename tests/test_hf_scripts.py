@@ -55,8 +55,8 @@ def moved_adapter(hf_t5_wide, tmp_path_factory):
     backbone = base.build_backbone()
     layers = add_lora(backbone, LoraConfig(rank=2, alpha=4, targets=("q", "v")), seed=0)
     rng = np.random.default_rng(0)
-    for dense in layers.values():
-        dense.lora_kernel_b.assign(rng.normal(0, 0.5, dense.lora_kernel_b.shape).astype("float32"))
+    for layer in layers.values():
+        layer.lora_b.assign(rng.normal(0, 0.5, layer.lora_b.shape).astype("float32"))
     path = tmp_path_factory.mktemp("adapter") / "trial_0.safetensors"
     save_adapter(backbone, path)
     return path
@@ -78,6 +78,7 @@ def test_export_script_merges_an_adapter_for_transformers(moved_adapter, hf_t5_w
     load_adapter(backbone, adapter)
     inputs = model_inputs(base.tokenizer, SOURCES)
     ours = keras_logits(backbone, *inputs)
+    assert np.abs(ours - keras_logits(base.build_backbone(), *inputs)).max() > 0.1  # the adapter changes the model
     reference = load_reference(out)
     assert reference.config.vocab_size == pieces + 128 == ours.shape[-1]  # every row, as FLAN-T5 ships them
     assert np.abs(reference_logits(reference, *inputs) - ours).max() < 1e-4

@@ -17,7 +17,7 @@ from conftest import TINY_PREFIX, require
 from lora_keras.models.demo import corpus as demo_corpus
 from lora_keras.data.pipeline import make_dataset, tokenize_pairs
 from lora_keras.models.hf.checkpoint import load_hf_checkpoint
-from lora_keras.adapters import LoraConfig, add_lora, adapted_layers
+from lora_keras.adapters import LoraConfig, add_lora, lora_layers
 
 torch = require("torch")
 peft = require("peft")
@@ -69,7 +69,7 @@ def train_ours(base, batch_list, dropout, masks):
     backbone = base.build_backbone()
     config = LoraConfig(rank=RANK, alpha=ALPHA, targets=("q", "v"), dropout=dropout)
     layers = add_lora(backbone, config, seed=0)
-    initial_a = {path: keras.ops.convert_to_numpy(dense.lora_kernel_a) for path, dense in layers.items()}
+    initial_a = {path: layer.slot_weights(0)[0] for path, layer in layers.items()}  # (d_in, rank)
     model = base.build_model(backbone)
     # Eager when masks are recorded, so the test's dropout runs as Python on every call.
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE, epsilon=KERAS_EPSILON), run_eagerly=dropout > 0)
@@ -77,8 +77,7 @@ def train_ours(base, batch_list, dropout, masks):
     for inputs, labels, weights in batch_list:
         model.reset_metrics()
         losses.append(float(model.train_on_batch(inputs, labels, sample_weight=weights)))
-    final = {path: [keras.ops.convert_to_numpy(w) for w in (dense.lora_kernel_a, dense.lora_kernel_b)]
-             for path, dense in adapted_layers(backbone).items()}
+    final = {path: list(layer.slot_weights(0)) for path, layer in lora_layers(backbone).items()}  # A, B
     return initial_a, losses, final
 
 
@@ -170,7 +169,7 @@ def test_a_is_drawn_as_peft_draws_it(hf_t5):
     for init in ("peft", "keras"):
         backbone = base.build_backbone()
         layers = add_lora(backbone, LoraConfig(rank=16, targets=("q", "v"), init=init), seed=0)
-        drawn[init] = np.concatenate([keras.ops.convert_to_numpy(d.lora_kernel_a).ravel() for d in layers.values()])
+        drawn[init] = np.concatenate([layer.slot_weights(0)[0].ravel() for layer in layers.values()])
     model = peft.get_peft_model(
         transformers.T5ForConditionalGeneration.from_pretrained(str(hf_t5("flan"))),
         peft.LoraConfig(r=16, lora_alpha=16, target_modules=["q", "v"]),

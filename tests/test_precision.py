@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lora_keras.adapters import load_adapter, save_adapter
-from lora_keras.adapters.lora import adapted_layers
+from lora_keras.adapters import lora_layers
 from lora_keras.data.pipeline import TokenizedPairs, make_dataset
 from lora_keras.errors import InputError
 from lora_keras.runtime import precision as precisions
@@ -85,19 +85,23 @@ def test_bfloat16_trains_near_float32_and_its_adapter_loads_into_a_float32_model
     assert history["val_loss"][-1] < history["val_loss"][0] < np.log(200) + 0.5  # it learned
     assert abs(history["val_loss"][-1] - reference["val_loss"][-1]) < BF16_VAL_LOSS_TOLERANCE
 
-    query = model.backbone.encoder_transformer_layers[0].self_attention.query_projector
-    assert query.compute_dtype == "bfloat16"  # the base computes in 16 bits ...
-    assert {v.dtype for layer in adapted_layers(model.backbone).values()
-            for v in (layer.lora_kernel_a, layer.lora_kernel_b)} == {"float32"}  # ... LoRA is kept in float32
+    query = lora_layers(model.backbone)["encoder/0/self_attention/q"]
+    assert query is model.backbone.encoder_transformer_layers[0].self_attention.query_projector
+    assert query.compute_dtype == query.base.compute_dtype == "bfloat16"  # the base computes in 16 bits ...
+    assert {v.dtype for layer in lora_layers(model.backbone).values()
+            for v in (layer.lora_a, layer.lora_b, layer.lora_scale)} == {"float32"}  # ... LoRA is kept in float32
+    assert query.base.kernel.dtype == "float32"
     assert {v.dtype for v in model.optimizer.variables} == {"float32", "int64"}  # moments float32, step count
 
     path = tmp_path / "adapter.safetensors"
     save_adapter(model.backbone, path)
     float32_backbone = base.build_backbone()
     load_adapter(float32_backbone, path)
-    loaded = float32_backbone.encoder_transformer_layers[0].self_attention.query_projector
-    assert loaded.compute_dtype == "float32" and loaded.lora_kernel_b.dtype == "float32"
-    np.testing.assert_array_equal(loaded.lora_kernel_b.numpy(), query.lora_kernel_b.numpy())
+    loaded = lora_layers(float32_backbone)["encoder/0/self_attention/q"]
+    assert loaded.compute_dtype == "float32" and loaded.lora_b.dtype == "float32"
+    assert np.abs(query.lora_b.numpy()).max() > 0  # trained
+    np.testing.assert_array_equal(loaded.lora_b.numpy(), query.lora_b.numpy())
+    np.testing.assert_array_equal(loaded.lora_a.numpy(), query.lora_a.numpy())
     float32_model = base.build_model(float32_backbone)
     float32_model.compile()
     float32_loss = float32_model.evaluate(make_dataset(val, 64), verbose=0)

@@ -85,13 +85,13 @@ class LoraConfig:
     def check(self) -> None:
         """Raise `InputError` unless every field is valid (the rank is checked against a model by `check_rank`)."""
         if not isinstance(self.rank, int) or self.rank < 1:
-            raise InputError(f"LoRA rank must be a positive integer, got {self.rank}")
+            raise InputError(f"LoRA rank must be a positive integer, got {self.rank}", parameter="rank")
         if self.alpha is not None and self.alpha <= 0:
-            raise InputError(f"LoRA alpha must be positive, got {self.alpha}")
+            raise InputError(f"LoRA alpha must be positive, got {self.alpha}", parameter="alpha")
         if not 0 <= self.dropout < 1:
-            raise InputError(f"LoRA dropout must be at least 0 and below 1, got {self.dropout}")
+            raise InputError(f"LoRA dropout must be at least 0 and below 1, got {self.dropout}", parameter="dropout")
         if self.init not in INITIALIZERS:
-            raise InputError(f"LoRA init {self.init!r} is unknown; choose from {' '.join(INITIALIZERS)}")
+            raise InputError(f"LoRA init {self.init!r} is unknown; choose from {' '.join(INITIALIZERS)}", parameter="init")
 
 
 def projection_sites(backbone: keras.Model, targets: Iterable[str]) -> dict[str, tuple[keras.layers.Layer, str]]:
@@ -178,5 +178,5 @@ def check_rank(backbone: keras.Model, config: LoraConfig) -> None:
         if config.rank > min(d_in, d_out):
             raise InputError(
                 f"LoRA rank {config.rank} is wider than layer {path} "
-                f"({d_in}x{d_out}); use a rank of at most {min(d_in, d_out)}"
+                f"({d_in}x{d_out}); use a rank of at most {min(d_in, d_out)}", parameter="rank"
             )

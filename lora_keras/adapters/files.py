@@ -52,9 +52,9 @@ def read_adapter(path: str | os.PathLike) -> tuple[LoraConfig, dict[str, np.ndar
             metadata = handle.metadata() or {}
             weights = {name: handle.get_tensor(name) for name in handle.keys()}
     except (OSError, SafetensorError) as error:  # missing, or not a safetensors file
-        raise InputError(f"cannot read adapter {path}: {error}; pass a file written by lora-keras")
+        raise InputError(f"cannot read adapter {path}: {error}; pass a file written by lora-keras", parameter="adapter")
     if "lora_config" not in metadata:
-        raise InputError(f"{path} has no lora_config metadata; pass a file written by lora-keras")
+        raise InputError(f"{path} has no lora_config metadata; pass a file written by lora-keras", parameter="adapter")
     raw = json.loads(metadata["lora_config"])
     config = LoraConfig(
         int(raw["rank"]), float(raw["alpha"]), tuple(raw["targets"]), float(raw.get("dropout", 0.0)),

@@ -16,8 +16,8 @@ own rank would alone. With no slots the layer is the plain projection.
 
 Every projection computes `x @ W` as one 2-D matmul: Keras's `ops.matmul` of a
 `(batch, length, d_in)` input goes through `tf.tensordot`, about 24 graph ops around
-its one `MatMul`; a T5 step has hundreds of projections, so the 2-D form traces in
-seconds less and runs a third fewer ops, with the same numbers.
+its one `MatMul`; the 2-D form is 20 ops per projection against 26 in a forward pass, with
+the same numbers, and a T5 step has hundreds of projections.
 
 Example:
 ```python
@@ -113,9 +113,10 @@ class LoraDense(keras.layers.Layer):
         return base.activation(outputs) if base.activation is not None else outputs
 
     def _lora(self, inputs: Tensor, shape: tuple) -> Tensor:
-        if self.slots == 1:  # static shapes: any backend, XLA included
-            lora = project(project(inputs, self.lora_a[0]), self.lora_b[0])
-            return lora * self.lora_scale[0]
+        if self.slots == 1:  # static shapes: any backend, XLA included; a reshape costs fewer ops than a slice
+            a = ops.reshape(self.lora_a, self.lora_a.shape[1:])
+            b = ops.reshape(self.lora_b, self.lora_b.shape[1:])
+            return project(project(inputs, a), b) * ops.reshape(self.lora_scale, ())
         d_in, d_out = self.base.kernel.shape
         active = ops.cast(self.active, "int32")
         slot_rows = ops.reshape(inputs, (active, -1, d_in))  # slot j's examples, flattened
@@ -128,7 +129,7 @@ class LoraDense(keras.layers.Layer):
 
     def fits(self, config: LoraConfig) -> bool:
         """Whether `config` can take a slot: the layer's targets, dropout and init, rank at most `max_rank`."""
-        return (self.slots > 0 and tuple(config.targets) == self.targets and float(config.dropout) == self.dropout
+        return (self.slots > 0 and set(config.targets) == set(self.targets) and float(config.dropout) == self.dropout
                 and config.init == self.init and config.rank <= self.max_rank)
 
     def set_slot(self, slot: int, config: LoraConfig, seed: int | None) -> None:
