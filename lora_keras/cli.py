@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from typing import NoReturn
@@ -108,7 +109,8 @@ def flag_message(error: InputError, flags: Mapping[str, str] | None = None) -> s
 
     The flag is `flags[parameter]`, else `--` and the parameter with `_` as `-`. A message
     that starts with the parameter's name gets the flag in its place; one that does not
-    is prefixed with `FLAG: `; one without a parameter is left as it is.
+    is prefixed with `FLAG: `. Other parameters a message names in backquotes (its fix:
+    "pass \`overwrite\`") become their flags too, with or without a parameter.
 
     Args:
         error: the library's error.
@@ -125,13 +127,19 @@ def flag_message(error: InputError, flags: Mapping[str, str] | None = None) -> s
     # "--out x is not empty"
     flag_message(InputError("no such file x.tsv", parameter="train"))
     # "--train: no such file x.tsv"
+    flag_message(InputError("name: x holds another run; pass `overwrite`", parameter="name"))
+    # "--name: x holds another run; pass --overwrite"
     ```
     """
-    message = str(error)
+
+    def flag_of(name):
+        return (flags or {}).get(name) or "--" + name.replace("_", "-")
+
+    message = re.sub(r"`([a-z][a-z0-9_]*)`", lambda match: flag_of(match.group(1)), str(error))
     parameter = getattr(error, "parameter", None)
     if not parameter:
         return message
-    flag = (flags or {}).get(parameter) or "--" + parameter.replace("_", "-")
+    flag = flag_of(parameter)
     if message.startswith(flag):
         return message
     if message.startswith(parameter) and message[len(parameter):len(parameter) + 1] in (" ", ":"):

@@ -87,7 +87,7 @@ def test_a_run_with_losses_of_the_old_definition_is_not_resumed(tmp_path, capsys
         load_tune().main(args)
     stderr = capsys.readouterr().err
     assert_one_line_exit_2(caught.value.code, stderr, "holds losses computed the old way")
-    assert "overwrite it or give another name" in stderr
+    assert "pass --overwrite to run it again or another --name" in stderr
 
 
 def test_a_run_resumes_only_in_its_own_precision(tmp_path, capsys, tiny_preset, tiny_corpus):
@@ -155,4 +155,6 @@ def test_library_errors_name_the_parameter_in_library_terms(tmp_path):
     assert [error.parameter for error in errors] == ["logdir", "name", "source_lang"]
     for error in errors:
         assert "--" not in str(error) and str(error).startswith(error.parameter + ":")
-    assert flag_message(other.value).startswith(f"--name: {config.run_dir} holds a run with other settings")
+    assert flag_message(other.value) == (f"--name: {config.run_dir} holds a run with other settings; "
+                                         "pass --overwrite to replace it or another --name for a new run")
+    assert "needs --source-lang and --target-lang; give both (or the --prefix itself)" in flag_message(languages.value)

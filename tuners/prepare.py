@@ -186,6 +186,6 @@ def _prefix(config, base):
     source = config.source_lang or task.get("source_lang")
     target = config.target_lang or task.get("target_lang")
     if not source or not target:
-        raise InputError("source_lang: the task prefix needs source_lang and target_lang, or a prefix; "
-                         "give both languages (or the prefix)", parameter="source_lang")
+        raise InputError("source_lang: the task prefix needs `source_lang` and `target_lang`; give both "
+                         "(or the `prefix` itself)", parameter="source_lang")
     return f"translate {source} to {target}: "

@@ -38,13 +38,14 @@ def _check_resumable(config):
     if stored.get("loss") != LOSS_DEFINITION:
         raise InputError(
             f"name: {config.run_dir} holds losses computed the old way (padding counted in the mean), which "
-            "cannot be mixed with new ones; overwrite it or give another name for a new run", parameter="name"
+            "cannot be mixed with new ones; pass `overwrite` to run it again or another `name` for a new run",
+            parameter="name"
         )
     stored.setdefault("precision", "float32")  # runs from before --precision trained in float32
     if stored != config.identity():
         raise InputError(
-            f"name: {config.run_dir} holds a run with other settings; overwrite it or give another name "
-            "for a new run", parameter="name"
+            f"name: {config.run_dir} holds a run with other settings; pass `overwrite` to replace it or "
+            "another `name` for a new run", parameter="name"
         )
 
 
@@ -73,7 +74,7 @@ def check_joined_run(config: SweepConfig) -> None:
     if not path.is_file():
         raise InputError(
             f"logdir: {path} not found: the chief writes it before serving; give workers the chief's "
-            "logdir (on a filesystem they share) and name", parameter="logdir"
+            "`logdir` (on a filesystem they share) and `name`", parameter="logdir"
         )
     if json.loads(path.read_text()) != config.identity():
         raise InputError(
