@@ -109,8 +109,8 @@ def flag_message(error: InputError, flags: Mapping[str, str] | None = None) -> s
 
     The flag is `flags[parameter]`, else `--` and the parameter with `_` as `-`. A message
     that starts with the parameter's name gets the flag in its place; one that does not
-    is prefixed with `FLAG: `. Other parameters a message names in backquotes (its fix:
-    "pass \`overwrite\`") become their flags too, with or without a parameter.
+    is prefixed with `FLAG: `. Other parameters a message names in backquotes (in its fix,
+    "pass `overwrite`") become their flags too, with or without a parameter.
 
     Args:
         error: the library's error.

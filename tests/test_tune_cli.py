@@ -240,6 +240,7 @@ def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert len(read_rows(run_dir)) == 1  # the finished trial survived the kill
+    killed = set((run_dir / "tensorboard" / "trial_1").glob("events.out.tfevents*"))
 
     code, _, stderr = run_main("tune.py", *args)  # the rerun: any process resumes it
     assert code == 0, stderr[-3000:]
@@ -249,7 +250,11 @@ def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset
     # The interrupted trial's TensorBoard session holds its rerun only.
     start, _ = plugin_content(run_dir / "tensorboard" / "trial_1", "_hparams_/session_start_info")
     assert start.session_start_info.hparams["batch_size"].number_value == BATCH_SIZES[1]
-    assert len(list((run_dir / "tensorboard" / "trial_1").glob("events.out.tfevents*"))) == 1
+    events = set((run_dir / "tensorboard" / "trial_1").glob("events.out.tfevents*"))
+    assert events and not events & killed  # the killed attempt's event files were dropped
+    accumulator = EventAccumulator(str(run_dir / "tensorboard" / "trial_1"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert len(accumulator.Tensors("_hparams_/session_start_info")) == 1  # one session: the rerun's
 
 
 def test_translate_script_with_a_trial_adapter(tiny_run, tiny_preset):
