@@ -8,7 +8,7 @@ random and `B` (rank x d_out) zero, so the adapted model equals the base at step
 trains `rank * (d_in + d_out)` parameters per layer. `A` is drawn as PEFT draws it
 (`init="peft"`: uniform in +-1/sqrt(d_in), PyTorch's `kaiming_uniform_(a=sqrt(5))`), so
 learning rates carry over from PEFT recipes; `init="keras"` draws it as Keras's
-`Dense.enable_lora` does (He uniform, +-sqrt(6/d_in)). keras-hub's `Backbone.enable_lora()`
+`Dense.enable_lora` does (He uniform, +-sqrt(6/d_in)). keras-hub's `Backbone.enable_lora`
 defaults match none of T5's layers, hence `target_layers`.
 
 Example:
