@@ -170,7 +170,7 @@ class LoraDense(keras.layers.Layer):
 
     def slot_weights(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         """Slot `slot`'s `A` `(d_in, rank)` and `B` `(rank, d_out)` at its own rank, as contiguous arrays."""
-        rank = self._config(slot).rank
+        rank = self.slot_config(slot).rank
         # Contiguous copies: safetensors writes an array's buffer, and a column slice's is the whole.
         a = np.ascontiguousarray(ops.convert_to_numpy(self.lora_a)[slot][:, :rank])
         b = np.ascontiguousarray(ops.convert_to_numpy(self.lora_b)[slot][:rank])
@@ -178,7 +178,7 @@ class LoraDense(keras.layers.Layer):
 
     def merged_kernel(self, slot: int) -> np.ndarray:
         """`W + scale * A @ B` of slot `slot`: the kernel a plain `Dense` computes this slot's outputs with."""
-        config = self._config(slot)
+        config = self.slot_config(slot)
         a, b = self.slot_weights(slot)
         return ops.convert_to_numpy(self.base.kernel) + config.scale * (a @ b)
 
@@ -201,7 +201,8 @@ class LoraDense(keras.layers.Layer):
         added = [self.lora_a, self.lora_b, self.lora_scale] if self.slots else []
         return added + [self.active] if self.slots > 1 else added
 
-    def _config(self, slot):
+    def slot_config(self, slot: int) -> LoraConfig:
+        """The `LoraConfig` slot `slot` holds; `InputError` if it holds none."""
         self._check_slot(slot)
         if self.configs[slot] is None:
             raise InputError(f"slot: slot {slot} holds no adapter; set or load one first", parameter="slot")

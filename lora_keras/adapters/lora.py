@@ -195,7 +195,7 @@ def adapter_config(backbone: keras.Model, slot: int = 0) -> LoraConfig:
 
     Example: `adapter_config(backbone).rank` -> `4`.
     """
-    return next(iter(_adapted(backbone).values()))._config(slot)
+    return next(iter(_adapted(backbone).values())).slot_config(slot)
 
 
 def adapter_weights(backbone: keras.Model, slot: int = 0) -> dict[str, np.ndarray]:
