@@ -1,10 +1,14 @@
-"""The trade-off PNGs: written for completed trials only, valid PNGs, read back as RGBA uint8 arrays."""
+"""The trade-off PNGs: written for completed trials only, valid PNGs, read back as RGBA uint8 arrays, error bars."""
 
 import matplotlib.image
 import numpy as np
+import pytest
+from scipy import stats
 
-from lora_keras.results.plots import figure_images, write_plots
+from lora_keras.results.configurations import group_configurations
+from lora_keras.results.plots import _bars_meaning, _series, figure_images, write_plots
 from conftest import REPORT_ROWS
+from study_fixture import TWO_CONFIGS, write_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEMS = {"loss_vs_rank", "time_vs_batch_size", "val_loss_vs_params", "memory_vs_batch_size"}
@@ -51,3 +55,25 @@ def test_no_completed_trials_writes_nothing(tmp_path):
     assert write_plots([], tmp_path / "empty") == {}
     assert not (tmp_path / "empty").exists()
     assert figure_images({}) == {}
+
+
+def test_each_point_carries_its_ci_across_seeds_or_its_sampling_ci(tmp_path):
+    one = group_configurations(write_study(tmp_path / "one", TWO_CONFIGS, seeds=(0,)))
+    (xs, ys, lows, highs), = _series(one, ("batch_size",), "rank", "val_loss").values()
+    by_rank = {c.hparams["rank"]: c.trials[0] for c in one}
+    assert xs == [4, 16] and lows == [by_rank[x]["val_loss_ci_low"] for x in xs]
+    assert highs == [by_rank[x]["val_loss_ci_high"] for x in xs]
+    _, _, lows, highs = _series(one, ("rank",), "batch_size", "training_time_s")[(16,)]
+    assert lows == highs == [None]  # one seed: time has no sampling CI, so no bar
+    assert _bars_meaning(one, sampled=False) == "one seed: no bars"
+
+    rows = write_study(tmp_path / "three", TWO_CONFIGS, seeds=(0, 1, 2))
+    three = group_configurations(rows)
+    _, ys, lows, highs = _series(three, ("rank",), "batch_size", "training_time_s")[(16,)]
+    times = [t["training_time_s"] for t in three[0].trials]
+    half = stats.t.ppf(0.975, 2) * np.std(times, ddof=1) / np.sqrt(3)
+    assert ys == pytest.approx([np.mean(times)])
+    assert (lows[0], highs[0]) == pytest.approx((np.mean(times) - half, np.mean(times) + half))
+    assert "95% CI of the mean over seeds" in _bars_meaning(three, sampled=True)
+    paths = write_plots(rows, tmp_path / "plots")
+    assert set(paths) == STEMS and all(path.read_bytes()[:8] == PNG_SIGNATURE for path in paths.values())

@@ -117,7 +117,7 @@ def test_a_run_resumes_only_in_its_own_precision(tmp_path, capsys, tiny_preset, 
 
 
 def test_bayesian_without_its_extra_says_how_to_install_it(tmp_path, capsys, monkeypatch, tiny_preset, tiny_corpus):
-    """scipy and scikit-learn are the `bayesian` extra (setup.cfg), as keras-tuner's own; not in the default install."""
+    """scikit-learn is the `bayesian` extra (setup.cfg), as keras-tuner's own; without it (or scipy) the hint says so."""
     from keras_tuner.src.tuners import bayesian
 
     monkeypatch.setattr(bayesian, "scipy", None)  # what keras-tuner holds when `import scipy` failed

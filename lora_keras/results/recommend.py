@@ -1,9 +1,14 @@
 """What to pick from a sweep: the Pareto front, budget and scenario picks, and the measured power laws.
 
+Configurations (trials grouped over seeds) are compared with their noise (`Comparisons`): a pick
+is the cheapest of the configurations that cannot be told apart from the best within a budget,
+and a difference within noise is never a win.
+
 Example:
 ```python
 rows = read_results_csv("logs/sweep/results.csv")
-print(pareto_front(rows)[0]["trial_id"])
+tests = Comparisons(group_configurations(rows), "logs/sweep/validation")
+print(pareto_front(tests)[0].label)
 print("\\n".join(measured_trends(rows)))
 write_recommendations("logs/sweep/recommendations.md", rows, memory_budget_mb=8000)
 ```
@@ -11,113 +16,101 @@ write_recommendations("logs/sweep/recommendations.md", rows, memory_budget_mb=80
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import pathlib
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
-import numpy as np
+from lora_keras.results.configurations import (
+    MEMORY_NOISE_FLOOR, NOISY_MEMORY_KINDS, VALIDATION_DIR, Comparisons, Configuration, configurations_markdown,
+    group_configurations,
+    interval_text, memory_noise,
+)
+from lora_keras.results.rows import completed_trials
+from lora_keras.results.stats import fit_power_law
 
-from lora_keras.results.table import typed_rows
+__all__ = [
+    "best_within", "completed_trials", "measured_trends", "memory_kind_label", "pareto_front",
+    "recommendations_markdown", "scenario_picks", "several_learning_rates", "write_recommendations",
+]
 
 FOLK_LOSS_LAW = '"loss proportional to 1/rank"'
 FOLK_TIME_LAW = '"time proportional to 1/batch size"'
 FOLK_EXPONENT = -1.0
-# How close a fitted exponent must be to the folk -1, and how good the fit, to call it agreement.
-AGREE_TOLERANCE = 0.25
-AGREE_R_SQUARED = 0.8
-POOR_R_SQUARED = 0.5
-MEMORY_KIND_NAMES = {"gpu": "GPU peak", "host_rss": "host RSS peak"}
-
-
-def completed_trials(rows: Iterable[Mapping]) -> list[dict]:
-    """The COMPLETED rows as new dicts, numeric columns as int/float and missing values as None.
-
-    Example:
-    ```python
-    completed_trials([{"status": "COMPLETED", "rank": "4", "val_loss": ""}])
-    # [{"status": "COMPLETED", "rank": 4, "val_loss": None}]
-    ```
-    """
-    completed = typed_rows([row for row in rows if row.get("status") == "COMPLETED"])
-    # A diverged trial can log NaN; as a number it would poison every min() and fit below.
-    return [
-        {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in row.items()}
-        for row in completed
-    ]
+POOR_R_SQUARED = 0.5  # below it no power law describes the points, whatever the CI
+MEMORY_KIND_NAMES = {"gpu": "GPU peak", "host_rss": "host RSS peak", "gpu_process": "GPU process peak"}
+COST_NAMES = {"training_time_s": "training time", "peak_memory_mb": "peak memory"}
 
 
 def _with(trials: list[dict], *columns: str) -> list[dict]:
     return [trial for trial in trials if all(trial.get(column) is not None for column in columns)]
 
 
+def _better(tests, a, b, objective):
+    """Whether `a` beats `b` on `objective` by more than noise (a test tells them apart, `a` lower)."""
+    if a.mean(objective) is None or b.mean(objective) is None or a.mean(objective) >= b.mean(objective):
+        return False
+    difference = tests.loss(a, b) if objective == "val_loss" else tests.cost(a, b, objective)
+    return bool(difference.apart)
+
+
 def pareto_front(
-    rows: Iterable[Mapping], objectives: Sequence[str] = ("val_loss", "training_time_s", "peak_memory_mb")
-) -> list[dict]:
-    """The completed trials no other trial beats on every objective (all minimised), best val loss first.
+    tests: Comparisons, objectives: Sequence[str] = ("val_loss", "training_time_s", "peak_memory_mb")
+) -> list[Configuration]:
+    """The configurations no other beats by more than noise, best val loss first (all objectives minimised).
+
+    `a` dominates `b` when `b` beats `a` on no objective and `a` beats `b` on at least one, where
+    beating means lower and told apart by the tests (`Comparisons`): a difference within noise
+    neither wins nor loses. Without repeats, per-pair data or CIs every difference counts, as for
+    points.
 
     Example:
     ```python
-    [t["trial_id"] for t in pareto_front(rows)]   # ["t04", "t02", "t03"]
+    [c.label for c in pareto_front(Comparisons(group_configurations(rows)))]   # ["rank 32 / batch 8", ...]
     ```
     """
-    candidates = _with(completed_trials(rows), *objectives)
+    candidates = [c for c in tests.configs if all(c.mean(o) is not None for o in objectives)]
 
     def dominates(a, b):
-        return all(a[o] <= b[o] for o in objectives) and any(a[o] < b[o] for o in objectives)
+        return (not any(_better(tests, b, a, o) for o in objectives)
+                and any(_better(tests, a, b, o) for o in objectives))
 
     front = [b for b in candidates if not any(dominates(a, b) for a in candidates if a is not b)]
-    return sorted(front, key=lambda trial: tuple(trial[o] for o in objectives))
+    return sorted(front, key=lambda config: tuple(config.mean(o) for o in objectives))
 
 
-def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float | None, float | None]:
-    """`(exponent, r_squared)` of y = c * x**exponent, fitted by least squares in log-log space.
-
-    Pairs with a non-positive x or y are dropped (no logarithm); fewer than two distinct x
-    values left gives `(None, None)`.
-
-    Example:
-    ```python
-    fit_power_law([1, 4, 16], [3, 1.5, 0.75])   # (-0.5, 1.0)
-    ```
-    """
-    pairs = [(float(x), float(y)) for x, y in zip(xs, ys) if x is not None and y is not None and x > 0 and y > 0]
-    if len({x for x, _ in pairs}) < 2:
-        return None, None
-    log_x = np.log([x for x, _ in pairs])
-    log_y = np.log([y for _, y in pairs])
-    slope, intercept = np.polyfit(log_x, log_y, 1)
-    residual = float(np.sum((log_y - (slope * log_x + intercept)) ** 2))
-    total = float(np.sum((log_y - log_y.mean()) ** 2))
-    # Constant y is described exactly by exponent 0.
-    r_squared = 1.0 - residual / total if total > 0 else 1.0
-    return float(slope), float(r_squared)
-
-
-def _folk_verdict(exponent, r_squared, law, faster, slower, flat):
-    """How a fitted exponent stands against a folk law of exponent -1; `r_squared` None = a pooled median."""
-    if r_squared is not None and r_squared < POOR_R_SQUARED:
+def _folk_verdict(fit, law, faster, slower, flat):
+    """How a fitted exponent and its CI stand against a folk law of exponent -1."""
+    if fit.r_squared < POOR_R_SQUARED:
         return f"the fit is poor, so no power law describes it and the data do not support the folk law {law}."
-    close = abs(exponent - FOLK_EXPONENT) <= AGREE_TOLERANCE
-    if close and (r_squared is None or r_squared >= AGREE_R_SQUARED):
-        return f"this agrees with the folk law {law} (exponent -1)."
-    if close:
-        return f"this is roughly in line with the folk law {law}, but the fit is loose."
-    reason = flat if exponent >= 0 else (slower if exponent > FOLK_EXPONENT else faster)
-    return f"this contradicts the folk law {law} (exponent -1): {reason}."
+    if fit.ci_low is None:
+        return f"with {fit.points} points the exponent has no CI, so this is no test of the folk law {law}."
+    if fit.covers(FOLK_EXPONENT) and fit.covers(0.0):
+        return (f"the CI holds both -1 and 0, so these points cannot tell the folk law {law} from no effect at "
+                "all.")
+    if fit.covers(FOLK_EXPONENT):
+        return f"this is consistent with the folk law {law}: -1 lies inside the CI."
+    reason = flat if fit.exponent >= 0 else (slower if fit.exponent > FOLK_EXPONENT else faster)
+    return f"this contradicts the folk law {law} (-1 lies outside the CI): {reason}."
+
+
+def _law(fit, y_name, x_name):
+    """`time ~ batch^-0.20 (95% CI -0.25 to -0.15, R² 0.93, 9 points)`."""
+    return (f"{y_name} ~ {x_name}^{fit.exponent:.2f} ({fit.ci_text()}, R² {fit.r_squared:.2f}, "
+            f"{fit.points} points)")
 
 
 def _fits(trials, group_columns, x_column, y_column):
-    """`[(group values, exponent, r_squared)]` per group of trials with at least two distinct x values."""
+    """`[(group values, PowerLaw)]` per group of trials with at least two distinct x values; each trial a point."""
     groups = {}
     for trial in _with(trials, x_column, y_column, *group_columns):
         groups.setdefault(tuple(trial[c] for c in group_columns), []).append(trial)
     fits = []
     for key in sorted(groups):
-        exponent, r_squared = fit_power_law([t[x_column] for t in groups[key]], [t[y_column] for t in groups[key]])
-        if exponent is not None:
-            fits.append((key, exponent, r_squared))
+        fit = fit_power_law([t[x_column] for t in groups[key]], [t[y_column] for t in groups[key]])
+        if fit is not None:
+            fits.append((key, fit))
     return fits
 
 
@@ -132,14 +125,16 @@ def several_learning_rates(trials: Iterable[Mapping]) -> bool:
     return len({t["learning_rate"] for t in trials if t.get("learning_rate") is not None}) > 1
 
 
-def _pooled(fits, series, relation, verdict):
-    """The median exponent over several fitted series, as one sentence (none for a single series)."""
+def _pooled(trials, group_columns, x_column, y_column, fits, series, relation, verdict):
+    """One exponent shared by several series (each its own constant), as one sentence (none for one series)."""
     if len(fits) < 2:
         return []
-    median = statistics.median(k for _, k, _ in fits)
+    points = _with(trials, x_column, y_column, *group_columns)
+    fit = fit_power_law([t[x_column] for t in points], [t[y_column] for t in points],
+                        groups=[tuple(t[c] for c in group_columns) for t in points])
     return [
-        f"Pooled over {len(fits)} {series}, the median exponent of {relation} is {median:.2f}; "
-        + _folk_verdict(median, None, **verdict)
+        f"Pooled over {len(fits)} {series} (one constant each, one exponent), {relation}: "
+        f"{_law(fit, *relation.split(' vs '))}; " + _folk_verdict(fit, **verdict)
     ]
 
 
@@ -152,11 +147,11 @@ def _time_trends(trials):
     )
     fits = _fits(trials, ("rank",), "batch_size", "training_time_s")
     sentences = [
-        f"Training time vs batch size at rank {rank}: time ~ batch^{k:.2f} (R² {r2:.2f}); "
-        + _folk_verdict(k, r2, **verdict)
-        for (rank,), k, r2 in fits
+        f"Training time vs batch size at rank {rank}: {_law(fit, 'time', 'batch')}; " + _folk_verdict(fit, **verdict)
+        for (rank,), fit in fits
     ]
-    return sentences + _pooled(fits, "ranks", "time vs batch size", verdict)
+    return sentences + _pooled(trials, ("rank",), "batch_size", "training_time_s", fits, "ranks", "time vs batch",
+                               verdict)
 
 
 def _loss_trends(trials):
@@ -168,14 +163,13 @@ def _loss_trends(trials):
     )
     # Loss depends strongly on the learning rate, so one fit per (batch size, learning rate) when several were swept.
     by_rate = several_learning_rates(trials)
-    fits = _fits(trials, ("batch_size", "learning_rate") if by_rate else ("batch_size",), "rank", "val_loss")
+    group_columns = ("batch_size", "learning_rate") if by_rate else ("batch_size",)
+    fits = _fits(trials, group_columns, "rank", "val_loss")
     sentences = []
-    for key, k, r2 in fits:
+    for key, fit in fits:
         where = f"batch size {key[0]}" + (f", learning rate {key[1]:g}" if by_rate else "")
-        sentences.append(
-            f"Val loss vs rank at {where}: loss ~ rank^{k:.2f} (R² {r2:.2f}); " + _folk_verdict(k, r2, **verdict)
-        )
-    return sentences + _pooled(fits, "series", "val loss vs rank", verdict)
+        sentences.append(f"Val loss vs rank at {where}: {_law(fit, 'loss', 'rank')}; " + _folk_verdict(fit, **verdict))
+    return sentences + _pooled(trials, group_columns, "rank", "val_loss", fits, "series", "loss vs rank", verdict)
 
 
 def memory_kind_label(trials: Iterable[Mapping]) -> str:
@@ -186,7 +180,7 @@ def memory_kind_label(trials: Iterable[Mapping]) -> str:
     memory_kind_label([{"peak_memory_mb": 900.0, "memory_kind": "gpu"}])   # "GPU peak"
     ```
     """
-    measured = _with(trials, "peak_memory_mb")
+    measured = _with(list(trials), "peak_memory_mb")
     return " / ".join(sorted({MEMORY_KIND_NAMES.get(t.get("memory_kind"), "peak") for t in measured})) or "peak"
 
 
@@ -194,9 +188,12 @@ def _memory_trend(trials):
     fits = _fits(trials, (), "batch_size", "peak_memory_mb")
     if not fits:
         return []
-    _, k, r2 = fits[0]
-    if r2 < POOR_R_SQUARED:
+    _, fit = fits[0]
+    k = fit.exponent
+    if fit.r_squared < POOR_R_SQUARED:
         meaning = "the fit is poor, so no power law describes it"
+    elif fit.covers(0.0):
+        meaning = "the CI holds 0: no dependence on batch size is shown"
     elif k >= 0.8:
         meaning = "close to linear: activations dominate the memory"
     elif abs(k) < 0.1:
@@ -205,93 +202,156 @@ def _memory_trend(trials):
         meaning = "it grows sub-linearly: fixed costs (weights, optimizer state) outweigh activations"
     else:
         meaning = "it falls with batch size, which points at measurement noise rather than a law"
-    return [
-        f"Peak memory ({memory_kind_label(trials)}) vs batch size: memory ~ batch^{k:.2f} (R² {r2:.2f}); {meaning}."
-    ]
+    return [f"Peak memory ({memory_kind_label(trials)}) vs batch size: {_law(fit, 'memory', 'batch')}; {meaning}."]
 
 
 def measured_trends(rows: Iterable[Mapping]) -> list[str]:
-    """Plain sentences with fitted power laws of time, loss and memory, set against the folk laws.
+    """Plain sentences with fitted power laws of time, loss and memory, their exponents' CIs, and the folk laws.
+
+    Every trial is a point (with repeats, every seed); the verdict on a folk law of exponent -1
+    reads the exponent's 95% CI: -1 inside it is consistent, outside it a contradiction.
 
     Example:
     ```python
     measured_trends(rows)[0]
-    # "Training time vs batch size at rank 4: time ~ batch^-0.21 (R² 0.93); this contradicts
-    #  the folk law ... larger batches help far less than 1/batch; ..."
+    # "Training time vs batch size at rank 4: time ~ batch^-0.21 (95% CI -0.30 to -0.12, R² 0.93, 9 points);
+    #  this contradicts the folk law ... (-1 lies outside the CI): larger batches help far less than 1/batch; ..."
     ```
     """
     trials = completed_trials(rows)
     return _time_trends(trials) + _loss_trends(trials) + _memory_trend(trials)
 
 
-def _within(trials, memory_budget_mb=None, time_budget_s=None):
-    if memory_budget_mb is not None:
-        trials = [t for t in _with(trials, "peak_memory_mb") if t["peak_memory_mb"] <= memory_budget_mb]
-    if time_budget_s is not None:
-        trials = [t for t in _with(trials, "training_time_s") if t["training_time_s"] <= time_budget_s]
-    return trials
-
-
-def _lowest_loss(trials):
-    trials = _with(trials, "val_loss")
-    return min(trials, key=lambda t: t["val_loss"]) if trials else None
-
-
 def best_within(
-    rows: Iterable[Mapping], memory_budget_mb: float | None = None, time_budget_s: float | None = None
-) -> dict | None:
-    """The completed trial with the lowest val loss within both budgets (None = no limit), or None.
+    configs: Iterable[Configuration], memory_budget_mb: float | None = None, time_budget_s: float | None = None
+) -> Configuration | None:
+    """The configuration of lowest mean val loss whose mean figures keep both budgets (None = no limit), or None.
 
     Example:
     ```python
-    best_within(rows, memory_budget_mb=1000)["trial_id"]   # "t02"
+    best_within(group_configurations(rows), memory_budget_mb=1000).label   # "rank 8 / batch 8"
     ```
     """
-    return _lowest_loss(_within(_with(completed_trials(rows), "val_loss"), memory_budget_mb, time_budget_s))
+    return min(_within(configs, memory_budget_mb, time_budget_s), key=lambda c: c.mean("val_loss"), default=None)
 
 
-def scenario_picks(rows: Iterable[Mapping]) -> list[tuple[str, str, dict | None]]:
-    """`[(scenario, explanation, trial or None)]` for the seed study's three hardware scenarios.
+def _within(configs, memory_budget_mb=None, time_budget_s=None):
+    kept = []
+    for config in configs:
+        memory, time = config.mean("peak_memory_mb"), config.mean("training_time_s")
+        if memory_budget_mb is not None and (memory is None or memory > memory_budget_mb):
+            continue
+        if time_budget_s is not None and (time is None or time > time_budget_s):
+            continue
+        kept.append(config)
+    return kept
 
-    Thresholds come from this sweep's measured spread, so the scenarios mean the same on any machine.
 
-    Example:
-    ```python
-    [(name, pick["trial_id"]) for name, _, pick in scenario_picks(rows)]
-    ```
+@dataclasses.dataclass
+class Pick:
+    """A budget's or scenario's recommendation.
+
+    `candidates` are the configurations within the budget that the tests cannot tell apart from the
+    best there (it first); `pick` the cheapest of them in the budget's cost, or None; `note` how it
+    was chosen, or why there is none.
     """
-    trials = _with(completed_trials(rows), "val_loss")
-    picks = []
 
-    memories = [t["peak_memory_mb"] for t in _with(trials, "peak_memory_mb")]
-    if memories:
-        low, high = min(memories), max(memories)
+    scenario: str
+    budget: str
+    pick: Configuration | None
+    candidates: list[Configuration] = dataclasses.field(default_factory=list)
+    note: str = ""
+
+    def why(self) -> str:
+        tied = [c.label for c in self.candidates[1:]]
+        said = [self.budget]
+        if tied:
+            said.append(f"indistinguishable in val loss from {self.candidates[0].label} there: {', '.join(tied)}")
+        return "; ".join(said + ([self.note] if self.note else []))
+
+
+def _noisy_memory(configs):
+    return any(c.memory_kind in NOISY_MEMORY_KINDS for c in configs)
+
+
+def _choose(tests, scenario, budget, pool, cost):
+    """The cheapest in `cost` (None: the lowest val loss) among the pool's configurations tied with its best."""
+    if cost is not None:
+        pool = [c for c in pool if c.mean(cost) is not None]
+    if not pool:
+        return Pick(scenario, budget, None, note="no configuration fits")
+    reference = min(pool, key=lambda c: c.mean("val_loss"))
+    candidates = tests.indistinguishable(reference, sorted(pool, key=lambda c: c.mean("val_loss")))
+    if cost is None or len(candidates) == 1:
+        return Pick(scenario, budget, reference, candidates)
+    cheapest = min(candidates, key=lambda c: c.mean(cost))
+    # The cost picks only where it tells configurations apart: those within its noise of the cheapest stay.
+    group = [c for c in candidates if c is cheapest or not tests.cost(cheapest, c, cost).apart]
+    name = COST_NAMES[cost]
+    if len(group) == 1:
+        return Pick(scenario, budget, cheapest, candidates, f"the lowest {name} of them")
+    labels = ", ".join(c.label for c in group)
+    if cost == "peak_memory_mb" and _noisy_memory(group):
+        return Pick(scenario, budget, None, candidates,
+                    f"their {name} ({labels}) differs within the figure's noise, so memory picks none of them")
+    pick = min(group, key=lambda c: c.mean("val_loss"))
+    return Pick(scenario, budget, pick, candidates,
+                f"{name} does not tell {labels} apart; of them, the lowest val loss")
+
+
+def _tight_memory(tests):
+    """The "small GPU / tight memory" scenario: the lowest memory, where memory tells configurations apart."""
+    scenario = "small GPU / tight memory"
+    measured = [c for c in tests.configs if c.mean("peak_memory_mb") is not None]
+    if not measured:
+        return Pick(scenario, "no configuration measured its peak memory", None)
+    means = [c.mean("peak_memory_mb") for c in measured]
+    low, high = min(means), max(means)
+    if not _noisy_memory(measured):
         limit = low + (high - low) / 3
-        picks.append((
-            "small GPU / tight memory",
-            f"lowest val loss with peak memory <= {_mib(limit)} MiB "
-            f"(the lowest third of the measured {_mib(low)}-{_mib(high)} MiB)",
-            best_within(trials, memory_budget_mb=limit),
-        ))
-    else:
-        picks.append(("small GPU / tight memory", "no trial measured its peak memory", None))
+        budget = (f"lowest val loss with peak memory <= {_mib(limit)} MiB (the lowest third of the measured "
+                  f"{_mib(low)}-{_mib(high)} MiB)")
+        return _choose(tests, scenario, budget, _within(measured, memory_budget_mb=limit), "peak_memory_mb")
+    lowest = min(measured, key=lambda c: c.mean("peak_memory_mb"))
+    near = [c for c in measured if c is lowest or not tests.cost(lowest, c, "peak_memory_mb").apart]
+    if len(near) == len(measured):
+        if any(len(c.values("peak_memory_mb")) < 2 for c in measured):
+            why, note = ("one draw per configuration, its spread unknown",
+                         "memory differences are not shown to exceed noise: no memory-based pick")
+        else:
+            why, note = ("every configuration within the figure's noise of the least (its spread over seeds, "
+                         f"or under {100 * MEMORY_NOISE_FLOOR:.0f}% apart)",
+                         "memory differences are within noise: no memory-based pick")
+        return Pick(scenario, f"peak memory {_mib(low)}-{_mib(high)} MiB, {why}", None, note=note)
+    budget = (f"lowest val loss among the configurations whose peak memory is not told apart from the least "
+              f"({_mib(lowest.mean('peak_memory_mb'))} MiB): {', '.join(c.label for c in near)}")
+    return _choose(tests, scenario, budget, near, None)
 
-    times = [t["training_time_s"] for t in _with(trials, "training_time_s")]
+
+def scenario_picks(tests: Comparisons) -> list[Pick]:
+    """The three hardware scenarios' picks: small GPU / tight memory, balanced, high performance.
+
+    Thresholds come from this sweep's measured spread, so the scenarios mean the same on any
+    machine; each pick is the cheapest in the scenario's cost (memory; time; none) among the
+    configurations indistinguishable from the best within it.
+
+    Example:
+    ```python
+    [(p.scenario, p.pick and p.pick.label) for p in scenario_picks(Comparisons(group_configurations(rows)))]
+    ```
+    """
+    configs = tests.configs
+    picks = [_tight_memory(tests)]
+    times = [c.mean("training_time_s") for c in configs if c.mean("training_time_s") is not None]
     if times:
         median = statistics.median(times)
-        picks.append((
-            "balanced",
-            f"lowest val loss with training time <= the median {_seconds(median)} s",
-            best_within(trials, time_budget_s=median),
-        ))
+        picks.append(_choose(tests, "balanced", f"training time <= the median {_seconds(median)} s",
+                             _within(configs, time_budget_s=median), "training_time_s"))
     else:
-        picks.append(("balanced", "no trial measured its training time", None))
-
-    picks.append((
-        "high performance",
-        f"lowest val loss of all {len(trials)} completed trials, whatever their time and memory",
-        _lowest_loss(trials),
-    ))
+        picks.append(Pick("balanced", "no configuration measured its training time", None))
+    picks.append(_choose(tests, "high performance",
+                         f"lowest val loss of all {len(configs)} configurations, whatever their time and memory",
+                         configs, None))
     return picks
 
 
@@ -310,44 +370,54 @@ def _bleu(value):
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def _rate(value):
-    return "n/a" if value is None else f"{value:g}"
-
-
-def _describe(trial):
+def _describe(config):
     return (
-        f"{trial['trial_id']} (rank {trial.get('rank')}, batch size {trial.get('batch_size')}, "
-        f"learning rate {_rate(trial.get('learning_rate'))}): val loss {_loss(trial.get('val_loss'))}, "
-        f"BLEU {_bleu(trial.get('bleu'))}, {_seconds(trial.get('training_time_s'))} s, "
-        f"{_mib(trial.get('peak_memory_mb'))} MiB peak"
+        f"{config.label} (trials {', '.join(config.trial_ids)}): val loss "
+        f"{interval_text(*config.interval('val_loss'))}, BLEU {interval_text(*config.interval('bleu')) or 'n/a'}, "
+        f"{_seconds(config.mean('training_time_s'))} s, {_mib(config.mean('peak_memory_mb'))} MiB peak"
     )
 
 
-def _budget_section(trials, memory_budget_mb, time_budget_s):
+def _budget_section(tests, memory_budget_mb, time_budget_s):
     limits = []
     if memory_budget_mb is not None:
         limits.append(f"peak memory <= {_mib(memory_budget_mb)} MiB")
     if time_budget_s is not None:
         limits.append(f"training time <= {_seconds(time_budget_s)} s")
     budget = " and ".join(limits)
-    pick = best_within(trials, memory_budget_mb, time_budget_s)
-    if pick is not None:
-        return [f"Best trial within {budget}: {_describe(pick)}."]
+    pool = _within(tests.configs, memory_budget_mb, time_budget_s)
+    if pool:
+        # A memory budget's cost is memory, a time budget's time; both: time (memory then only a limit).
+        cost = "training_time_s" if time_budget_s is not None else "peak_memory_mb"
+        pick = _choose(tests, "your budget", budget, pool, cost)
+        best = pick.candidates[0]
+        lines = [f"Best within {budget}: {_describe(best)}."]
+        if len(pick.candidates) > 1:
+            lines.append("Indistinguishable from it in val loss: "
+                         + ", ".join(f"{c.label} ({tests.loss(best, c).text()})" for c in pick.candidates[1:]) + ".")
+        if pick.pick is None:
+            lines.append(f"No single pick: {pick.note}.")
+        elif pick.pick is best and len(pick.candidates) > 1:
+            lines.append(f"Recommended: {best.label} itself ({pick.note}).")
+        elif pick.pick is not best:
+            lines.append(f"Recommended: {_describe(pick.pick)}: {pick.note}.")
+        return lines
     needs = []
-    # The least memory it takes while keeping the time budget (if any trial keeps it), and vice versa.
+    # The least memory it takes while keeping the time budget (if any configuration keeps it), and vice versa.
     for column, own, other, unit, show in (
         ("peak_memory_mb", memory_budget_mb, dict(time_budget_s=time_budget_s), "MiB of peak memory", _mib),
         ("training_time_s", time_budget_s, dict(memory_budget_mb=memory_budget_mb), "s of training time", _seconds),
     ):
         if own is None:
             continue
-        pool = _with(_within(trials, **other), column) or _with(trials, column)
+        measured = [c for c in tests.configs if c.mean(column) is not None]
+        pool = [c for c in _within(measured, **other)] or measured
         if pool:
-            least = min(pool, key=lambda t: t[column])
-            needs.append(f"at least {show(least[column])} {unit} (trial {least['trial_id']})")
-    sentence = f"No trial fits {budget}."
+            least = min(pool, key=lambda c: c.mean(column))
+            needs.append(f"at least {show(least.mean(column))} {unit} ({least.label})")
+    sentence = f"No configuration fits {budget}."
     if needs:
-        sentence += " The smallest budget any trial needed: " + " or ".join(needs) + "."
+        sentence += " The smallest budget any configuration needed: " + " or ".join(needs) + "."
     return [sentence]
 
 
@@ -357,15 +427,15 @@ def _table(header, rows):
     return lines
 
 
-def _trial_cells(trial):
+def _config_cells(config):
     return [
-        trial["trial_id"], str(trial.get("rank")), str(trial.get("batch_size")), _rate(trial.get("learning_rate")),
-        _loss(trial.get("val_loss")), _bleu(trial.get("bleu")), _seconds(trial.get("training_time_s")),
-        _mib(trial.get("peak_memory_mb")),
+        config.label, str(config.n), interval_text(*config.interval("val_loss")),
+        interval_text(*config.interval("bleu")) or "n/a", _seconds(config.mean("training_time_s")),
+        _mib(config.mean("peak_memory_mb")),
     ]
 
 
-TRIAL_HEADER = ["trial", "rank", "batch size", "learning rate", "val loss", "BLEU", "time (s)", "peak memory (MiB)"]
+CONFIG_HEADER = ["configuration", "n", "val loss", "BLEU", "time (s)", "peak memory (MiB)"]
 
 
 def recommendations_markdown(
@@ -373,49 +443,70 @@ def recommendations_markdown(
     memory_budget_mb: float | None = None,
     time_budget_s: float | None = None,
     baseline: Mapping | None = None,
+    validation_dir: str | os.PathLike | None = None,
 ) -> str:
-    """`recommendations.md` as text: budget pick, scenario picks, Pareto front, measured trends, baseline.
+    """`recommendations.md` as text: the configurations against the best, budget and scenario picks, the
+    Pareto front, measured trends, the baseline.
+
+    Args:
+        rows: the trials' rows (typed or as `results.csv` holds them).
+        memory_budget_mb: a peak memory budget, or None.
+        time_budget_s: a training time budget, or None.
+        baseline: the unadapted base's scores (`baseline.json`), or None.
+        validation_dir: the trials' per-pair files (`RUN_DIR/validation`) for the paired tests, or None.
 
     Example:
     ```python
     print(recommendations_markdown(rows, memory_budget_mb=8000, baseline={"val_loss": 3.2}))
     ```
     """
-    trials = _with(completed_trials(rows), "val_loss")
+    tests = Comparisons(group_configurations(rows), validation_dir)
     lines = ["# LoRA recommendations", ""]
-    if not trials:
+    if not tests.configs:
         return "\n".join(lines + ["No completed trial with a val loss yet: nothing to recommend.", ""])
+    lines += configurations_markdown(tests)
     if memory_budget_mb is not None or time_budget_s is not None:
-        lines += ["## Your budget", ""] + _budget_section(trials, memory_budget_mb, time_budget_s) + [""]
+        lines += ["## Your budget", ""] + _budget_section(tests, memory_budget_mb, time_budget_s) + [""]
 
     scenario_rows = [
-        [name] + (_trial_cells(pick) if pick else ["none"] + ["n/a"] * 7) + [why]
-        for name, why, pick in scenario_picks(trials)
+        [pick.scenario] + (_config_cells(pick.pick) if pick.pick else ["none"] + ["n/a"] * 5) + [pick.why()]
+        for pick in scenario_picks(tests)
     ]
-    lines += ["## Scenarios", ""] + _table(["scenario"] + TRIAL_HEADER + ["why"], scenario_rows) + [""]
+    lines += [
+        "## Scenarios", "",
+        "Each scenario's pick is the cheapest (tight memory: in memory; balanced: in time) of the configurations "
+        "that the tests cannot tell apart from the best within it; a cost picks only where it differs beyond "
+        "its noise.", "",
+    ] + _table(["scenario"] + CONFIG_HEADER + ["why"], scenario_rows) + [""]
+    noise = memory_noise(tests)
+    if noise:
+        lines += ["## Peak memory and its noise", "", noise, ""]
 
-    front = pareto_front(trials)
+    front = pareto_front(tests)
     lines += [
         "## Pareto front",
         "",
-        "Trials no other trial beats on val loss, training time and peak memory at once, best val loss first.",
+        "Configurations no other beats on val loss, training time and peak memory at once, best val loss first. "
+        "A difference counts only where the tests tell it apart from noise (val loss as above; time and memory "
+        "by Welch's t-test over seeds; with one seed, memory with noise of its own never, and time as measured, "
+        "its spread unknown: run with `--repeats 2` or more to test it).",
         "",
-    ] + _table(TRIAL_HEADER, [_trial_cells(t) for t in front]) + [""]
+    ] + _table(CONFIG_HEADER, [_config_cells(c) for c in front]) + [""]
 
-    trends = measured_trends(trials)
+    trends = measured_trends(rows)
     bullets = [f"- {sentence}" for sentence in trends] or ["Too few distinct ranks or batch sizes to fit any trend."]
     lines += ["## Measured trends", ""] + bullets + [""]
 
     if baseline is not None and baseline.get("val_loss") is not None:
-        best = _lowest_loss(trials)
-        base_loss = float(baseline["val_loss"])
-        change = (best["val_loss"] - base_loss) / base_loss * 100 if base_loss else float("nan")
+        best = tests.best
+        loss, base_loss = best.mean("val_loss"), float(baseline["val_loss"])
+        change = (loss - base_loss) / base_loss * 100 if base_loss else float("nan")
         line = (
-            f"Best trial {best['trial_id']} reaches val loss {_loss(best['val_loss'])} against "
+            f"Best configuration {best.label} reaches val loss {_loss(loss)} against "
             f"{_loss(base_loss)} for the unadapted base model ({change:+.1f}%)"
         )
-        if baseline.get("bleu") is not None and best.get("bleu") is not None:
-            line += f"; BLEU {_bleu(best['bleu'])} against {_bleu(float(baseline['bleu']))}"
+        if baseline.get("bleu") is not None and best.mean("bleu") is not None:
+            line += f"; BLEU {_bleu(best.mean('bleu'))} against {_bleu(float(baseline['bleu']))}"
         lines += ["## Against the unadapted base model", "", line + ".", ""]
     return "\n".join(lines)
 
@@ -426,8 +517,11 @@ def write_recommendations(
     memory_budget_mb: float | None = None,
     time_budget_s: float | None = None,
     baseline: Mapping | None = None,
+    validation_dir: str | os.PathLike | None = None,
 ) -> pathlib.Path:
     """Write `recommendations_markdown(...)` to `path`; returns the path.
+
+    The paired tests read the trials' files in `validation_dir`, by default `validation/` beside `path`.
 
     Example:
     ```python
@@ -435,5 +529,6 @@ def write_recommendations(
     ```
     """
     path = pathlib.Path(path)
-    path.write_text(recommendations_markdown(rows, memory_budget_mb, time_budget_s, baseline) + "\n")
+    validation_dir = path.parent / VALIDATION_DIR if validation_dir is None else validation_dir
+    path.write_text(recommendations_markdown(rows, memory_budget_mb, time_budget_s, baseline, validation_dir) + "\n")
     return path

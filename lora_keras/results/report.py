@@ -1,4 +1,7 @@
-"""The front door of a run's reports: `results.md`, `recommendations.md` and the plots, from the rows.
+"""The front door of a run's reports: `summary.csv`, `results.md`, `recommendations.md` and the plots.
+
+All come from the rows (`results.csv`) and the trials' per-pair files in `validation/`, which the
+paired tests between configurations read.
 
 Example:
 ```python
@@ -14,9 +17,14 @@ import pathlib
 from collections.abc import Sequence
 
 from lora_keras.errors import InputError
+from lora_keras.results.configurations import VALIDATION_DIR, group_configurations, write_summary_csv
 from lora_keras.results.plots import write_plots
 from lora_keras.results.recommend import write_recommendations
-from lora_keras.results.table import SAMPLES_FILE, SUMMARY_FILE, read_results_csv, typed_rows, write_results_md
+from lora_keras.results.rows import read_results_csv, typed_rows
+from lora_keras.results.table import SAMPLES_FILE, SUMMARY_FILE, write_results_md
+
+
+SUMMARY_CSV = "summary.csv"  # one row per configuration, beside results.csv
 
 
 def write_reports(
@@ -27,7 +35,7 @@ def write_reports(
     memory_budget_mb: float | None = None,
     time_budget_s: float | None = None,
 ) -> dict[str, pathlib.Path]:
-    """`results.md`, the plots and `recommendations.md` of a run.
+    """`summary.csv`, `results.md`, the plots and `recommendations.md` of a run.
 
     Args:
         run_dir: the run's directory.
@@ -49,10 +57,11 @@ def write_reports(
     samples = {row["trial_id"]: row["sample_translations"] for row in rows if row.get("sample_translations")}
     if samples:  # results.csv has no room for them; rebuild_reports reads them back from here
         (run_dir / SAMPLES_FILE).write_text(json.dumps(samples, indent=2) + "\n")
-    write_results_md(rows, run_dir / "results.md", baseline, wall_time_s)
+    write_summary_csv(group_configurations(rows), run_dir / SUMMARY_CSV)
+    write_results_md(rows, run_dir / "results.md", baseline, wall_time_s, run_dir / VALIDATION_DIR)
     write_recommendations(
         run_dir / "recommendations.md", rows, memory_budget_mb=memory_budget_mb,
-        time_budget_s=time_budget_s, baseline=baseline,
+        time_budget_s=time_budget_s, baseline=baseline, validation_dir=run_dir / VALIDATION_DIR,
     )
     return write_plots(rows, run_dir)
 
@@ -60,7 +69,7 @@ def write_reports(
 def rebuild_reports(
     run_dir: str | os.PathLike, memory_budget_mb: float | None = None, time_budget_s: float | None = None
 ) -> dict[str, pathlib.Path]:
-    """Every report file of `run_dir` again from its `results.csv`, without training.
+    """Every report file of `run_dir` again from its `results.csv` and `validation/`, without training.
 
     Args:
         run_dir: a run's directory, LOGDIR/NAME.

@@ -1,4 +1,7 @@
-"""The study's rows: `results.csv` (every column), its typed reading, and the `results.md` table.
+"""`results.md`: the trials' table with CIs, what its numbers are, the configurations against the best.
+
+`results.csv`'s columns and reading are `rows`' (imported here too, for callers that know them
+from this module).
 
 Example:
 ```python
@@ -9,25 +12,23 @@ print(results_table(rows))
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-COLUMNS = (
-    "trial_id", "status", "rank", "batch_size", "learning_rate", "lora_alpha", "epochs",
-    "training_time_s", "mean_epoch_time_s", "tokens_per_s", "final_loss", "val_loss",
-    "bleu", "chrf", "peak_memory_mb", "memory_kind", "trainable_params", "total_params",
-    "trainable_percent", "targets", "lora_dropout", "initial_epoch", "parent_trial_id", "val_perplexity",
-    "lora_init", "precision", "jit_compile", "pack_group", "pack_training_time_s", "alone_step_s", "cost_measure_s",
+from lora_keras.results.configurations import (
+    VALIDATION_DIR, Comparisons, configurations_markdown, group_configurations, memory_noise,
 )
-# Shown after batch size when they differ between trials (a sweep over them, or Hyperband's epochs).
+# results.csv's own, imported here too for the callers that know them from this module.
+from lora_keras.results.rows import COLUMNS, read_results_csv, typed_rows, write_results_csv  # noqa: F401
+
+# Shown after batch size when they differ between trials (a sweep over them, Hyperband's epochs, --repeats' seeds).
 SWEPT_COLUMNS = (
     ("learning_rate", "learning rate"), ("lora_alpha", "alpha"), ("targets", "targets"),
-    ("lora_dropout", "dropout"), ("epochs", "epochs"),
+    ("lora_dropout", "dropout"), ("epochs", "epochs"), ("seed", "seed"),
 )
+INTERVAL_COLUMNS = ("val_loss", "bleu")  # shown with their 95% CI
 TABLE_COLUMNS = (
     ("rank", "rank"), ("batch_size", "batch size"), ("training_time_s", "time (s)"),
     ("final_loss", "final loss"), ("val_loss", "val loss"), ("bleu", "BLEU"), ("peak_memory_mb", "peak memory (MiB)"),
@@ -43,33 +44,6 @@ def _format(value: object) -> str:
     return str(value)
 
 
-def write_results_csv(rows: Iterable[Mapping], path: str | os.PathLike) -> None:
-    """One row per trial with exactly `COLUMNS`; missing values are left empty.
-
-    Example:
-    ```python
-    write_results_csv([{"trial_id": "0", "rank": 4, "val_loss": 1.9}], "logs/sweep/results.csv")
-    ```
-    """
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({column: row.get(column) for column in COLUMNS})
-
-
-def read_results_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """The rows of a `results.csv`, values as strings.
-
-    Example:
-    ```python
-    rows = typed_rows(read_results_csv("logs/sweep/results.csv"))
-    ```
-    """
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def _differs(rows: Sequence[Mapping], column: str) -> bool:
     if column == "lora_alpha":  # alpha = rank (scale 1) is the default setting, not a sweep
         return any(
@@ -80,10 +54,20 @@ def _differs(rows: Sequence[Mapping], column: str) -> bool:
     return len({_format(row.get(column)) for row in rows}) > 1
 
 
+def _with_interval(row: Mapping, column: str) -> str:
+    """`0.1173 [0.1052, 0.1309]`: the figure and its 95% CI where the row has one."""
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    if any(value is None or value == "" for value in (row.get(column), low, high)):
+        return _format(row.get(column))
+    return f"{_format(row[column])} [{_format(low)}, {_format(high)}]"
+
+
 def results_table(rows: Sequence[Mapping]) -> str:
     """A Markdown table of the trials: time, losses, memory, parameters, throughput.
 
-    Learning rate, alpha, targets, dropout and epochs get a column when they differ between trials.
+    Learning rate, alpha, targets, dropout, epochs and the seed get a column when they differ
+    between trials; val loss and BLEU carry their 95% CI where the rows have one:
+    `0.1173 [0.1052, 0.1309]`.
 
     Example:
     ```python
@@ -96,50 +80,31 @@ def results_table(rows: Sequence[Mapping]) -> str:
     rule = "|" + "|".join("---:" for _ in columns) + "|"
     lines = [header, rule]
     for row in rows:
-        lines.append("| " + " | ".join(_format(row.get(key)) for key, _ in columns) + " |")
+        lines.append("| " + " | ".join(
+            _with_interval(row, key) if key in INTERVAL_COLUMNS else _format(row.get(key)) for key, _ in columns
+        ) + " |")
     return "\n".join(lines)
 
 
-INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch")
-TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init", "precision",
-                "pack_group")
-BOOLEAN_COLUMNS = ("jit_compile",)
 SUMMARY_FILE = "run_summary.json"
 SAMPLES_FILE = "sample_translations.json"  # each trial's first validation translations, by trial id
 
 
-def typed_rows(rows: Iterable[Mapping]) -> list[dict]:
-    """Rows read from `results.csv` with numbers as numbers and empty cells as None.
-
-    Example:
-    ```python
-    typed_rows([{"rank": "4", "val_loss": "", "status": "COMPLETED"}])
-    # [{"rank": 4, "val_loss": None, "status": "COMPLETED"}]
-    ```
-    """
-    typed = []
-    for row in rows:
-        converted = {}
-        for column, value in row.items():
-            if column in TEXT_COLUMNS or column not in COLUMNS or not isinstance(value, str):
-                converted[column] = value
-            elif value == "":
-                converted[column] = None
-            elif column in BOOLEAN_COLUMNS:
-                converted[column] = value == "True"
-            else:
-                converted[column] = int(float(value)) if column in INTEGER_COLUMNS else float(value)
-        typed.append(converted)
-    return typed
-
-
 MEMORY_MEANINGS = {
-    "gpu": "the GPU allocator's peak during the trial's fit (reset when it starts; weights, optimizer state "
-           "and activations of that GPU)",
-    "host_rss": "the host RSS peak of a process that ran only that trial: the RSS at the start of the run's "
-                "first trial plus the trial's own rise above its start during fit (freed memory returned to the "
-                "kernel before it); it includes TensorFlow, the base model and the data",
+    "gpu": "the GPU allocator's peak over a few training steps of the configuration alone (reset before them; "
+           "weights, optimizer state and activations of that GPU)",
+    "host_rss": "the host RSS before the run's first training step plus the rise of a few training steps of the "
+                "configuration alone above their start (freed memory returned to the kernel before them); it "
+                "includes TensorFlow, the base model and the data, and carries noise of its own",
+    "gpu_process": "the process's GPU peak so far (Keras's JAX backend cannot reset it), so it also carries the "
+                   "trials before",
 }
+INTERVALS_MEANING = (
+    "A CI here is a 95% confidence interval. Beside one trial's val loss or BLEU it is the sampling CI: how far "
+    "the figure could move on another validation set of the same size, drawn like this one (a bootstrap over "
+    "the validation pairs; another seed can move it further). Beside a configuration's mean over seeds it is "
+    "the CI of that mean (t distribution over the per-seed figures), training noise and sampling noise "
+    "together.")
 
 
 def reading_guide(rows: Sequence[Mapping]) -> list[str]:
@@ -154,22 +119,22 @@ def reading_guide(rows: Sequence[Mapping]) -> list[str]:
     lines = [
         "Losses are mean negative log-likelihoods in nats per real (non-padding) target token: `final loss` "
         "over the last training epoch (LoRA dropout on, weights moving), `val loss` over the whole validation "
-        "set after it, teacher forced (`val_perplexity` = exp(val loss) in results.csv). `time` is the wall "
-        "time of the trial's fit, validation included, tracing excluded; `tokens/s` counts real source and "
-        "target tokens per second of training after the first epoch; BLEU is sacrebleu's corpus BLEU of "
-        "greedy translations of the validation set.",
+        "set after it, teacher forced (`val_perplexity` = exp(val loss) in results.csv). `time` is the "
+        "configuration's training time over its epochs, validation and tracing excluded; `tokens/s` counts real "
+        "source and target tokens per second of training after the first epoch; BLEU is sacrebleu's corpus "
+        "BLEU of greedy translations of the validation set.",
     ]
     if packed:
         lines.append(
             "Trials sharing batch size, learning rate and epochs trained together in one step on one frozen "
             "base (`pack_group` in results.csv), each on its own examples and loss: the same training as alone. "
-            "Their cost figures are each configuration's own, measured alone: `time` is the median of a few "
-            "timed training steps of that configuration alone (after one untimed step on the training set's "
-            "longest pairs) times its steps (validation not included); `tokens/s` follows from it; `peak "
-            "memory` covers those steps alone, the longest batch included.")
+            "Their time is each configuration's own, estimated alone: its mean training step alone (timed "
+            "after untimed ones) times its steps; a trial trained alone measures the same thing in its own fit.")
     kinds = sorted({row.get("memory_kind") for row in rows if row.get("memory_kind") in MEMORY_MEANINGS})
     for kind in kinds:
         lines.append(f"`peak memory` ({kind}): {MEMORY_MEANINGS[kind]}.")
+    if any(row.get("val_loss_ci_low") is not None or row.get("bleu_ci_low") is not None for row in rows):
+        lines.append(INTERVALS_MEANING)
     return lines
 
 
@@ -183,7 +148,9 @@ def study_training_s(rows: Sequence[Mapping]) -> tuple[float, int]:
     for row in rows:
         if row.get("pack_group") and row.get("pack_training_time_s") is not None:
             packs[row["pack_group"]] = row["pack_training_time_s"]
-        elif row.get("training_time_s") is not None:
+        elif row.get("fit_time_s") is not None:  # its fit's wall time, validation included
+            alone += row["fit_time_s"]
+        elif row.get("training_time_s") is not None:  # runs from before `fit_time_s`
             alone += row["training_time_s"]
     return alone + sum(packs.values()), len(packs)
 
@@ -209,56 +176,79 @@ def sample_translations_markdown(best: Mapping, baseline: Mapping | None) -> lis
     return lines + [""]
 
 
+def _best_trial_line(best: Mapping) -> str:
+    return (
+        f"Best trial: {best['trial_id']} (rank {best['rank']}, batch size {best['batch_size']}, "
+        f"learning rate {_format(best['learning_rate'])}): val loss {_with_interval(best, 'val_loss')}, "
+        f"BLEU {_with_interval(best, 'bleu')}."
+    )
+
+
+def _overhead_line(rows: Sequence[Mapping], wall_time_s: float) -> str:
+    trained, packs = study_training_s(rows)
+    if packs and trained <= wall_time_s:
+        measuring = sum(r.get("cost_measure_s") or 0.0 for r in rows)
+        return (
+            f"Sweep wall time {wall_time_s:.0f} s, of which training {trained:.0f} s ({packs} packed "
+            f"fit{'s' if packs != 1 else ''} counted once, validation included); overhead "
+            f"{wall_time_s - trained:.0f} s (loading, tokenizing, building and tracing once, baseline, "
+            f"decoding, reports, and {measuring:.0f} s measuring each configuration alone).")
+    if trained <= wall_time_s:
+        measuring = sum(r.get("cost_measure_s") or 0.0 for r in rows)
+        return (
+            f"Sweep wall time {wall_time_s:.0f} s, of which trial training {trained:.0f} s (validation included); "
+            f"overhead {wall_time_s - trained:.0f} s (loading, tokenizing, building, baseline, decoding, reports, "
+            f"and {measuring:.0f} s measuring each configuration's memory alone)."
+        )
+    return (
+        f"Sweep wall time {wall_time_s:.0f} s; trial training {trained:.0f} s in all, more than the "
+        "wall time: trials ran side by side (distributed) or in earlier sessions (resumed)."
+    )
+
+
 def write_results_md(
-    rows: Sequence[Mapping], path: str | os.PathLike, baseline: Mapping | None = None, wall_time_s: float | None = None
+    rows: Sequence[Mapping], path: str | os.PathLike, baseline: Mapping | None = None,
+    wall_time_s: float | None = None, validation_dir: str | os.PathLike | None = None,
 ) -> None:
-    """`results.md`: the table, what its numbers are, the unadapted baseline, the best trial, the overhead.
+    """`results.md`: the trials with CIs, what their numbers are, the configurations against the best, the rest.
+
+    The rest: the unadapted baseline, the best trial, sample translations and the overhead. The
+    configurations' table gives each one's mean, CI and p-values against the best; the paired tests
+    read the trials' files in `validation_dir` (by default `validation/` beside `path`).
 
     Args:
         rows: the trials' typed rows (`typed_rows`).
         path: the file to write.
         baseline: the base model's scores (`val_loss`, `bleu`), if measured.
         wall_time_s: the run's wall time, to tell the overhead beside the trials' training.
+        validation_dir: the trials' per-pair files, if not beside `path`.
 
     Example:
     ```python
     write_results_md(rows, "logs/sweep/results.md", baseline, wall_time_s=312.0)
     ```
     """
+    path = pathlib.Path(path)
     lines = ["# LoRA sweep results", "", results_table(rows), "", *reading_guide(rows), ""]
     completed = [r for r in rows if r.get("status") == "COMPLETED" and r.get("val_loss") is not None]
+    configs = group_configurations(rows)
+    tests = Comparisons(configs, path.parent / VALIDATION_DIR if validation_dir is None else validation_dir)
+    if configs:
+        lines += configurations_markdown(tests)
+        noise = memory_noise(tests)
+        lines += [noise, ""] if noise else []
     if baseline is not None:
         lines.append(
             f"Unadapted base model: val loss {_format(baseline.get('val_loss'))}, "
             f"BLEU {_format(baseline.get('bleu'))}."
         )
     if completed:
-        best = min(completed, key=lambda r: r["val_loss"])
-        lines.append(
-            f"Best trial: {best['trial_id']} (rank {best['rank']}, batch size {best['batch_size']}, "
-            f"learning rate {_format(best['learning_rate'])}): val loss {_format(best['val_loss'])}, "
-            f"BLEU {_format(best.get('bleu'))}."
-        )
-    if completed:
-        lines += sample_translations_markdown(min(completed, key=lambda r: r["val_loss"]), baseline)
+        # The best configuration's best trial: its translations are the samples shown.
+        best = min(tests.best.trials if configs else completed, key=lambda r: r["val_loss"])
+        lines.append(_best_trial_line(best) if tests.repeats < 2 else (
+            f"Best trial of the best configuration: {best['trial_id']} (seed {best.get('seed')}): val loss "
+            f"{_with_interval(best, 'val_loss')}, BLEU {_with_interval(best, 'bleu')}."))
+        lines += sample_translations_markdown(best, baseline)
     if wall_time_s is not None and completed:
-        trained, packs = study_training_s(rows)
-        if packs and trained <= wall_time_s:
-            measuring = sum(r.get("cost_measure_s") or 0.0 for r in rows)
-            lines.append(
-                f"Sweep wall time {wall_time_s:.0f} s, of which training {trained:.0f} s ({packs} packed "
-                f"fit{'s' if packs != 1 else ''} counted once, validation included); overhead "
-                f"{wall_time_s - trained:.0f} s (loading, tokenizing, building and tracing once, baseline, "
-                f"decoding, reports, and {measuring:.0f} s measuring each configuration alone).")
-        elif trained <= wall_time_s:
-            lines.append(
-                f"Sweep wall time {wall_time_s:.0f} s, of which trial training {trained:.0f} s; "
-                f"overhead (loading, tokenizing, building, baseline, reports) {wall_time_s - trained:.0f} s."
-            )
-        else:
-            lines.append(
-                f"Sweep wall time {wall_time_s:.0f} s; trial training {trained:.0f} s in all, more than the "
-                "wall time: trials ran side by side (distributed) or in earlier sessions (resumed)."
-            )
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+        lines.append(_overhead_line(rows, wall_time_s))
+    path.write_text("\n".join(lines) + "\n")
