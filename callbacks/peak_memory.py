@@ -68,13 +68,33 @@ class FirstTrialStart:
     def __init__(self) -> None:
         self.rss_mb = None
 
+    def record(self) -> None:
+        """Take the process's RSS now as the start, once (freed heap pages returned first); nothing on a GPU.
+
+        Called before a process's first training step (its first trace), so that the start is
+        the same whichever trial, and batch size, comes first.
+        """
+        if self.rss_mb is not None or gpu_memory.gpus_present():
+            return
+        _return_freed_memory()
+        self.rss_mb = _read_rss_mb()
+
+
+def _read_rss_mb():
+    """VmRSS of this process in MiB, or None when unavailable."""
+    return _read_status_mb("VmRSS:")
+
 
 def _read_hwm_mb():
     """VmHWM of this process in MiB, or None when unavailable."""
+    return _read_status_mb("VmHWM:")
+
+
+def _read_status_mb(field):
     try:
         with open(STATUS_PATH) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024 / MIB  # value is in kB
     except OSError:
         pass

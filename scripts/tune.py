@@ -116,7 +116,13 @@ def build_parser(strategies: str = "a registered name (--help lists them)") -> O
     add("--max-val-examples", type=positive_int, help="cap on validation pairs")
     add("--max-source-length", type=positive_int, default=64, help="source tokens kept")
     add("--max-target-length", type=positive_int, default=64, help="target tokens kept")
-    add("--seed", type=int, default=0, help="data order, initialisation and strategy order")
+    add("--seed", type=int, default=0, help="training seed (LoRA initialisation, dropout masks, data order) "
+        "and strategy order; the pairs themselves are --data-seed's")
+    add("--repeats", type=positive_int, default=1,
+        help="train each configuration with this many seeds (--seed, --seed+1, ...) on the same pairs; "
+             "results.md and summary.csv then give each configuration's mean, spread and CI")
+    add("--data-seed", type=int, default=0,
+        help="the demo corpus drawn and the 10%% held out of --train: the pairs every seed trains and validates on")
     add("--memory-budget-mb", type=positive_float, help="recommend the best trial within this peak memory")
     add("--time-budget-s", type=positive_float, help="recommend the best trial within this training time")
     add("--quiet", action="store_true", help="no progress bars")
@@ -195,7 +201,8 @@ def sweep_config(args: argparse.Namespace, targets: tuple[tuple[str, ...], ...])
         strategy=args.strategy, max_trials=args.max_trials, logdir=args.logdir, name=args.name,
         overwrite=args.overwrite, max_train_examples=args.max_train_examples,
         max_val_examples=args.max_val_examples, max_source_length=args.max_source_length,
-        max_target_length=args.max_target_length, seed=args.seed, lora_init=args.lora_init,
+        max_target_length=args.max_target_length, seed=args.seed, repeats=args.repeats,
+        data_seed=args.data_seed, lora_init=args.lora_init,
         memory_budget_mb=args.memory_budget_mb, time_budget_s=args.time_budget_s,
         verbose=0 if args.quiet else 1, devices=args.devices, pack=args.pack, precision=args.precision,
         jit_compile=args.jit_compile,

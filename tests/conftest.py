@@ -211,7 +211,8 @@ def hf_t5_wide(tmp_path_factory, tiny_proto):
 # The longest files first. pytest-xdist (`--dist loadfile`) hands files to workers in collection
 # order, so a long file collected last (test_tune_cli.py, alphabetically) ran alone at the end.
 LONGEST_FILES_FIRST = (  # by their summed durations (`--durations=0`), 2026-11-30
-    "test_lora.py", "test_hf_checkpoint.py", "test_tune_cli.py", "test_packing.py", "test_evaluation.py",
+    "test_lora.py", "test_hf_checkpoint.py", "test_tune_cli.py", "test_packing.py", "test_repeats.py",
+    "test_evaluation.py",
     "test_hypermodel.py",
     "test_precision.py",
     "test_export.py", "test_peft_parity.py", "test_failures.py", "test_strategies.py", "test_hf_scripts.py",

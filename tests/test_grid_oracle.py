@@ -77,13 +77,17 @@ def test_the_grid_s_own_order_is_declaration_order(tmp_path):
     assert oracle.fastest == () and run_to_the_end(oracle) == DECLARED_ORDER
 
 
-def test_a_sweep_s_grid_varies_rank_and_alpha_fastest():
+def test_a_sweep_s_grid_varies_rank_alpha_and_seed_fastest():
     from tuners.prepare import make_sweep_oracle
     from tuners.search_space import SearchSpace
     from tuners.sweep_config import SweepConfig
 
     oracle = make_sweep_oracle(SweepConfig(space=SearchSpace(ranks=(1, 4), batch_sizes=(8, 16))))
-    assert isinstance(oracle, GridOracle) and oracle.fastest == FASTEST == ("rank", "lora_alpha")
+    assert isinstance(oracle, GridOracle) and oracle.fastest == FASTEST == ("rank", "lora_alpha", "seed")
+    # --repeats 2 from --seed 5: a configuration's seeds come in a row, each batch size's trials together.
+    oracle = make_sweep_oracle(SweepConfig(space=SearchSpace(ranks=(1, 4), batch_sizes=(8, 16)), seed=5, repeats=2))
+    order = [(v["batch_size"], v["rank"], v["seed"]) for v in ordered_grid(oracle.hyperparameters, oracle.fastest)]
+    assert order == [(8, 1, 5), (8, 1, 6), (8, 4, 5), (8, 4, 6), (16, 1, 5), (16, 1, 6), (16, 4, 5), (16, 4, 6)]
 
 
 def test_resume_reruns_the_interrupted_trial_only(tmp_path):

@@ -11,8 +11,8 @@ from lora_keras.adapters import (
     LoraConfig, activate_slots, add_lora, load_adapter, lora_layers, merged_weights, reset_lora, save_adapter, set_slot,
     target_layers,
 )
-from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots
-from lora_keras.models.token_loss import TokenLossSeq2SeqLM
+from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots, stack_for_slots
+from lora_keras.models.token_loss import PairLosses, TokenLossSeq2SeqLM
 from lora_keras.runtime.precision import reset_optimizer
 
 VOCAB = 300
@@ -51,13 +51,13 @@ class StepLosses(keras.callbacks.Callback):
 Q = "encoder/0/self_attention/q"
 
 
-def train_alone(config, train, val):
+def train_alone(config, train, val, seed=0):
     """The trial alone: one adapter at the config's own rank (no padding), trained by Keras's own fit."""
     model = TokenLossSeq2SeqLM(backbone=backbone())
-    add_lora(model.backbone, config, seed=0)
+    add_lora(model.backbone, config, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     losses = StepLosses("loss")
-    model.fit(make_dataset(train, BATCH, shuffle=True, seed=0), epochs=EPOCHS, verbose=0, callbacks=[losses])
+    model.fit(make_dataset(train, BATCH, shuffle=True, seed=seed), epochs=EPOCHS, verbose=0, callbacks=[losses])
     a, b = lora_layers(model.backbone)[Q].slot_weights(0)
     return {"losses": losses.values, "val_loss": model.evaluate(make_dataset(val, 16), verbose=0), "a": a, "b": b}
 
@@ -111,6 +111,35 @@ def test_packed_slots_train_exactly_as_each_alone(runs):
         assert not slot["a"][:, config.rank:].any() and not slot["b"][config.rank:].any()
     # Slots not crossed: the three trainings differ from each other.
     assert len({round(slot["val_loss"], 6) for slot in packed}) == 3
+
+
+def test_repeats_packed_train_as_each_seed_alone():
+    """Seeds of two configurations in one step, each slot on its own seed's batches: each equals its seed alone."""
+    train, val = pairs(), pairs(16, seed=1)
+    plan = [(CONFIGS[0], 0), (CONFIGS[0], 1), (CONFIGS[1], 1), (CONFIGS[1], 2)]
+    alone = [train_alone(config, train, val, seed) for config, seed in plan]
+    model_backbone = backbone()
+    add_lora(model_backbone, CONFIGS[0], seed=0, slots=len(plan), max_rank=4)
+    for slot, (config, seed) in enumerate(plan):
+        set_slot(model_backbone, slot, config, seed=seed)
+    activate_slots(model_backbone, len(plan))
+    model = TokenLossSeq2SeqLM(backbone=model_backbone)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    losses = [StepLosses(f"loss_{slot}") for slot in range(len(plan))]
+    # One dataset per seed, as `fit_group` makes them: slots 1 and 2 share seed 1's (read once per step).
+    by_seed = {seed: make_dataset(train, BATCH, shuffle=True, seed=seed) for _, seed in plan}
+    model.fit(stack_for_slots([by_seed[seed] for _, seed in plan]), epochs=EPOCHS, verbose=0, callbacks=losses)
+    logs = model.evaluate(repeat_for_slots(make_dataset(val, 16), len(plan)), verbose=0, return_dict=True)
+    nll, tokens = PairLosses(model).of(val, slots=len(plan), batch_size=16)
+    assert nll.shape == (len(plan), len(val)) and tokens.sum() == (val.target_ids != 0).sum()
+    for slot, own in enumerate(alone):
+        np.testing.assert_allclose(losses[slot].values, own["losses"], rtol=1e-5)
+        np.testing.assert_allclose(logs[f"loss_{slot}"], own["val_loss"], rtol=1e-5)
+        # The per-pair losses add up to the val loss the trial alone evaluated (a second computation).
+        np.testing.assert_allclose(nll[slot].sum() / tokens.sum(), own["val_loss"], rtol=1e-5)
+    # Another seed is another training: the repeats of one configuration differ.
+    assert abs(alone[0]["val_loss"] - alone[1]["val_loss"]) > 1e-4
+    assert abs(alone[2]["val_loss"] - alone[3]["val_loss"]) > 1e-4
 
 
 def test_slot_adapter_file_loads_as_a_plain_adapter(runs, tmp_path):

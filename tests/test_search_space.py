@@ -45,7 +45,7 @@ def test_grid_covers_the_product_of_every_swept_value():
     )
     hp.values = combos[-1]
     assert SWEPT.trial_values(hp) == {"rank": 4, "batch_size": 8, "learning_rate": 3e-3, "lora_alpha": 16.0,
-                                      "targets": "q,k,v,o", "lora_dropout": 0.1}
+                                      "targets": "q,k,v,o", "lora_dropout": 0.1, "seed": 0}
 
 
 def test_single_values_are_settings_not_dimensions():
@@ -57,7 +57,7 @@ def test_single_values_are_settings_not_dimensions():
     hp.values = {"rank": 8, "batch_size": 16, "learning_rate": 3e-3}
     assert SearchSpace().trial_values(hp)["lora_alpha"] == 8.0  # no alpha given: alpha = rank
     assert space.trial_values(hp) == {"rank": 8, "batch_size": 16, "learning_rate": 3e-3, "lora_alpha": 32.0,
-                                      "targets": "k,o", "lora_dropout": 0.05}
+                                      "targets": "k,o", "lora_dropout": 0.05, "seed": 0}
 
 
 def test_hparams_domains_hold_every_swept_value():

@@ -29,13 +29,25 @@ METRICS = (
      "mean negative log-likelihood (nats) per real (non-padding) target token of the whole validation set "
      "after the last epoch, teacher forced; what transformers' T5 loss gives on the same pairs"),
     ("val_perplexity", "val perplexity", "exp(val loss): perplexity per real target token"),
-    ("epoch_time_s", "epoch time (s)", "wall time of each epoch's training steps, validation excluded"),
+    ("epoch_time_s", "epoch time (s)",
+     "the configuration's epoch of training alone, validation excluded: measured in its own fit, or for a "
+     "packed trial its mean step time alone times its steps"),
     ("tokens_per_s", "tokens/s", "real (non-padding) source and target tokens trained per second of epoch time"),
     ("peak_memory_mb", "peak memory (MiB)",
-     "the trial's peak memory: GPU allocator peak (reset per trial), or on CPU the host RSS peak during the "
-     "trial's fit, the process returned to its pre-trial state first (see README)"),
+     "the configuration's peak memory over a few steps alone after a warm-up at its batch size: GPU allocator "
+     "peak (reset first), or on CPU the process's RSS before its first training step plus those steps' rise "
+     "(docs/outputs.md)"),
     ("trainable_params", "trainable params", "LoRA parameters trained: rank x (d_in + d_out) per adapted layer"),
     ("bleu", "BLEU", "sacrebleu corpus BLEU of greedy translations of the validation set"),
+    ("val_loss_ci_low", "val loss CI low",
+     "lower end of the val loss's 95% confidence interval over validation pairs (bootstrap of per-pair NLL)"),
+    ("val_loss_ci_high", "val loss CI high",
+     "upper end of the val loss's 95% confidence interval over validation pairs (bootstrap of per-pair NLL)"),
+    ("bleu_ci_low", "BLEU CI low", "lower end of BLEU's 95% confidence interval (sacrebleu's bootstrap)"),
+    ("bleu_ci_high", "BLEU CI high", "upper end of BLEU's 95% confidence interval (sacrebleu's bootstrap)"),
+    ("chrf", "chrF", "sacrebleu corpus chrF of greedy translations of the validation set"),
+    ("chrf_ci_low", "chrF CI low", "lower end of chrF's 95% confidence interval (sacrebleu's bootstrap)"),
+    ("chrf_ci_high", "chrF CI high", "upper end of chrF's 95% confidence interval (sacrebleu's bootstrap)"),
 )
 HPARAM_DESCRIPTIONS = {
     "rank": "LoRA rank r",
@@ -46,11 +58,12 @@ HPARAM_DESCRIPTIONS = {
     "lora_dropout": "dropout on the LoRA branch's input, in training only",
     "epochs": "epochs the trial trained to",
     "precision": "training precision: float32, mixed_bfloat16 or mixed_float16 (variables float32)",
+    "seed": "training seed: LoRA initialisation, dropout masks and data order (--seed, --repeats); same pairs",
 }
 
 
 def experiment_hparams(space: SearchSpace, max_epochs: int, precision: str = "float32") -> list:
-    """The experiment's hyperparameters: discrete domains for the six LoRA ones, epochs reached in 1..max.
+    """The experiment's hyperparameters: discrete domains for the six LoRA ones and the seed, epochs reached in 1..max.
 
     Args:
         space: the sweep's search space.
@@ -75,6 +88,7 @@ def experiment_hparams(space: SearchSpace, max_epochs: int, precision: str = "fl
         # Hyperband trials stop at fewer epochs than the maximum.
         "epochs": hparams_api.IntInterval(1, int(max_epochs)),
         "precision": discrete([str(precision)]),
+        "seed": discrete([int(s) for s in space.seeds]),
     }
     return [hparams_api.HParam(name, domain, description=HPARAM_DESCRIPTIONS[name]) for name, domain in domains.items()]
 
@@ -94,7 +108,7 @@ def varying_hparams(space: SearchSpace, epochs_vary: bool = False) -> set[str]:
     counts = {
         "rank": len(space.ranks), "batch_size": len(space.batch_sizes), "learning_rate": len(space.learning_rates),
         "lora_alpha": len(space.lora_alphas) if space.lora_alphas else len(space.ranks),
-        "targets": len(space.target_sets), "lora_dropout": len(space.lora_dropouts),
+        "targets": len(space.target_sets), "lora_dropout": len(space.lora_dropouts), "seed": len(space.seeds),
     }
     return {name for name, count in counts.items() if count > 1} | ({"epochs"} if epochs_vary else set())
 

@@ -16,16 +16,19 @@ hypermodel.fit_group([hp1, hp4, hp16], model, train_tokens, val_tokens)   # thre
 ```
 """
 
+import dataclasses
 import time
 
 import keras
 import keras_tuner
 import numpy as np
 
+from callbacks import StepTimer
 from lora_keras.adapters import LoraConfig, activate_slots, add_lora, clear_slots, load_slot, read_adapter, set_slot
-from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots
+from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots, stack_for_slots
 from lora_keras.errors import InputError
 from lora_keras.models.base import BaseModel
+from lora_keras.models.token_loss import PairLosses
 from lora_keras.runtime import precision as precisions
 from lora_keras.runtime.backend import in_distribution_strategy
 from lora_keras.runtime.graph_memory import CustomGradientRegistrations
@@ -34,7 +37,12 @@ from lora_keras.runtime.xla import length_multiple
 from tuners.search_space import SearchSpace
 
 EVAL_BATCH_SIZE = 64
-ALONE_STEPS = 4  # timed steps of a configuration alone, after one untimed step on its longest batch
+# A configuration alone: a warm-up (`measure_alone`), then (measured) its longest batch and ALONE_UNTIMED of its own batches
+# untimed (their pages come back after the memory clean-up), then at least ALONE_STEPS timed steps that take at
+# least ALONE_TIME_S in all (at batch 8 on the 2-core CPU, 6 steps of 30 ms moved the estimate by 20% between runs).
+ALONE_UNTIMED = 2
+ALONE_STEPS = 6
+ALONE_TIME_S = 1.0
 
 
 class _KeptModel:
@@ -45,7 +53,9 @@ class _KeptModel:
         self.model = model
         self.registrations = registrations  # what TensorFlow keeps of its traced steps, released with it
         self.traced = False
-        self.seed_states = [(v, keras.ops.convert_to_numpy(v)) for v in model.variables if "seed_generator" in v.path]
+        self.pair_losses = None  # its `PairLosses`, made at first use
+        self.warm_orders = set()  # the (batch size, seed) `measure_alone` has warmed up with a whole pass
+        self.seed_states = [v for v in model.variables if "seed_generator" in v.path]  # dropout masks' states
 
 
 class LoraT5HyperModel(keras_tuner.HyperModel):
@@ -61,7 +71,9 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         base: the frozen T5 each trial starts from.
         space: the search space; its largest rank pads every adapter.
         epochs: epochs per trial, unless the strategy sets a trial's (Hyperband).
-        seed: initialisation, dropout and data order of every trial.
+        seed: the seed of every trial (LoRA initialisation, dropout masks, data order) when `space`
+            has one seed; None keeps the space's. With several (`space.seeds`, `--repeats`),
+            each trial trains with its own.
         slots: the most trials trained in one step (`fit_group`); 1 trains one at a time.
         reuse_models: share one compiled model among trials of one targets, dropout and init.
         jit_compile: XLA for the train step, batch lengths padded to multiples of 16 so it compiles
@@ -80,7 +92,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     """
 
     def __init__(
-        self, base: BaseModel, space: SearchSpace, epochs: int = 2, seed: int = 0, slots: int = 1,
+        self, base: BaseModel, space: SearchSpace, epochs: int = 2, seed: int | None = None, slots: int = 1,
         reuse_models: bool = True, jit_compile: bool = False, lora_init: str = "peft",
         precision: str = precisions.DEFAULT,
     ):
@@ -88,10 +100,12 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         if slots > 1 and jit_compile:
             raise InputError("slots: several trials per step need shapes XLA cannot compile; use 1 with jit_compile",
                              parameter="slots")
+        if seed is not None and len(space.seeds) == 1:
+            space = dataclasses.replace(space, seeds=(int(seed),))
         self.base = base
         self.space = space
         self.epochs = epochs
-        self.seed = seed
+        self.seed = space.seeds[0]  # the model's build; each trial then starts from its own seed
         self.slots = int(slots)
         self.reuse_models = reuse_models
         self.jit_compile = jit_compile
@@ -103,6 +117,10 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
         """Declare the search space on `hp` (keras-tuner's hook; the space does it)."""
         self.space.declare(hp)
+
+    def trial_seed(self, hp: keras_tuner.HyperParameters) -> int:
+        """The seed the trial `hp` trains with: its LoRA initialisation, dropout masks and data order."""
+        return self.space.trial_values(hp)["seed"]
 
     def lora_config(self, hp: keras_tuner.HyperParameters) -> LoraConfig:
         """The `LoraConfig` of the trial `hp`."""
@@ -167,13 +185,17 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         backbone = model.backbone
         clear_slots(backbone, first=len(hps))  # empty slots: no gradient, no update
         for slot, hp in enumerate(hps):
-            set_slot(backbone, slot, self.lora_config(hp), self.seed)
+            set_slot(backbone, slot, self.lora_config(hp), self.trial_seed(hp))
             if parents and parents[slot] is not None:
                 load_slot(backbone, slot, *read_adapter(parents[slot]), source=str(parents[slot]))
         activate_slots(backbone, len(hps))
         kept = self._kept if self._kept is not None and self._kept.model is model else None
-        for variable, value in kept.seed_states if kept else ():
-            variable.assign(value)
+        # Dropout masks (LoRA's and the base's) drawn from the first trial's seed: the same
+        # whatever ran before, and another seed's masks for another seed.
+        seed_states = kept.seed_states if kept else [v for v in model.variables if "seed_generator" in v.path]
+        for index, variable in enumerate(seed_states):
+            state = np.random.SeedSequence((self.trial_seed(hps[0]), index)).generate_state(1)[0] % 2**31
+            variable.assign(np.array([state, 0], keras.backend.standardize_dtype(variable.dtype)))
         precisions.reset_optimizer(model.optimizer, hps[0].get("learning_rate"))
 
     def trace(self, model: keras.Model, train_tokens: TokenizedPairs, val_tokens: TokenizedPairs,
@@ -214,8 +236,8 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     ) -> keras.callbacks.History:
         """Train the trials `hps` together: slot `j` for `hps[j]`, each batch holding each trial's batch once.
 
-        They must share batch size, learning rate and epochs (`tuners.packing.pack_key`); they
-        see the same batches, in the order a trial alone would.
+        They must share batch size, learning rate and epochs (`tuners.packing.pack_key`); each
+        sees the batches its seed gives it alone, in that order.
 
         Args:
             hps: the trials.
@@ -243,11 +265,15 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         self.start(model, hps, parents)
         slots = len(hps)
         initial_epoch, epochs = self.space.trial_epochs(hps[0], max_epochs)
-        train = make_dataset(train_tokens, hps[0].get("batch_size"), shuffle=True, seed=self.seed,
-                             length_multiple=self.length_multiple)
+        seeds = [self.trial_seed(hp) for hp in hps]
+        orders = {seed: make_dataset(train_tokens, hps[0].get("batch_size"), shuffle=True, seed=seed,
+                                     length_multiple=self.length_multiple) for seed in seeds}
+        # One data order for every slot: one pipeline, repeated; else each slot reads its own seed's.
+        train = repeat_for_slots(orders[seeds[0]], slots) if len(orders) == 1 else stack_for_slots(
+            [orders[seed] for seed in seeds])
         val = make_dataset(val_tokens, EVAL_BATCH_SIZE, length_multiple=self.length_multiple)
         return model.fit(
-            repeat_for_slots(train, slots), validation_data=repeat_for_slots(val, slots),
+            train, validation_data=repeat_for_slots(val, slots),
             epochs=epochs, initial_epoch=initial_epoch,
             shuffle=False,  # the dataset reshuffles itself each epoch
             callbacks=callbacks, verbose=verbose, **kwargs,
@@ -265,22 +291,64 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
 
     def measure_alone(
         self, hp: keras_tuner.HyperParameters, model: keras.Model, train_tokens: TokenizedPairs, callbacks: list,
-        steps: int = ALONE_STEPS,
+        steps: int | None = None,
     ) -> None:
         """Train the trial's configuration alone (one slot) for a few steps under `callbacks`.
 
-        The first step is on the training set's longest pairs (the memory peak of any of its
-        batches), untimed; then `steps` steps on the trial's own first batches. Leaves the
-        model for `start` to reset.
+        Under `callbacks`: the training set's longest pairs (the memory peak of any of its
+        batches), then up to `steps` (None: an epoch's) of the trial's own first batches, unless
+        a callback stops the fit sooner (`alone_timer`'s `StepTimer` does, once it has timed
+        enough). Before them, outside `callbacks`, a warm-up: the first time the model trains
+        on these batches (this batch size and seed), those very steps (stopped by a fresh
+        `alone_timer`); after that, one step on the longest pairs. What new shapes allocate once
+        (TensorFlow's caches, the allocator's arenas) is then no trial's cost, whichever trial of
+        its batch size, of its seed, or of the process, comes first. Leaves the model for `start`
+        to reset.
         """
         batch_size = hp.get("batch_size")
-        self.start(model, [hp])
         lengths = (train_tokens.source_ids != 0).sum(1) + (train_tokens.target_ids != 0).sum(1)
         longest = np.argsort(-lengths, kind="stable")[:batch_size]
         longest_pairs = TokenizedPairs(train_tokens.source_ids[longest], train_tokens.target_ids[longest])
-        dataset = make_dataset(longest_pairs, batch_size).concatenate(
-            make_dataset(train_tokens, batch_size, shuffle=True, seed=self.seed).take(steps))
-        model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+        longest_batch = make_dataset(longest_pairs, batch_size, length_multiple=self.length_multiple)
+
+        def steps_alone():
+            return longest_batch.concatenate(make_dataset(
+                train_tokens, batch_size, shuffle=True, seed=self.trial_seed(hp), length_multiple=self.length_multiple,
+            ).take(self.steps_per_epoch(hp, train_tokens) if steps is None else steps))
+
+        kept = self._kept if self._kept is not None and self._kept.model is model else None
+        self.start(model, [hp])
+        order = (batch_size, self.trial_seed(hp))
+        if kept is not None and order not in kept.warm_orders:
+            model.fit(steps_alone(), epochs=1, verbose=0, shuffle=False, callbacks=[self.alone_timer()])
+            kept.warm_orders.add(order)
+        else:
+            model.fit(longest_batch, epochs=1, verbose=0, shuffle=False)
+        self.start(model, [hp])
+        model.fit(steps_alone(), epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+
+    @staticmethod
+    def alone_timer(estimate_time: bool = True) -> StepTimer:
+        """The `StepTimer` of `measure_alone`: the longest batch and a few of its own untimed, then enough timed.
+
+        `estimate_time`: time steps for at least `ALONE_TIME_S` (a packed trial's time is estimated
+        from them); else `ALONE_STEPS` suffice (a trial alone is timed in its own fit).
+        """
+        return StepTimer(warmup=1 + ALONE_UNTIMED, min_steps=ALONE_STEPS,
+                         min_time_s=ALONE_TIME_S if estimate_time else 0.0)
+
+    def pair_losses(self, model: keras.Model, val_tokens: TokenizedPairs, slots: int = 1) -> tuple:
+        """Per validation pair and slot in use, its summed NLL; and each pair's real target tokens.
+
+        Returns:
+            `(nll (slots, n), tokens (n,))`, `nll[j].sum() / tokens.sum()` being slot `j`'s val loss.
+        """
+        kept = self._kept if self._kept is not None and self._kept.model is model else None
+        if kept is None:
+            return PairLosses(model).of(val_tokens, slots, EVAL_BATCH_SIZE, self.length_multiple)
+        if kept.pair_losses is None:  # one per kept model: `predict` traces once
+            kept.pair_losses = PairLosses(model)
+        return kept.pair_losses.of(val_tokens, slots, EVAL_BATCH_SIZE, self.length_multiple)
 
     def steps_per_epoch(self, hp: keras_tuner.HyperParameters, train_tokens: TokenizedPairs) -> int:
         """The trial's training steps per epoch."""

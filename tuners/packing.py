@@ -1,13 +1,15 @@
 """Packing: which trials train together in one step. The whole policy, and the draws from the oracle.
 
 Trials that share batch size, learning rate, epochs, targets, dropout and init (`pack_key`; in
-the default grid, the ranks of a batch size) can train in one step on one frozen base, each in
-its own adapter slot (`lora_keras.adapters.layer`), each the same training as alone. Here:
+the default grid, the ranks of a batch size and their seeds) can train in one step on one frozen
+base, each in its own adapter slot (`lora_keras.adapters.layer`) reading its own seed's batches,
+each the same training as alone. Here:
 
 * **eligibility**: packing needs float32 without XLA on the default devices (`policy_for`);
-* **slots**: by default, every rank (and alpha) of the grid, `--pack N` otherwise;
+* **slots**: by default, every rank (and alpha) of the grid and every seed of it (`--repeats`), `--pack N`
+  otherwise;
 * **the row limit**: by default a pack stays within `DEFAULT_MAX_ROWS` rows per step;
-* **the order asked of a strategy**: rank and alpha varying fastest (`FASTEST`), so that
+* **the order asked of a strategy**: rank, alpha and seed varying fastest (`FASTEST`), so that
   packable trials come one after another from strategies that take a `fastest` order;
 * **the draws**: `PackScheduler` asks the oracle for a trial's companions under extra tuner ids
   (`<id>~1`, `<id>~2`, ...), as distributed workers would ask, and tells those ids when the
@@ -38,12 +40,12 @@ from tuners.search_space import SearchSpace
 # than the three alone, three of batch 8 or 32 took 0.5-0.65 of their time (docs/measured.md).
 DEFAULT_MAX_ROWS = 96
 # Varied fastest by strategies that take an order, so that trials that can share a step come in a row.
-FASTEST = ("rank", "lora_alpha")
+FASTEST = ("rank", "lora_alpha", "seed")
 IDLE_WAIT_S = 1.0
 
 
 def pack_key(space: SearchSpace, hp: keras_tuner.HyperParameters, max_epochs: int) -> tuple:
-    """What trials must share to train in one step: all but rank and alpha.
+    """What trials must share to train in one step: all but rank, alpha and seed.
 
     Example: `pack_key(space, hp, 2)` -> `(8, 0.003, "q,v", 0.0, 0, 2)`.
     """
@@ -74,7 +76,7 @@ class Packing:
 
 
 def policy_for(config, jit_compile: bool, devices: object | None) -> Packing:
-    """The sweep's packing: `config.pack` if given (no row limit), else every rank (and alpha) of a grid.
+    """The sweep's packing: `config.pack` if given (no row limit), else every rank (and alpha) and seed of a grid.
 
     Only the grid packs by default: it hands out a batch size's ranks in a row, and no later trial
     depends on an earlier one's result. Packing needs float32 without XLA on the default devices
@@ -94,7 +96,8 @@ def policy_for(config, jit_compile: bool, devices: object | None) -> Packing:
         return Packing(config.pack)
     if config.strategy != "grid":
         return Packing(1)
-    return Packing(len(config.space.ranks) * max(1, len(config.space.lora_alphas)), DEFAULT_MAX_ROWS)
+    space = config.space
+    return Packing(len(space.ranks) * max(1, len(space.lora_alphas)) * len(space.seeds), DEFAULT_MAX_ROWS)
 
 
 class PackScheduler:

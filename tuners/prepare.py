@@ -158,7 +158,7 @@ def _file_pairs(config):
     if len(train) < 2:
         raise InputError("one pair cannot be split for validation; pass val pairs too", parameter="train")
     shuffled = train[:]
-    random.Random(config.seed).shuffle(shuffled)
+    random.Random(config.data_seed).shuffle(shuffled)
     held_out = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
     return shuffled[held_out:], shuffled[:held_out]
 
@@ -175,8 +175,8 @@ def _check_lora_configs(config, base):
 def _demo_pairs(config, base):
     if base.task is None:
         raise InputError(f"model {config.model} has no demo corpus; pass train (and val) pairs", parameter="model")
-    train = demo.adaptation_pairs("train", demo.TRAIN_EXAMPLES, config.seed)
-    return train, demo.adaptation_pairs("val", demo.VAL_EXAMPLES, config.seed)
+    train = demo.adaptation_pairs("train", demo.TRAIN_EXAMPLES, config.data_seed)
+    return train, demo.adaptation_pairs("val", demo.VAL_EXAMPLES, config.data_seed)
 
 
 def _prefix(config, base):

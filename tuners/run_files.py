@@ -42,6 +42,10 @@ def _check_resumable(config):
             parameter="name"
         )
     stored.setdefault("precision", "float32")  # runs from before --precision trained in float32
+    # Runs from before --repeats trained one seed, on pairs drawn with --seed.
+    stored.setdefault("repeats", 1)
+    stored.setdefault("data_seed", stored.get("seed", 0))
+    stored.get("space", {}).setdefault("seeds", [stored.get("seed", 0)])
     if stored != config.identity():
         raise InputError(
             f"name: {config.run_dir} holds a run with other settings; pass `overwrite` to replace it or "

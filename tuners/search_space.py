@@ -41,8 +41,11 @@ class SearchSpace:
     `target_sets` holds one or more sets of projections to adapt, each swept as one value.
     Its fields are part of a run's identity (`run_config.json`): a rerun resumes only the same space.
 
+    `seeds` are the training seeds each configuration is trained with (`--seed` and `--repeats`):
+    each draws its own LoRA initialisation, dropout masks and data order, on the same pairs.
+
     Example: `SearchSpace(ranks=(1, 4, 16), batch_sizes=(8, 64, 128), learning_rates=(3e-3,),
-    lora_alphas=(8, 16), target_sets=(("q", "v"), ("q", "k", "v", "o")), lora_dropouts=(0.0, 0.1))`.
+    lora_alphas=(8, 16), target_sets=(("q", "v"), ("q", "k", "v", "o")), lora_dropouts=(0.0, 0.1), seeds=(0, 1, 2))`.
     """
 
     ranks: tuple = (1, 4, 16)
@@ -51,6 +54,7 @@ class SearchSpace:
     lora_alphas: tuple = ()
     target_sets: tuple = (("q", "v"),)
     lora_dropouts: tuple = (0.0,)
+    seeds: tuple = (0,)
 
     @property
     def alphas(self) -> tuple[float, ...]:
@@ -60,7 +64,7 @@ class SearchSpace:
     def declare(self, hp: keras_tuner.HyperParameters) -> None:
         """Declare the searched hyperparameters on `hp`.
 
-        Rank, batch size and learning rate always; alpha, targets and dropout
+        Rank, batch size and learning rate always; alpha, targets, dropout and seed
         only when given several values: one value is a setting, not a dimension
         to search (and keeps the search space, random draws included, as before).
 
@@ -79,19 +83,21 @@ class SearchSpace:
             hp.Choice("targets", [targets_name(t) for t in self.target_sets], ordered=False)
         if len(self.lora_dropouts) > 1:
             hp.Choice("lora_dropout", [float(p) for p in self.lora_dropouts], ordered=True)
+        if len(self.seeds) > 1:  # repeats: declared last, so a grid trains a configuration's seeds in a row
+            hp.Choice("seed", [int(s) for s in self.seeds], ordered=True)
 
     def trial_values(self, hp: keras_tuner.HyperParameters) -> dict:
-        """A trial's six hyperparameters: searched ones from `hp`, the others fixed here.
+        """A trial's six LoRA hyperparameters and its seed: searched ones from `hp`, the others fixed here.
 
         Args:
             hp: the trial's hyperparameters, declared by `declare`.
 
         Returns:
             `rank`, `batch_size`, `learning_rate`, `lora_alpha`, `targets` (a `targets_name`)
-            and `lora_dropout`.
+            `lora_dropout` and `seed`.
 
         Example: `space.trial_values(hp)` -> `{"rank": 4, "batch_size": 8, "learning_rate": 0.003,
-        "lora_alpha": 4.0, "targets": "q,v", "lora_dropout": 0.0}`.
+        "lora_alpha": 4.0, "targets": "q,v", "lora_dropout": 0.0, "seed": 0}`.
         """
         values = hp.values
         rank = int(values["rank"])
@@ -103,6 +109,7 @@ class SearchSpace:
             "lora_alpha": float(values.get("lora_alpha", fixed_alpha)),
             "targets": values.get("targets", targets_name(self.target_sets[0])),
             "lora_dropout": float(values.get("lora_dropout", self.lora_dropouts[0])),
+            "seed": int(values.get("seed", self.seeds[0])),
         }
 
     def trial_epochs(self, hp: keras_tuner.HyperParameters, max_epochs: int) -> tuple[int, int]:
@@ -120,7 +127,7 @@ class SearchSpace:
         return int(hp.values.get("tuner/initial_epoch", 0)), int(hp.values.get("tuner/epochs", max_epochs))
 
     def trial_hparams(self, hp: keras_tuner.HyperParameters, max_epochs: int) -> dict:
-        """A trial's HParams row: its six hyperparameters and the epochs it trains to.
+        """A trial's HParams row: its hyperparameters, seed included, and the epochs it trains to.
 
         Args:
             hp: the trial's hyperparameters.

@@ -32,6 +32,7 @@ class SweepConfig:
     `space` (`--ranks`, `--batch-sizes`, `--learning-rates`, `--lora-alpha`, `--targets`,
     `--lora-dropouts`), `verbose` (`--quiet`) and `cluster` (`--distributed`, `--oracle-address`,
     `--worker-id`, `--chief-timeout`) and `pack` (`--pack`, `--no-pack`; None: `tuners.packing.policy_for`'s default).
+    The space's `seeds` follow from `seed` and `repeats` (`seed`, `seed + 1`, ...).
 
     Example: `SweepConfig(model="path/to/flan-t5-small", train="train.tsv", source_lang="English",
     target_lang="French", space=SearchSpace(ranks=(4, 16)))`.
@@ -54,7 +55,9 @@ class SweepConfig:
     max_val_examples: int | None = None
     max_source_length: int = 64
     max_target_length: int = 64
-    seed: int = 0
+    seed: int = 0  # the first training seed, and the strategy's
+    repeats: int = 1  # seeds per configuration: seed, seed + 1, ... (`space.seeds`)
+    data_seed: int = 0  # the demo corpus and the held-out split of `train`: the same pairs for every seed
     lora_init: str = "peft"  # how LoRA's A is drawn: `lora_keras.adapters.config.INITIALIZERS`
     precision: str = "float32"  # `lora_keras.runtime.precision.PRECISIONS`
     jit_compile: bool | None = None  # XLA for training; None: on with a GPU, off on CPU
@@ -64,6 +67,9 @@ class SweepConfig:
     devices: str | None = None  # `lora_keras.runtime.devices.mirrored_strategy` spec: data parallel per trial
     cluster: Cluster | None = None  # this process's part in a distributed sweep
     pack: int | None = None  # the most trials trained in one step; None: every rank of a grid
+
+    def __post_init__(self) -> None:
+        self.space = dataclasses.replace(self.space, seeds=tuple(range(self.seed, self.seed + max(1, self.repeats))))
 
     @property
     def run_dir(self) -> pathlib.Path:

@@ -5,11 +5,16 @@ callbacks, checks the losses for divergence, scores the translations (when given
 validation texts) and writes its measurements and adapter. A trial alone is the group of one;
 `LoraTuner.run_trial` and the JAX path (`tuners.single_trial`) both run trials here.
 
-Cost figures are each trial's own. A trial alone is measured in its own fit. In a group of
-several, each configuration first trains alone for a few steps on the same traced step
-(`LoraT5HyperModel.measure_alone`): its `training_time_s` is its median step time times its
-steps, its `peak_memory_mb` the peak of those steps; the group's own fit is recorded beside
-(`pack_training_time_s`, `pack_tokens_per_s`).
+Cost figures are each trial's own and mean the same whether it trained alone or packed. Every
+configuration first trains alone for a few steps on the same traced step, after a warm-up
+(`LoraT5HyperModel.measure_alone`): its `peak_memory_mb` is the peak of those steps. Its
+`training_time_s` is its epochs' training time, validation excluded: measured in its own fit
+when alone, its mean alone step time times its steps when packed; the group's own fit is
+recorded beside (`pack_training_time_s`, `pack_tokens_per_s`).
+
+Every trial's val loss is also kept per validation pair (`PairLosses`), with its translations,
+in `validation_path`: the sample its 95% confidence intervals (`val_loss_ci_*`, `bleu_ci_*`,
+`chrf_ci_*`) and the report's paired tests resample (`lora_keras.results.stats`).
 
 Expected failures (out of memory, a diverged loss, keras-tuner's `FailedTrialError`) are a
 trial's outcome; any other error is a bug and propagates with its traceback.
@@ -36,11 +41,13 @@ import keras
 import keras_tuner
 from keras_tuner.errors import FailedTrialError
 
-from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory, StepTimer, create_writer
+from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory, create_writer
 from callbacks._summary import flush, write_scalars
 from lora_keras.adapters import merged_weights, save_adapter
 from lora_keras.data.pipeline import TokenizedPairs
 from lora_keras.evaluation import SAMPLE_TRANSLATIONS, ValidationTexts
+from lora_keras.results.configurations import REFERENCES_FILE
+from lora_keras.results.stats import translation_intervals, val_loss_interval
 from tuners.failures import is_out_of_memory
 from tuners.hparams import end_session, start_session, write_summary
 from tuners.hypermodel import LoraT5HyperModel
@@ -58,6 +65,7 @@ class TrialPlan:
         adapter_path: where its adapter is saved, or None to keep none.
         measurements_path: where its figures are written as JSON, or None.
         parent_adapter: the adapter it continues from (a Hyperband child), or None.
+        validation_path: where its per-pair val losses and translations are written as JSON, or None.
 
     Example: `TrialPlan("3", hp, run_dir / "tensorboard" / "trial_3", run_dir / "adapters" / "trial_3.safetensors")`.
     """
@@ -68,6 +76,7 @@ class TrialPlan:
     adapter_path: pathlib.Path | None = None
     measurements_path: pathlib.Path | None = None
     parent_adapter: pathlib.Path | None = None
+    validation_path: pathlib.Path | None = None
 
 
 class TrialRunner:
@@ -123,19 +132,19 @@ class TrialRunner:
         timer = EpochTimer(train_tokens.token_count * len(plans), None if packed else writers[0])
         losses = [LossScalars(writer, slot=slot if slot_keys else None) for slot, writer in enumerate(writers)]
         parameters = [ParameterCount(writer, slot=slot) for slot, writer in enumerate(writers)]
-        # Memory first: its clean-up before a fit (gc, malloc_trim) stays off the trial's clock.
-        memory = [] if packed else [self._peak_memory(writers[0])]
-        callbacks = [*memory, timer, *parameters, *losses]
+        callbacks = [timer, *parameters, *losses]
         if not packed:
             callbacks.append(keras.callbacks.TerminateOnNaN())  # a diverged trial alone stops at once
+        self.first_trial_start.record()  # before any step of this process, whichever batch size comes first
         try:
             with self.strategy.scope() if self.strategy else contextlib.nullcontext():
                 model = hypermodel.build(hps[0])
                 trace_s = hypermodel.trace(model, train_tokens, val_tokens, hps[0].get("batch_size"))
-                alone = [self._measure_alone(hp, model, train_tokens, writer) if packed else {}
+                alone = [self._measure_alone(hp, model, train_tokens, writer, estimate_time=packed)
                          for hp, writer in zip(hps, writers)]
                 hypermodel.fit_group(hps, model, train_tokens, val_tokens, callbacks=callbacks, verbose=self.verbose,
                                      parents=[plan.parent_adapter for plan in plans])
+                pair_nll, pair_tokens = hypermodel.pair_losses(model, val_tokens, len(plans))
         except Exception as error:
             for plan, writer in zip(plans, writers):
                 flush(writer)
@@ -147,14 +156,17 @@ class TrialRunner:
                                        "try a smaller batch size or rank")
             return {plan.trial_id: failure for plan in plans}
         fit = timer.results()
+        # A trial's own training: its epochs' training parts, validation excluded (as a packed trial's estimate).
+        own_fit = {**fit, "training_time_s": sum(fit["epoch_times_s"]), "fit_time_s": fit["training_time_s"]}
         outcomes = {}
         for slot, (plan, hp, writer) in enumerate(zip(plans, hps, writers)):
-            figures = self._figures(hp, hparams[slot], [*memory, timer, parameters[slot], losses[slot]])
-            figures.update(alone[slot], trace_s=trace_s)
+            figures = self._figures(hp, hparams[slot], [parameters[slot], losses[slot]])
+            figures.update(alone[slot] if packed else {**own_fit, **alone[slot]}, trace_s=trace_s)
             if packed:
                 figures.update(pack_group="+".join(p.trial_id for p in plans),
                                pack_training_time_s=fit["training_time_s"], pack_tokens_per_s=fit["tokens_per_s"])
-            outcomes[plan.trial_id] = self._record(plan, model, slot, figures, writer, val_texts)
+            outcomes[plan.trial_id] = self._record(plan, model, slot, figures, writer, val_texts,
+                                                   (pair_nll[slot], pair_tokens))
         return outcomes
 
     def _figures(self, hp, hparams, measures):
@@ -171,17 +183,29 @@ class TrialRunner:
             figures.update(measure.results())
         return figures
 
-    def _record(self, plan, model, slot, figures, writer, val_texts):
-        """Check, score and keep one trial: its figures, or the `FailedTrialError` of a diverged loss."""
+    def _record(self, plan, model, slot, figures, writer, val_texts, pairs):
+        """Check, score and keep one trial: its figures, or the `FailedTrialError` of a diverged loss.
+
+        `pairs` is `(nll, tokens)` per validation pair: the val loss's confidence interval, and
+        with the translations, the trial's validation file.
+        """
         if not all(figures[k] is not None and math.isfinite(figures[k]) for k in ("final_loss", "val_loss")):
             flush(writer)
             end_session(plan.session_dir, succeeded=False)
             return FailedTrialError(
                 f"loss diverged to {figures['final_loss']} (val {figures['val_loss']}); try a lower learning rate")
         end_session(plan.session_dir, succeeded=True)
+        nll, tokens = pairs
+        step = figures["epochs"] - 1
+        low, high = val_loss_interval(nll, tokens)
+        figures.update(val_loss_ci_low=low, val_loss_ci_high=high)
+        write_scalars(writer, {"val_loss_ci_low": low, "val_loss_ci_high": high}, step=step)
+        translations = []
         if val_texts is not None:
-            self._score(model, slot, val_texts, figures, plan.session_dir, writer, step=figures["epochs"] - 1)
+            translations = self._score(model, slot, val_texts, figures, plan.session_dir, writer, step=step)
         flush(writer)
+        if plan.validation_path is not None:
+            self._keep_pairs(plan.validation_path, nll, tokens, translations, val_texts)
         if plan.adapter_path is not None:
             plan.adapter_path.parent.mkdir(parents=True, exist_ok=True)
             _atomically(plan.adapter_path, lambda path: save_adapter(model.backbone, path, slot=slot))
@@ -197,31 +221,46 @@ class TrialRunner:
                                                 merged_weights(model.backbone, slot))
         if self.base_translations:
             val_texts = dataclasses.replace(val_texts, base_translations=self.base_translations)
-        figures.update(scores)
+        intervals = translation_intervals(translations, val_texts.references)
+        figures.update(scores, **intervals)
         figures["sample_translations"] = translations[:SAMPLE_TRANSLATIONS]
-        write_scalars(writer, scores, step=step)
+        write_scalars(writer, {**scores, **intervals}, step=step)
         write_summary(session_dir, text_summary.text_pb("sample_translations", val_texts.samples_markdown(translations)),
                       step=step)
+        return translations
 
-    def _measure_alone(self, hp, model, train_tokens, writer):
-        """The trial's own cost: a few steps of its configuration alone, scaled to its steps; its peak memory."""
+    @staticmethod
+    def _keep_pairs(path, nll, tokens, translations, val_texts):
+        """The trial's per-pair val losses and translations; the run's references beside them, once."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        references = path.parent / REFERENCES_FILE
+        if val_texts is not None and not references.is_file():
+            texts = {"sources": list(val_texts.sources), "references": list(val_texts.references)}
+            _atomically(references, lambda partial: partial.write_text(json.dumps(texts)))
+        pairs = {"nll": [float(v) for v in nll], "tokens": [int(v) for v in tokens], "translations": translations}
+        _atomically(path, lambda partial: partial.write_text(json.dumps(pairs)))
+
+    def _measure_alone(self, hp, model, train_tokens, writer, estimate_time):
+        """The configuration's own cost, a few steps alone: its peak memory; with `estimate_time`, its time.
+
+        The time estimate (a packed trial's) is its mean step time alone times its steps.
+        """
         hypermodel = self.hypermodel
         started = time.perf_counter()
-        steps = StepTimer(warmup=1)
+        steps = hypermodel.alone_timer(estimate_time)
         memory = self._peak_memory(writer)
         hypermodel.measure_alone(hp, model, train_tokens, [memory, steps])
-        step_s = steps.results()["median_step_s"]
-        initial_epoch, epochs = self.space.trial_epochs(hp, self.max_epochs)
-        epoch_s = step_s * hypermodel.steps_per_epoch(hp, train_tokens)
-        tokens_per_s = train_tokens.token_count / epoch_s if epoch_s > 0 else 0.0
-        for epoch in range(initial_epoch, epochs):
-            write_scalars(writer, {"epoch_time_s": epoch_s, "tokens_per_s": tokens_per_s}, step=epoch)
-        return {
-            "training_time_s": epoch_s * (epochs - initial_epoch), "mean_epoch_time_s": epoch_s,
-            "tokens_per_s": tokens_per_s, "epoch_times_s": [epoch_s] * (epochs - initial_epoch),
-            "alone_step_s": step_s, "alone_steps": steps.results()["timed_steps"],
-            "cost_measure_s": time.perf_counter() - started, **memory.results(),
-        }
+        step_s = steps.results()["mean_step_s"]
+        figures = {"alone_step_s": step_s, "alone_steps": steps.results()["timed_steps"], **memory.results()}
+        if estimate_time:
+            initial_epoch, epochs = self.space.trial_epochs(hp, self.max_epochs)
+            epoch_s = step_s * hypermodel.steps_per_epoch(hp, train_tokens)
+            tokens_per_s = train_tokens.token_count / epoch_s if epoch_s > 0 else 0.0
+            for epoch in range(initial_epoch, epochs):
+                write_scalars(writer, {"epoch_time_s": epoch_s, "tokens_per_s": tokens_per_s}, step=epoch)
+            figures.update(training_time_s=epoch_s * (epochs - initial_epoch), mean_epoch_time_s=epoch_s,
+                           tokens_per_s=tokens_per_s, epoch_times_s=[epoch_s] * (epochs - initial_epoch))
+        return {**figures, "cost_measure_s": time.perf_counter() - started}
 
     def _peak_memory(self, writer):
         return PeakMemory(writer, gpus=self.gpus, first_trial_start=self.first_trial_start)

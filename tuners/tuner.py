@@ -21,6 +21,7 @@ from keras_tuner.errors import FailedTrialError
 from lora_keras.adapters import load_adapter
 from lora_keras.data.pipeline import TokenizedPairs
 from lora_keras.evaluation import ValidationTexts
+from lora_keras.results.configurations import VALIDATION_DIR
 from lora_keras.runtime.devices import strategy_gpus
 from lora_keras.runtime.heap import thaw
 from tuners.cluster import is_worker
@@ -105,6 +106,10 @@ class LoraTuner(BaseTuner):
         """The trial's LoRA weights: `<run_dir>/adapters/trial_<id>.safetensors`."""
         return self.adapters_dir / f"trial_{trial_id}.safetensors"
 
+    def validation_path(self, trial_id: str) -> pathlib.Path:
+        """The trial's per-pair val losses and translations: `<run_dir>/validation/trial_<id>.json`."""
+        return self.run_dir / VALIDATION_DIR / f"trial_{trial_id}.json"
+
     def measurements_path(self, trial_id: str) -> pathlib.Path:
         """The trial's figures: `measurements.json` in keras-tuner's trial directory."""
         return pathlib.Path(self.get_trial_dir(trial_id)) / MEASUREMENTS_FILE
@@ -175,7 +180,7 @@ class LoraTuner(BaseTuner):
         return TrialPlan(
             trial.trial_id, trial.hyperparameters, self.tensorboard_dir / f"trial_{trial.trial_id}",
             self.adapter_path(trial.trial_id), self.measurements_path(trial.trial_id),
-            None if parent is None else self.adapter_path(parent),
+            None if parent is None else self.adapter_path(parent), self.validation_path(trial.trial_id),
         )
 
     def _report(self, trial, outcome):

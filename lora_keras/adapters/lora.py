@@ -30,6 +30,19 @@ from lora_keras.adapters.layer import LoraDense
 from lora_keras.errors import InputError
 
 
+# Layer `i` of seed `s` draws with seed `s * LAYER_SEED_STRIDE + i`: the seeds of a study's repeats
+# (s, s + 1, ...) never share a draw (with `s + i`, seed 1's first layer drew seed 0's second).
+LAYER_SEED_STRIDE = 10_007
+
+
+def layer_seed(seed: int | None, index: int) -> int | None:
+    """The seed of the `index`-th adapted layer for `seed` (None stays None: fresh draws).
+
+    Example: `layer_seed(1, 2)` -> `10009`.
+    """
+    return None if seed is None else seed * LAYER_SEED_STRIDE + index
+
+
 def add_lora(
     backbone: keras.Model, config: LoraConfig, seed: int | None = None, slots: int = 1, max_rank: int | None = None,
 ) -> dict[str, LoraDense]:
@@ -39,7 +52,7 @@ def add_lora(
         backbone: a keras-hub `T5Backbone`, without adapters.
         config: rank, alpha, targets, dropout and init (of slot 0; every slot shares targets,
             dropout and init).
-        seed: seeds `A` (layer `i` gets `seed + i`) and the dropout masks; None draws freshly.
+        seed: seeds `A` (layer `i` gets `layer_seed(seed, i)`) and the dropout masks; None draws freshly.
         slots: adapters per layer (more than one: trials trained together, `set_slot`).
         max_rank: the rank every slot is padded to; `config.rank` when None.
 
@@ -71,10 +84,10 @@ def add_lora(
         if path not in adapted:
             _install(parent, attribute, LoraDense(dense))
             continue
-        layer_seed = None if seed is None else seed + offset
-        layer = LoraDense(dense, slots, max_rank, config.dropout, layer_seed, tuple(config.targets), config.init)
+        seed_of_layer = layer_seed(seed, offset)
+        layer = LoraDense(dense, slots, max_rank, config.dropout, seed_of_layer, tuple(config.targets), config.init)
         _install(parent, attribute, layer)
-        layer.set_slot(0, config, layer_seed)
+        layer.set_slot(0, config, seed_of_layer)
         layers[path] = layer
         offset += 1
     return layers
@@ -124,7 +137,7 @@ def set_slot(backbone: keras.Model, slot: int, config: LoraConfig, seed: int | N
     Example: `set_slot(backbone, 2, LoraConfig(rank=16), seed=0)`.
     """
     for offset, layer in enumerate(_adapted(backbone).values()):
-        layer.set_slot(slot, config, None if seed is None else seed + offset)
+        layer.set_slot(slot, config, layer_seed(seed, offset))
 
 
 def clear_slots(backbone: keras.Model, first: int = 0) -> None:

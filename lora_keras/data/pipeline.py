@@ -218,8 +218,8 @@ def _trim_padding(
 def repeat_for_slots(dataset: tf.data.Dataset, slots: int) -> tf.data.Dataset:
     """Each batch of `dataset` repeated `slots` times along its rows: one copy per slot of a `LoraPack`.
 
-    Configurations packed together share batch size and seed, so each sees the very batches
-    it would see alone; slot `j` reads rows `j*b .. (j+1)*b - 1`.
+    Configurations packed together with one seed share batch size and data order, so each sees
+    the very batches it would see alone; slot `j` reads rows `j*b .. (j+1)*b - 1`.
 
     Example:
     ```python
@@ -235,6 +235,65 @@ def repeat_for_slots(dataset: tf.data.Dataset, slots: int) -> tf.data.Dataset:
         return {name: copies(value) for name, value in inputs.items()}, copies(labels), copies(sample_weight)
 
     return dataset.map(repeat)
+
+
+def stack_for_slots(datasets: Sequence[tf.data.Dataset]) -> tf.data.Dataset:
+    """One batch of each dataset per step, stacked along the rows: slot `j` reads `datasets[j]`.
+
+    Repeats of a configuration (`--repeats`) train in one step, each on its own seed's data
+    order: each slot's batch is padded to the step's longest source and target (padding is
+    masked out of every loss, so a slot trains as it would alone), then the slots' batches are
+    concatenated. Slots of one seed take the same dataset (read once per step); when every slot
+    does, `repeat_for_slots` is the cheaper form.
+
+    Example:
+    ```python
+    orders = [make_dataset(tokens, 8, shuffle=True, seed=seed) for seed in (0, 1, 2)]
+    model.fit(stack_for_slots(orders))   # batches of 24 rows: seed 0's, then 1's, then 2's
+    ```
+    """
+    if len(datasets) == 1:
+        return datasets[0]
+    import tensorflow as tf
+
+    # A dataset given for several slots is iterated once: each iterator of a reshuffling dataset
+    # draws the next order, so a second one would not read the first's batches.
+    distinct = list({id(dataset): dataset for dataset in datasets}.values())
+    sources = [next(i for i, d in enumerate(distinct) if d is dataset) for dataset in datasets]
+
+    def stack(*distinct_batches):
+        batches = [distinct_batches[source] for source in sources]
+        source = tf.reduce_max([tf.shape(inputs["encoder_token_ids"])[1] for inputs, _, _ in batches])
+        target = tf.reduce_max([tf.shape(labels)[1] for _, labels, _ in batches])
+
+        def padded(value, length):
+            return tf.pad(value, [[0, 0], [0, length - tf.shape(value)[1]]])
+
+        inputs = {
+            name: tf.concat([padded(b[0][name], source if name.startswith("encoder") else target) for b in batches], 0)
+            for name in batches[0][0]
+        }
+        return (inputs, tf.concat([padded(b[1], target) for b in batches], 0),
+                tf.concat([padded(b[2], target) for b in batches], 0))
+
+    return tf.data.Dataset.zip(tuple(distinct)).map(stack).prefetch(PREFETCH_BATCHES).with_options(_options())
+
+
+def labelled_inputs(
+    tokens: TokenizedPairs, batch_size: int, slots: int = 1, length_multiple: int | None = None,
+) -> tf.data.Dataset | keras.utils.PyDataset:
+    """`make_dataset`'s batches in order as single dicts, labels and mask included: inputs for `predict`.
+
+    `PairLosses` scores them: `predict` passes a model only its inputs, and a pair's loss
+    needs its labels too. With `slots`, each batch is repeated for every slot (`repeat_for_slots`).
+
+    Example: `PairLosses(model).predict(labelled_inputs(val_tokens, 64))`.
+    """
+    batches = make_dataset(tokens, batch_size, length_multiple=length_multiple)
+    if isinstance(batches, NumpyBatches):
+        return _Labelled(batches)
+    return repeat_for_slots(batches, slots).map(
+        lambda inputs, labels, sample_weight: ({**inputs, "labels": labels, "sample_weight": sample_weight},))
 
 
 class NumpyBatches(keras.utils.PyDataset):
@@ -287,3 +346,18 @@ class NumpyBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._order()
+
+
+class _Labelled(keras.utils.PyDataset):
+    """`NumpyBatches` as single dicts with labels and mask (`labelled_inputs` on other backends)."""
+
+    def __init__(self, batches: NumpyBatches) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[dict]:
+        inputs, labels, sample_weight = self.batches[index]
+        return ({**inputs, "labels": labels, "sample_weight": sample_weight},)

@@ -242,3 +242,54 @@ class SlotTokenMeans(keras.metrics.Metric):
         """Start every slot from zero."""
         self.total.assign(ops.zeros((self.slots,), "float64"))
         self.count.assign(ops.zeros((self.slots,), "float64"))
+
+
+class PairLosses(keras.Model):
+    """Per sentence pair, the summed NLL (nats) of its real target tokens under each active adapter slot.
+
+    The validation loss as a sample: `nll.sum() / tokens.sum()` over a set is its `val_loss`,
+    and the pairs' own values let a bootstrap resample the set (`lora_keras.results.stats`).
+    Wraps a compiled `TokenLossSeq2SeqLM` (or a plain `T5Seq2SeqLM`); `predict` traces it once.
+
+    Args:
+        seq2seq: the model whose losses are wanted, its slots activated for the batches' rows.
+
+    Example:
+    ```python
+    nll, tokens = PairLosses(model).of(val_tokens, slots=3)   # nll: (3, n) ; tokens: (n,)
+    nll[0].sum() / tokens.sum()                               # slot 0's val loss
+    ```
+    """
+
+    FEATURES = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids", "decoder_padding_mask")
+
+    def __init__(self, seq2seq: keras_hub.models.T5Seq2SeqLM, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seq2seq = seq2seq
+
+    def call(self, inputs: dict) -> Any:
+        with masking_warning_ignored():
+            logits = self.seq2seq({name: inputs[name] for name in self.FEATURES}, training=False)
+        nll = keras.losses.sparse_categorical_crossentropy(inputs["labels"], ops.cast(logits, "float32"),
+                                                           from_logits=True)
+        totals = ops.sum(nll * ops.cast(inputs["sample_weight"], "float32"), axis=1)  # (slots * b,)
+        slots = ops.cast(next(iter(lora_layers(self.seq2seq.backbone).values())).active, "int32") if slot_count(
+            self.seq2seq.backbone) > 1 else 1
+        return ops.transpose(ops.reshape(totals, (slots, -1)))  # (b, slots): `predict` stacks the rows
+
+    def of(self, tokens: Any, slots: int = 1, batch_size: int = 64, length_multiple: int | None = None) -> tuple:
+        """`(nll, tokens)`: `(slots, n)` summed NLL per pair and slot, `(n,)` real target tokens per pair.
+
+        Args:
+            tokens: the `TokenizedPairs` to score, in order.
+            slots: the active slots (each reads the same pairs).
+            batch_size: pairs per forward pass.
+            length_multiple: as `make_dataset`'s (XLA's bounded shapes).
+        """
+        import numpy as np
+
+        from lora_keras.data.pipeline import labelled_inputs
+
+        nll = self.predict(labelled_inputs(tokens, batch_size, slots, length_multiple), verbose=0)
+        counts = (np.asarray(tokens.target_ids) != 0).sum(axis=1)
+        return np.asarray(nll, "float64").T.reshape(slots, len(tokens)), counts
