@@ -296,7 +296,8 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         """Train the trial's configuration alone (one slot) for a few steps under `callbacks`.
 
         Under `callbacks`: the training set's longest pairs (the memory peak of any of its
-        batches), then up to `steps` (None: an epoch's) of the trial's own first batches, unless
+        batches), then up to `steps` (None: an epoch's) batches of the pairs in its seed's order
+        (`numpy.random.default_rng(seed)`, on any backend), unless
         a callback stops the fit sooner (`alone_timer`'s `StepTimer` does, once it has timed
         enough). Before them, outside `callbacks`, a warm-up: the first time the model trains
         on these batches (this batch size and seed), those very steps (stopped by a fresh
@@ -308,13 +309,15 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         batch_size = hp.get("batch_size")
         lengths = (train_tokens.source_ids != 0).sum(1) + (train_tokens.target_ids != 0).sum(1)
         longest = np.argsort(-lengths, kind="stable")[:batch_size]
+        most = self.steps_per_epoch(hp, train_tokens) if steps is None else steps
+        # The longest pairs, then the trial's seed's order of the pairs: batches in that order, on any backend.
+        own = np.random.default_rng(self.trial_seed(hp)).permutation(len(train_tokens))[: most * batch_size]
+        rows = np.concatenate([longest, own])
+        measured = TokenizedPairs(train_tokens.source_ids[rows], train_tokens.target_ids[rows])
         longest_pairs = TokenizedPairs(train_tokens.source_ids[longest], train_tokens.target_ids[longest])
-        longest_batch = make_dataset(longest_pairs, batch_size, length_multiple=self.length_multiple)
 
         def steps_alone():
-            return longest_batch.concatenate(make_dataset(
-                train_tokens, batch_size, shuffle=True, seed=self.trial_seed(hp), length_multiple=self.length_multiple,
-            ).take(self.steps_per_epoch(hp, train_tokens) if steps is None else steps))
+            return make_dataset(measured, batch_size, length_multiple=self.length_multiple)
 
         kept = self._kept if self._kept is not None and self._kept.model is model else None
         self.start(model, [hp])
@@ -323,7 +326,8 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
             model.fit(steps_alone(), epochs=1, verbose=0, shuffle=False, callbacks=[self.alone_timer()])
             kept.warm_orders.add(order)
         else:
-            model.fit(longest_batch, epochs=1, verbose=0, shuffle=False)
+            model.fit(make_dataset(longest_pairs, batch_size, length_multiple=self.length_multiple), epochs=1,
+                      verbose=0, shuffle=False)
         self.start(model, [hp])
         model.fit(steps_alone(), epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
 
