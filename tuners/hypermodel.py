@@ -55,7 +55,6 @@ class _KeptModel:
         self.traced = False
         self.pair_losses = None  # its `PairLosses`, made at first use
         self.warm_orders = set()  # the (batch size, seed) `measure_alone` has warmed up with a whole pass
-        self.seed_states = [v for v in model.variables if "seed_generator" in v.path]  # dropout masks' states
 
 
 class LoraT5HyperModel(keras_tuner.HyperModel):
@@ -189,10 +188,9 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
             if parents and parents[slot] is not None:
                 load_slot(backbone, slot, *read_adapter(parents[slot]), source=str(parents[slot]))
         activate_slots(backbone, len(hps))
-        kept = self._kept if self._kept is not None and self._kept.model is model else None
         # Dropout masks (LoRA's and the base's) drawn from the first trial's seed: the same
         # whatever ran before, and another seed's masks for another seed.
-        seed_states = kept.seed_states if kept else [v for v in model.variables if "seed_generator" in v.path]
+        seed_states = [v for v in model.variables if "seed_generator" in v.path]
         for index, variable in enumerate(seed_states):
             state = np.random.SeedSequence((self.trial_seed(hps[0]), index)).generate_state(1)[0] % 2**31
             variable.assign(np.array([state, 0], keras.backend.standardize_dtype(variable.dtype)))

@@ -162,6 +162,16 @@ def slot_count(backbone: keras.Model) -> int:
     return next(iter(layers.values())).slots if layers else 0
 
 
+def active_slots(backbone: keras.Model):
+    """The slots a batch holds (`activate_slots`): the layers' `active` variable, read inside traced steps; else 1.
+
+    Example: `ops.reshape(per_row, (active_slots(backbone), -1))` -> one row per slot.
+    """
+    if slot_count(backbone) <= 1:
+        return 1
+    return keras.ops.cast(next(iter(lora_layers(backbone).values())).active, "int32")
+
+
 def reset_lora(backbone: keras.Model, config: LoraConfig, seed: int | None, slot: int = 0) -> None:
     """Put slot `slot` back to `add_lora(backbone, config, seed)`'s initial adapter, dropout masks rewound.
 

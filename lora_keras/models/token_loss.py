@@ -22,9 +22,11 @@ from typing import Any
 
 import keras
 import keras_hub
+import numpy as np
 from keras import ops
 
-from lora_keras.adapters.lora import lora_layers, slot_count
+from lora_keras.adapters.lora import active_slots, slot_count
+from lora_keras.data.pipeline import PAD_ID, labelled_inputs
 from lora_keras.models.masking_warning import masking_warning_ignored
 from lora_keras.runtime.backend import replicas_in_sync
 
@@ -166,9 +168,7 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
     @property
     def active_slots(self) -> Any:
         """The number of adapter slots the batches hold (a variable read by the traced steps), or 1."""
-        if self.slot_losses is None:
-            return 1
-        return ops.cast(next(iter(lora_layers(self.backbone).values())).active, "int32")
+        return 1 if self.slot_losses is None else active_slots(self.backbone)
 
     def compute_loss(
         self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
@@ -273,9 +273,7 @@ class PairLosses(keras.Model):
         nll = keras.losses.sparse_categorical_crossentropy(inputs["labels"], ops.cast(logits, "float32"),
                                                            from_logits=True)
         totals = ops.sum(nll * ops.cast(inputs["sample_weight"], "float32"), axis=1)  # (slots * b,)
-        slots = ops.cast(next(iter(lora_layers(self.seq2seq.backbone).values())).active, "int32") if slot_count(
-            self.seq2seq.backbone) > 1 else 1
-        return ops.transpose(ops.reshape(totals, (slots, -1)))  # (b, slots): `predict` stacks the rows
+        return ops.transpose(ops.reshape(totals, (active_slots(self.seq2seq.backbone), -1)))  # (b, slots): `predict` stacks the rows
 
     def of(self, tokens: Any, slots: int = 1, batch_size: int = 64, length_multiple: int | None = None) -> tuple:
         """`(nll, tokens)`: `(slots, n)` summed NLL per pair and slot, `(n,)` real target tokens per pair.
@@ -286,10 +284,6 @@ class PairLosses(keras.Model):
             batch_size: pairs per forward pass.
             length_multiple: as `make_dataset`'s (XLA's bounded shapes).
         """
-        import numpy as np
-
-        from lora_keras.data.pipeline import labelled_inputs
-
         nll = self.predict(labelled_inputs(tokens, batch_size, slots, length_multiple), verbose=0)
-        counts = (np.asarray(tokens.target_ids) != 0).sum(axis=1)
+        counts = (np.asarray(tokens.target_ids) != PAD_ID).sum(axis=1)
         return np.asarray(nll, "float64").T.reshape(slots, len(tokens)), counts
