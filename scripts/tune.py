@@ -4,8 +4,8 @@
     python scripts/tune.py --model DIR --train train.tsv --val val.tsv \\
         --source-lang English --target-lang French --ranks 1 4 16 --batch-sizes 8 64 128
     tensorboard --logdir logs                                 # HParams view: one row per trial
-    python scripts/tune.py --distributed chief --oracle-address 0.0.0.0:8000 ...   # on one machine,
-    python scripts/tune.py --distributed worker --oracle-address CHIEF_HOST:8000 ...  # then workers
+    python scripts/tune.py --distributed chief --oracle-address 10.0.0.5:8000 ...   # on one machine (private address),
+    python scripts/tune.py --distributed worker --oracle-address 10.0.0.5:8000 ...  # then workers
 """
 
 import argparse
@@ -133,6 +133,15 @@ def build_parser(strategies: str = "a registered name (--help lists them)") -> O
     add("--worker-id", help="a worker's id, distinct per worker; default: worker-<host>-<pid>")
     add("--chief-timeout", type=positive_float, default=300.0,
         help="seconds a worker waits for an unreachable chief before it gives up")
+    add("--lease-s", type=positive_float, metavar="SECONDS",
+        help="seconds a chief waits to hear from a worker before it takes the worker's trials back (default: 120)")
+    add("--allow-public-bind", action="store_true",
+        help="let the chief listen on a wildcard (0.0.0.0, ::) or public address; use TLS there")
+    add("--tls-cert", metavar="FILE", help="PEM certificate: the chief's server certificate, or a worker's client one")
+    add("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    add("--tls-ca", metavar="FILE",
+        help="PEM CA: on a worker, verifies the chief's certificate; on the chief, requires client "
+             "certificates it signed")
     return parser
 
 
@@ -142,18 +151,61 @@ def distributed_conflict(args: argparse.Namespace) -> str | None:
     Example: `distributed_conflict(build_parser().parse_args(["--distributed", "worker"]))`
     -> `"--distributed worker needs --oracle-address HOST:PORT (the chief's)"`.
     """
+    tls = (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-ca", args.tls_ca))
+    chief_only = (("--lease-s", args.lease_s is not None, "which takes a silent worker's trials back"),
+                  ("--allow-public-bind", args.allow_public_bind, "which listens"))
     if args.distributed is None:
-        extra = "--oracle-address" if args.oracle_address else "--worker-id" if args.worker_id else None
-        return extra and f"{extra} needs --distributed chief or --distributed worker"
+        for flag, given in (("--oracle-address", args.oracle_address), ("--worker-id", args.worker_id), *tls):
+            if given:
+                return f"{flag} needs --distributed chief or --distributed worker"
+        for flag, given, _ in chief_only:
+            if given:
+                return f"{flag} needs --distributed chief"
+        return None
     if args.oracle_address is None:
         return f"--distributed {args.distributed} needs --oracle-address HOST:PORT (the chief's)"
+    if bool(args.tls_cert) != bool(args.tls_key):
+        given, missing = ("--tls-cert", "--tls-key") if args.tls_cert else ("--tls-key", "--tls-cert")
+        return f"{given} needs {missing}: a certificate and its private key"
     if args.distributed == "chief":
         for flag, given in (("--worker-id", args.worker_id), ("--devices", args.devices)):
             if given:
                 return f"{flag} is for workers; the chief trains nothing"
-    elif args.overwrite:
-        return "--overwrite is for the chief only, which owns the run directory"
+        if args.tls_ca and not args.tls_cert:
+            return "--tls-ca on the chief needs --tls-cert and --tls-key: its own certificate, which workers verify"
+    else:
+        if args.overwrite:
+            return "--overwrite is for the chief only, which owns the run directory"
+        for flag, given, why in chief_only:
+            if given:
+                return f"{flag} is for the chief only, {why}"
     return None
+
+
+def check_security_flags(args: argparse.Namespace) -> None:
+    """Check what the chief listens on and that the TLS files are readable PEM, before TensorFlow loads.
+
+    Example: `check_security_flags(build_parser().parse_args(["--distributed", "chief", "--oracle-address",
+    "0.0.0.0:8000"]))` -> `InputError` (`oracle_address`): a wildcard needs `--allow-public-bind`.
+    """
+    with native_stderr_silenced():  # importing `tuners` may load TensorFlow, which prints start-up notices
+        from tuners.oracle_security import check_bind_address
+
+    if args.distributed == "chief":
+        check_bind_address(args.oracle_address[0], args.allow_public_bind)
+    tls_files(args)
+
+
+def tls_files(args: argparse.Namespace) -> "TlsFiles | None":
+    """The `tuners.oracle_security.TlsFiles` of `--tls-cert`, `--tls-key`, `--tls-ca`, or None without them.
+
+    Example: `tls_files(build_parser().parse_args([]))` -> `None`.
+    """
+    from tuners.oracle_security import TlsFiles
+
+    if not (args.tls_cert or args.tls_key or args.tls_ca):
+        return None
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
 
 def epochs_conflict(args: argparse.Namespace) -> str | None:
@@ -183,7 +235,7 @@ def sweep_config(args: argparse.Namespace, targets: tuple[tuple[str, ...], ...])
 
     Example: `sweep_config(build_parser().parse_args([]), (("q", "v"),)).space.ranks` -> `(1, 4, 16)`.
     """
-    from tuners.cluster import Cluster
+    from tuners.cluster import DEFAULT_LEASE_S, Cluster
     from tuners.search_space import SearchSpace
     from tuners.sweep import SweepConfig
 
@@ -208,7 +260,10 @@ def sweep_config(args: argparse.Namespace, targets: tuple[tuple[str, ...], ...])
         jit_compile=args.jit_compile,
     )
     if args.distributed:
-        config.cluster = Cluster(args.distributed, *args.oracle_address, args.worker_id, args.chief_timeout)
+        config.cluster = Cluster(
+            args.distributed, *args.oracle_address, args.worker_id, args.chief_timeout, tls=tls_files(args),
+            allow_public_bind=args.allow_public_bind, lease_s=args.lease_s or DEFAULT_LEASE_S,
+        )
     return config
 
 
@@ -230,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         for flag, path in (("--train", args.train), ("--val", args.val)):
             if path:
                 read_pairs(path, flag)
+        check_security_flags(args)
     with native_stderr_silenced():
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
     conflict = epochs_conflict(args)

@@ -16,6 +16,7 @@ import keras_tuner
 
 from lora_keras.errors import InputError
 from tuners.cluster import Cluster
+from tuners.oracle_security import chief_token, token_refused, worker_token
 from lora_keras.runtime.backend import gpu_count
 from lora_keras.runtime.xla import default_jit_compile
 from tuners.failures import SweepStopped, TrialError, is_failure_limit
@@ -73,6 +74,7 @@ def run_as_worker(config: SweepConfig, oracle: keras_tuner.Oracle) -> list[dict]
     if config.overwrite:
         raise InputError("give it to the chief only, which owns the run directory", parameter="overwrite")
     config.cluster.wait_for_chief()
+    config.cluster.authenticate(worker_token(config.run_dir))  # the chief made its token before it listened
     check_joined_run(config)
     run = prepare_run(config)
     tuner = _trial_tuner(config, oracle, run)
@@ -104,6 +106,7 @@ def serve_as_chief(config: SweepConfig, oracle: keras_tuner.Oracle, started: flo
     if config.devices:
         raise InputError("the chief trains nothing; give devices to the workers", parameter="devices")
     claim_run_dir(config)
+    config.cluster.token = chief_token(config.run_dir)
     write_run_files(config)
     tuner = LoraTuner(oracle, config.run_dir, config.space, config.epochs, verbose=config.verbose)
     tuner.save()
@@ -118,19 +121,22 @@ def serve_as_chief(config: SweepConfig, oracle: keras_tuner.Oracle, started: flo
     return write_final_reports(config, tuner, started)
 
 
-def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped:
-    """A worker's one-line `SweepStopped` for a failed call to its chief.
+def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped | InputError:
+    """A worker's one-line error for a failed call to its chief.
 
     Args:
         cluster: the worker's part (the chief's address).
         error: what the call to the chief raised.
 
     Returns:
-        "the chief stopped the sweep: ..." when the chief's oracle hit its failure limit,
-        else "lost the chief at HOST:PORT (CODE)".
+        An `InputError` naming the token when the chief refused it (UNAUTHENTICATED: exit 2);
+        else a `SweepStopped`: "the chief stopped the sweep: ..." when the chief's oracle hit its
+        failure limit, or "lost the chief at HOST:PORT (CODE)".
 
     Example: `raise chief_error(cluster, rpc_error) from None`.
     """
+    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return token_refused(cluster.address)
     if is_failure_limit(error):
         return SweepStopped(f"the chief stopped the sweep: {error.details().splitlines()[0]}; fix the cause and rerun")
     return SweepStopped(
