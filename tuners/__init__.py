@@ -19,4 +19,10 @@
   `oracle_server`; `cluster`: which role this process has); `run_files` writes the run's settings,
   tables and reports.
 - `failures`: keras-tuner's failed trials and its stop after too many in a row, read in one place.
+- `atomic_state`: keras-tuner's own state files (`oracle.json`, `trial.json`, `tuner0.json`)
+  written whole; set up below, once, for every module here.
 """
+
+from tuners.atomic_state import make_keras_tuner_saves_atomic
+
+make_keras_tuner_saves_atomic()

@@ -14,7 +14,6 @@ baseline = read_baseline(run_dir)                                   # waits for 
 import contextlib
 import fcntl
 import json
-import os
 import pathlib
 
 import keras
@@ -22,6 +21,7 @@ import keras
 from lora_keras.data.pipeline import TokenizedPairs, make_dataset
 from lora_keras.models.base import BaseModel
 from lora_keras.models.token_loss import perplexity
+from lora_keras.runtime.atomic_files import write_atomically
 from tuners.hypermodel import EVAL_BATCH_SIZE
 from lora_keras.evaluation import SAMPLE_TRANSLATIONS, ValidationTexts
 
@@ -84,9 +84,8 @@ def measure_baseline(
                     "sample_sources": val_texts.sources[:SAMPLE_TRANSLATIONS],
                     "sample_references": val_texts.references[:SAMPLE_TRANSLATIONS],
                     "sample_translations": translations[:SAMPLE_TRANSLATIONS]}
-        partial = run_dir / (BASELINE_FILE + ".partial")
-        partial.write_text(json.dumps(baseline, indent=2))
-        os.replace(partial, run_dir / BASELINE_FILE)  # readers without the lock see all or nothing
+        # Readers without the lock see all of it or nothing.
+        write_atomically(run_dir / BASELINE_FILE, json.dumps(baseline, indent=2))
         if own:
             keras.backend.clear_session()
         return baseline

@@ -20,6 +20,7 @@ from lora_keras.errors import InputError
 from lora_keras.models.token_loss import LOSS_DEFINITION
 from lora_keras.results.report import write_reports
 from lora_keras.results.table import SUMMARY_FILE, results_table, write_results_csv, write_results_md
+from lora_keras.runtime.atomic_files import write_atomically
 from tuners.baseline import read_baseline
 from tuners.failures import SweepStopped
 from tuners.hparams import write_experiment, write_figures
@@ -96,7 +97,7 @@ def write_run_files(config: SweepConfig) -> None:
     Example: `write_run_files(config)`; then `config.run_dir / "run_config.json"` exists.
     """
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    (config.run_dir / RUN_CONFIG_FILE).write_text(json.dumps(config.identity(), indent=2))
+    write_atomically(config.run_dir / RUN_CONFIG_FILE, json.dumps(config.identity(), indent=2))
     write_experiment(config.run_dir / "tensorboard", config.space, config.epochs, budgets_in_epochs(config.strategy),
                      config.precision)
 
@@ -155,7 +156,7 @@ def write_final_reports(config: SweepConfig, tuner: LoraTuner, started: float) -
     rows = write_tables(tuner)
     baseline = read_baseline(run_dir)  # waits for a measurement underway
     wall_time_s = time.perf_counter() - started
-    (run_dir / SUMMARY_FILE).write_text(json.dumps({"wall_time_s": wall_time_s}, indent=2))
+    write_atomically(run_dir / SUMMARY_FILE, json.dumps({"wall_time_s": wall_time_s}, indent=2))
     plots = write_reports(run_dir, rows, baseline, wall_time_s, config.memory_budget_mb, config.time_budget_s)
     write_figures(run_dir / "tensorboard" / "report", plots)
     if config.verbose:

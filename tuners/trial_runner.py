@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import time
 
@@ -48,6 +47,7 @@ from lora_keras.data.pipeline import TokenizedPairs
 from lora_keras.evaluation import SAMPLE_TRANSLATIONS, ValidationTexts
 from lora_keras.results.configurations import REFERENCES_FILE
 from lora_keras.results.stats import translation_intervals, val_loss_interval
+from lora_keras.runtime.atomic_files import write_atomically
 from tuners.failures import is_out_of_memory
 from tuners.hparams import end_session, start_session, write_summary
 from tuners.hypermodel import LoraT5HyperModel
@@ -208,9 +208,9 @@ class TrialRunner:
             self._keep_pairs(plan.validation_path, nll, tokens, translations, val_texts)
         if plan.adapter_path is not None:
             plan.adapter_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomically(plan.adapter_path, lambda path: save_adapter(model.backbone, path, slot=slot))
+            save_adapter(model.backbone, plan.adapter_path, slot=slot)  # atomically
         if plan.measurements_path is not None:
-            _atomically(plan.measurements_path, lambda path: pathlib.Path(path).write_text(json.dumps(figures, indent=2)))
+            write_atomically(plan.measurements_path, json.dumps(figures, indent=2))
         return figures
 
     def _score(self, model, slot, val_texts, figures, session_dir, writer, step):
@@ -236,9 +236,9 @@ class TrialRunner:
         references = path.parent / REFERENCES_FILE
         if val_texts is not None and not references.is_file():
             texts = {"sources": list(val_texts.sources), "references": list(val_texts.references)}
-            _atomically(references, lambda partial: partial.write_text(json.dumps(texts)))
+            write_atomically(references, json.dumps(texts))
         pairs = {"nll": [float(v) for v in nll], "tokens": [int(v) for v in tokens], "translations": translations}
-        _atomically(path, lambda partial: partial.write_text(json.dumps(pairs)))
+        write_atomically(path, json.dumps(pairs))
 
     def _measure_alone(self, hp, model, train_tokens, writer, estimate_time):
         """The configuration's own cost, a few steps alone: its peak memory; with `estimate_time`, its time.
@@ -264,10 +264,3 @@ class TrialRunner:
 
     def _peak_memory(self, writer):
         return PeakMemory(writer, gpus=self.gpus, first_trial_start=self.first_trial_start)
-
-
-def _atomically(path, write):
-    """`write(temporary path)`, then rename it to `path`: a kill mid-write leaves the old file or none."""
-    partial = path.with_name(path.name + ".partial")
-    write(partial)
-    os.replace(partial, path)

@@ -20,10 +20,13 @@ from safetensors.numpy import save_file
 from lora_keras.adapters.config import LoraConfig
 from lora_keras.adapters.lora import adapter_config, adapter_weights, add_lora, load_slot, lora_layers
 from lora_keras.errors import InputError
+from lora_keras.runtime.atomic_files import replace_atomically
 
 
 def save_adapter(backbone: keras.Model, path: str | os.PathLike, slot: int = 0) -> None:
     """Write one adapter of `backbone` alone: a safetensors file, its `LoraConfig` in the metadata.
+
+    The file is replaced whole (`replace_atomically`): a kill mid-write leaves the old one or none.
 
     Args:
         backbone: a backbone with adapters from `add_lora`.
@@ -36,7 +39,8 @@ def save_adapter(backbone: keras.Model, path: str | os.PathLike, slot: int = 0) 
     ```
     """
     metadata = {"lora_config": json.dumps(adapter_config(backbone, slot).to_dict())}
-    save_file(adapter_weights(backbone, slot), str(path), metadata=metadata)
+    with replace_atomically(path) as temporary:
+        save_file(adapter_weights(backbone, slot), str(temporary), metadata=metadata)
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[LoraConfig, dict[str, np.ndarray]]:

@@ -30,6 +30,7 @@ from lora_keras.results.stats import (
     RESAMPLES, SIGNIFICANCE, SeedSpread, format_p, paired_loss_p_value, paired_translation_p_values, seed_spread,
     welch_p_value,
 )
+from lora_keras.runtime.atomic_files import replace_atomically
 
 CONFIGURATION_COLUMNS = ("rank", "batch_size", "learning_rate", "lora_alpha", "targets", "lora_dropout", "epochs",
                          "lora_init", "precision")
@@ -184,7 +185,7 @@ def write_summary_csv(configs: Sequence[Configuration], path: str | os.PathLike)
     ```
     """
     path = pathlib.Path(path)
-    with open(path, "w", newline="") as handle:
+    with replace_atomically(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in summary_rows(configs):

@@ -27,6 +27,7 @@ from matplotlib.ticker import NullLocator
 
 from lora_keras.results.configurations import group_configurations
 from lora_keras.results.recommend import memory_kind_label, several_learning_rates
+from lora_keras.runtime.atomic_files import replace_atomically
 
 FIGURE_SIZE = (8, 4.5)  # wide enough for the legend beside the axes
 DPI = 100
@@ -101,7 +102,8 @@ def _save(fig: Figure, ax: Axes, title: str, path: pathlib.Path) -> pathlib.Path
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    with replace_atomically(path) as temporary:
+        fig.savefig(temporary, dpi=DPI, format=path.suffix.lstrip("."))
     return path
 
 

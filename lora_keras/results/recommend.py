@@ -29,6 +29,7 @@ from lora_keras.results.configurations import (
 )
 from lora_keras.results.rows import completed_trials
 from lora_keras.results.stats import fit_power_law
+from lora_keras.runtime.atomic_files import write_atomically
 
 __all__ = [
     "best_within", "completed_trials", "measured_trends", "memory_kind_label", "pareto_front",
@@ -530,5 +531,6 @@ def write_recommendations(
     """
     path = pathlib.Path(path)
     validation_dir = path.parent / VALIDATION_DIR if validation_dir is None else validation_dir
-    path.write_text(recommendations_markdown(rows, memory_budget_mb, time_budget_s, baseline, validation_dir) + "\n")
+    markdown = recommendations_markdown(rows, memory_budget_mb, time_budget_s, baseline, validation_dir)
+    write_atomically(path, markdown + "\n")
     return path

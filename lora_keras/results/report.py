@@ -22,6 +22,7 @@ from lora_keras.results.plots import write_plots
 from lora_keras.results.recommend import write_recommendations
 from lora_keras.results.rows import read_results_csv, typed_rows
 from lora_keras.results.table import SAMPLES_FILE, SUMMARY_FILE, write_results_md
+from lora_keras.runtime.atomic_files import write_atomically
 
 
 SUMMARY_CSV = "summary.csv"  # one row per configuration, beside results.csv
@@ -56,7 +57,7 @@ def write_reports(
     run_dir = pathlib.Path(run_dir)
     samples = {row["trial_id"]: row["sample_translations"] for row in rows if row.get("sample_translations")}
     if samples:  # results.csv has no room for them; rebuild_reports reads them back from here
-        (run_dir / SAMPLES_FILE).write_text(json.dumps(samples, indent=2) + "\n")
+        write_atomically(run_dir / SAMPLES_FILE, json.dumps(samples, indent=2) + "\n")
     write_summary_csv(group_configurations(rows), run_dir / SUMMARY_CSV)
     write_results_md(rows, run_dir / "results.md", baseline, wall_time_s, run_dir / VALIDATION_DIR)
     write_recommendations(

@@ -14,6 +14,8 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 
+from lora_keras.runtime.atomic_files import replace_atomically
+
 COLUMNS = (
     "trial_id", "status", "rank", "batch_size", "learning_rate", "lora_alpha", "epochs",
     "training_time_s", "mean_epoch_time_s", "tokens_per_s", "final_loss", "val_loss",
@@ -33,7 +35,7 @@ def write_results_csv(rows: Iterable[Mapping], path: str | os.PathLike) -> None:
     write_results_csv([{"trial_id": "0", "rank": 4, "val_loss": 1.9}], "logs/sweep/results.csv")
     ```
     """
-    with open(path, "w", newline="") as handle:
+    with replace_atomically(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:

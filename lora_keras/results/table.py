@@ -22,6 +22,7 @@ from lora_keras.results.configurations import (
 )
 # results.csv's own, imported here too for the callers that know them from this module.
 from lora_keras.results.rows import COLUMNS, read_results_csv, typed_rows, write_results_csv  # noqa: F401
+from lora_keras.runtime.atomic_files import write_atomically
 
 # Shown after batch size when they differ between trials (a sweep over them, Hyperband's epochs, --repeats' seeds).
 SWEPT_COLUMNS = (
@@ -251,4 +252,4 @@ def write_results_md(
         lines += sample_translations_markdown(best, baseline)
     if wall_time_s is not None and completed:
         lines.append(_overhead_line(rows, wall_time_s))
-    path.write_text("\n".join(lines) + "\n")
+    write_atomically(path, "\n".join(lines) + "\n")
