@@ -113,7 +113,7 @@ def test_a_run_resumes_only_in_its_own_precision(tmp_path, capsys, tiny_preset, 
     assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, "holds a run with other settings")
     from tuners.run_files import claim_run_dir
 
-    claim_run_dir(SweepConfig(**settings))  # the same run in float32 resumes
+    claim_run_dir(SweepConfig(**settings)).release()  # the same run in float32 resumes
 
 
 def test_bayesian_without_its_extra_says_how_to_install_it(tmp_path, capsys, monkeypatch, tiny_preset, tiny_corpus):

@@ -49,12 +49,12 @@ def run_locally(config: SweepConfig, oracle: keras_tuner.Oracle, started: float)
 
     Example: `rows = run_locally(config, make_sweep_oracle(config), time.perf_counter())`.
     """
-    claim_run_dir(config)
-    run = prepare_run(config)
-    write_run_files(config)
-    tuner = _trial_tuner(config, oracle, run, on_trial_done=lambda: write_tables(tuner))
-    _search(tuner, run)
-    return write_final_reports(config, tuner, started)
+    with claim_run_dir(config):  # held until the run ends: no other run shares or deletes the directory
+        run = prepare_run(config)
+        write_run_files(config)
+        tuner = _trial_tuner(config, oracle, run, on_trial_done=lambda: write_tables(tuner))
+        _search(tuner, run)
+        return write_final_reports(config, tuner, started)
 
 
 def run_as_worker(config: SweepConfig, oracle: keras_tuner.Oracle) -> list[dict]:
@@ -105,20 +105,20 @@ def serve_as_chief(config: SweepConfig, oracle: keras_tuner.Oracle, started: flo
     """
     if config.devices:
         raise InputError("the chief trains nothing; give devices to the workers", parameter="devices")
-    claim_run_dir(config)
-    config.cluster.token = chief_token(config.run_dir)
-    write_run_files(config)
-    tuner = LoraTuner(oracle, config.run_dir, config.space, config.epochs, verbose=config.verbose)
-    tuner.save()
-    if config.verbose:
-        print(f"Chief of {config.run_dir}: serving trials at {config.cluster.address}", flush=True)
-    try:
-        serve_oracle(tuner.oracle, config.cluster.host, config.cluster.port, lambda: write_tables(tuner))
-    except RuntimeError as error:
-        if not is_failure_limit(error):
-            raise
-        raise stopped(tuner) from None
-    return write_final_reports(config, tuner, started)
+    with claim_run_dir(config):  # held until the sweep ends; workers join it without a claim
+        config.cluster.token = chief_token(config.run_dir)
+        write_run_files(config)
+        tuner = LoraTuner(oracle, config.run_dir, config.space, config.epochs, verbose=config.verbose)
+        tuner.save()
+        if config.verbose:
+            print(f"Chief of {config.run_dir}: serving trials at {config.cluster.address}", flush=True)
+        try:
+            serve_oracle(tuner.oracle, config.cluster.host, config.cluster.port, lambda: write_tables(tuner))
+        except RuntimeError as error:
+            if not is_failure_limit(error):
+                raise
+            raise stopped(tuner) from None
+        return write_final_reports(config, tuner, started)
 
 
 def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped | InputError:

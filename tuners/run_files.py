@@ -1,19 +1,26 @@
 """The run directory's own files: its settings (`run_config.json`), the tables and the reports.
 
-One process writes them: the local run, or a distributed sweep's chief. A rerun with the same
-settings resumes the run there; `overwrite` starts it again.
+One process writes them: the local run, or a distributed sweep's chief, which holds the
+directory's lock (`run.lock`, `claim_run_dir`) while it runs, so no second run shares it or
+deletes it. A rerun with the same settings resumes the run there; `overwrite` starts it again.
+Every file is replaced whole (`lora_keras.runtime.atomic_files`): a kill never leaves half of one.
 
 Example:
 ```python
-claim_run_dir(config)          # InputError if LOGDIR/NAME holds a run with other settings
-write_run_files(config)        # run_config.json and the HParams experiment
-write_tables(tuner)            # results.csv and results.md, after every trial
-write_final_reports(config, tuner, started)
+with claim_run_dir(config):    # InputError if another run holds LOGDIR/NAME, or a run with other settings
+    write_run_files(config)    # run_config.json and the HParams experiment
+    write_tables(tuner)        # results.csv and results.md, after every trial
+    write_final_reports(config, tuner, started)
 ```
 """
 
+import contextlib
+import fcntl
 import json
+import os
+import pathlib
 import shutil
+import socket
 import time
 
 from lora_keras.errors import InputError
@@ -29,6 +36,7 @@ from tuners.sweep_config import SweepConfig
 from tuners.tuner import LoraTuner
 
 RUN_CONFIG_FILE = "run_config.json"
+RUN_LOCK_FILE = "run.lock"  # flock'ed by the run's one writer; says which process that is
 
 
 def _check_resumable(config):
@@ -54,17 +62,123 @@ def _check_resumable(config):
         )
 
 
-def claim_run_dir(config: SweepConfig) -> None:
-    """Start the run again (`config.overwrite`) or check that the run there has these settings.
+class RunDirClaim:
+    """This process's hold on a run directory: an exclusive `flock` on its `run.lock`, until released.
+
+    The kernel drops the lock when the process ends, killed or not; `release()`, or the end of a
+    `with` block, drops it at once, so one process may run sweeps there one after another. A
+    directory the claim made that holds only the lock when released (a run that failed to start)
+    is removed.
+
+    Args:
+        run_dir: the run's directory, made if missing.
+
+    Example:
+    ```python
+    with RunDirClaim(run_dir):
+        RunDirClaim(run_dir)   # InputError: "name: logs/sweep is in use by pid 4242 on host-a; ..."
+    ```
+    """
+
+    def __init__(self, run_dir: pathlib.Path):
+        self.run_dir = pathlib.Path(run_dir)
+        self._made_dir = not self.run_dir.exists()
+        self._handle = _lock_run_dir(self.run_dir)
+
+    def release(self) -> None:
+        """Drop the lock (once); remove the directory if this claim made it and nothing but the lock is there."""
+        if self._handle.closed:
+            return
+        with contextlib.suppress(OSError):  # tidying only: the run's outcome is not this
+            if self._made_dir and os.listdir(self.run_dir) == [RUN_LOCK_FILE]:
+                (self.run_dir / RUN_LOCK_FILE).unlink()
+                self.run_dir.rmdir()
+        self._handle.close()  # closing the file drops its flock
+
+    def __enter__(self) -> "RunDirClaim":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _lock_run_dir(run_dir):
+    """`run.lock` opened and locked, naming this process; `InputError` naming the holder if another has it."""
+    path = run_dir / RUN_LOCK_FILE
+    while True:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(path, "a+")
+        except FileNotFoundError:  # the directory went with a claim that failed to start: make it again
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise InputError(
+                f"name: {run_dir} is in use by {holder}; wait for that run to end, or give another `name`",
+                parameter="name",
+            ) from None
+        if _same_file(handle, path):
+            break
+        handle.close()  # locked a lock file removed meanwhile (with its directory): lock the new one
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def _same_file(handle, path):
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (mine.st_dev, mine.st_ino) == (found.st_dev, found.st_ino)
+
+
+def _empty_run_dir(run_dir):
+    """Delete everything in `run_dir` but its lock, which this process holds."""
+    for entry in run_dir.iterdir():
+        if entry.name == RUN_LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def claim_run_dir(config: SweepConfig) -> RunDirClaim:
+    """Lock the run directory for this run, then start it again (`config.overwrite`) or check its settings.
+
+    Only the local run and a distributed sweep's chief claim it; workers join the chief's run.
+    The lock comes first: nothing is deleted or checked under another live run.
 
     Args:
         config: the sweep; its `run_dir` may hold an earlier run.
 
-    Example: `claim_run_dir(config)`; `InputError` when `run_dir` holds a run with other settings.
+    Returns:
+        The claim, held until released: use it with `with` around the whole run.
+
+    Example:
+    ```python
+    with claim_run_dir(config):   # InputError while another run holds it, or when it holds other settings
+        run_the_sweep()
+    ```
     """
-    if config.overwrite and config.run_dir.exists():
-        shutil.rmtree(config.run_dir)
-    _check_resumable(config)
+    claim = RunDirClaim(config.run_dir)
+    try:
+        # Refusals that must see the run as it is go here: after the lock, before `overwrite` deletes it.
+        if config.overwrite:
+            _empty_run_dir(config.run_dir)
+        _check_resumable(config)
+    except BaseException:
+        claim.release()
+        raise
+    return claim
 
 
 def check_joined_run(config: SweepConfig) -> None:
