@@ -11,7 +11,6 @@ import time
 
 import keras_tuner
 import pytest
-from keras_tuner.src.distribute import oracle_client
 
 from conftest import ROOT
 from lora_keras.runtime.devices import device_names
@@ -26,6 +25,7 @@ from tuners.packing import Packing, PackScheduler
 from tuners.roles import chief_error
 from tuners.search_space import SearchSpace
 from tuners.tuner import LoraTuner
+from tuners.worker_client import LeasedOracleClient
 
 RANKS, BATCH_SIZES = (1,), (8, 16)  # two trials of one LoRA config: each worker builds one model at most
 
@@ -144,7 +144,6 @@ def test_local_rerun_of_a_distributed_run_repeats_no_trial(shared_run, tiny_pres
 def test_worker_without_a_chief_gives_up_with_one_line(tmp_path, capsys, monkeypatch):
     for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
         monkeypatch.setenv(name, "")  # restored (unset) after the test: export() sets them
-    monkeypatch.setattr(oracle_client, "TIMEOUT", oracle_client.TIMEOUT)
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(SystemExit) as caught:
         load_tune().main(["--logdir", str(tmp_path), "--distributed", "worker", "--oracle-address", address,
@@ -190,12 +189,16 @@ def chief_tuner(run_dir, ranks, max_failures=3):
     return LoraTuner(oracle, run_dir, space, max_epochs=1, verbose=0)
 
 
-def serve_in_thread(tuner, port, on_trial_end):
+TOKEN = "a-test-token"
+
+
+def serve_in_thread(tuner, port, on_trial_end, lease_s=30.0):
     outcome = {}
+    cluster = Cluster("chief", "127.0.0.1", port, lease_s=lease_s, token=TOKEN)
 
     def serve():
         try:
-            serve_oracle(tuner.oracle, "127.0.0.1", port, on_trial_end)
+            serve_oracle(tuner.oracle, cluster, tuner.run_dir, on_trial_end)
         except Exception as error:  # handed to the test
             outcome["error"] = error
 
@@ -204,16 +207,10 @@ def serve_in_thread(tuner, port, on_trial_end):
     return thread, outcome
 
 
-def clients(monkeypatch, oracle, port, *tuner_ids):
-    """keras-tuner's own worker-side clients, one per tuner id."""
-    monkeypatch.setattr(oracle_client, "TIMEOUT", 30)
-    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
-    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(port))
-    made = []
-    for tuner_id in tuner_ids:
-        monkeypatch.setenv("KERASTUNER_TUNER_ID", tuner_id)
-        made.append(oracle_client.OracleClient(oracle))
-    return made
+def clients(oracle, port, *worker_ids, chief_timeout_s=30):
+    """Workers' clients of the chief's oracle (`tuners.worker_client`), one per worker id."""
+    return [LeasedOracleClient(oracle, Cluster("worker", "127.0.0.1", port, worker_id, chief_timeout_s, token=TOKEN))
+            for worker_id in worker_ids]
 
 
 def end(client, trial, status, val_loss=None):
@@ -227,14 +224,14 @@ def test_oracle_server_hands_each_trial_out_once_and_calls_back(tmp_path, monkey
     tuner = chief_tuner(tmp_path, ranks=(1, 2, 3))
     port, ended = free_port(), []
     thread, outcome = serve_in_thread(tuner, port, lambda: ended.append(len(tuner.trial_rows())))
-    a, b = clients(monkeypatch, tuner.oracle, port, "a", "b")
+    a, b = clients(tuner.oracle, port, "a", "b")
     first, second = a.create_trial("a"), b.create_trial("b")
     end(a, first, "COMPLETED", 1.0)
     third = a.create_trial("a")
     end(b, second, "COMPLETED", 2.0)
-    assert b.create_trial("b").status == "STOPPED"
+    assert b.create_trial("b").status == "IDLE"  # a's trial may yet come back (a lost lease): b waits
     end(a, third, "COMPLETED", 3.0)
-    assert a.create_trial("a").status == "STOPPED"
+    assert a.create_trial("a").status == "STOPPED" and b.create_trial("b").status == "STOPPED"
     thread.join(timeout=10)
     assert not thread.is_alive() and outcome == {}
     assert [t.hyperparameters.get("rank") for t in (first, second, third)] == [1, 2, 3]
@@ -247,7 +244,7 @@ def test_a_worker_draws_its_pack_from_the_chief_and_the_chief_waits_for_its_extr
     tuner = chief_tuner(tmp_path, ranks=(1, 2, 3))
     port, ended = free_port(), []
     thread, outcome = serve_in_thread(tuner, port, lambda: ended.append(len(tuner.trial_rows())))
-    (client,) = clients(monkeypatch, tuner.oracle, port, "w")
+    (client,) = clients(tuner.oracle, port, "w")
     scheduler = PackScheduler(client, "w", Packing(3), tuner.space, max_epochs=1)
     groups = list(scheduler.groups(client.create_trial("w")))
     assert [[trial.hyperparameters.get("rank") for trial in group] for group in groups] == [[1, 2, 3]]
@@ -270,7 +267,7 @@ def test_oracle_server_stops_everyone_after_too_many_failures(tmp_path, monkeypa
     tuner = chief_tuner(tmp_path, ranks=(1, 2, 3), max_failures=2)
     port = free_port()
     thread, outcome = serve_in_thread(tuner, port, lambda: None)
-    a, b = clients(monkeypatch, tuner.oracle, port, "a", "b")
+    a, b = clients(tuner.oracle, port, "a", "b")
     first, second = a.create_trial("a"), b.create_trial("b")
     end(a, first, "FAILED")
     with pytest.raises(grpc.RpcError) as stopped:
@@ -290,8 +287,7 @@ def test_worker_that_loses_its_chief_says_so(monkeypatch):
     import grpc
 
     port = free_port()  # nobody serves here
-    (client,) = clients(monkeypatch, None, port, "w")
-    monkeypatch.setattr(oracle_client, "TIMEOUT", 1)
+    (client,) = clients(None, port, "w", chief_timeout_s=1)
     with pytest.raises(grpc.RpcError) as lost:
         client.create_trial("w")
     said = str(chief_error(Cluster("worker", "127.0.0.1", port, "w"), lost.value))
@@ -303,18 +299,18 @@ def test_second_chief_on_a_busy_port_is_refused(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         tuner = chief_tuner(tmp_path, ranks=(1,))
+        cluster = Cluster("chief", "127.0.0.1", busy.getsockname()[1], token=TOKEN)
         with pytest.raises(InputError, match="cannot listen there"):
-            serve_oracle(tuner.oracle, "127.0.0.1", busy.getsockname()[1])
+            serve_oracle(tuner.oracle, cluster, tmp_path)
 
 
 def test_cluster_exports_keras_tuner_environment(monkeypatch):
     for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
         monkeypatch.setenv(name, "")
-    monkeypatch.setattr(oracle_client, "TIMEOUT", oracle_client.TIMEOUT)
     Cluster("worker", "10.0.0.5", 8000, chief_timeout_s=7).export()
     import os
 
     assert os.environ["KERASTUNER_ORACLE_IP"] == "10.0.0.5" and os.environ["KERASTUNER_ORACLE_PORT"] == "8000"
-    assert os.environ["KERASTUNER_TUNER_ID"].startswith("worker-") and oracle_client.TIMEOUT == 7
+    assert os.environ["KERASTUNER_TUNER_ID"].startswith("worker-")
     Cluster("chief", "0.0.0.0", 8000).export()
     assert os.environ["KERASTUNER_TUNER_ID"] == "chief"

@@ -69,3 +69,26 @@ def test_a_killed_holder_frees_the_directory(tmp_path):
         holder.wait()
     with claim_run_dir(config):
         assert (config.run_dir / RUN_LOCK_FILE).read_text() == ME + "\n"
+
+
+def test_a_plain_run_or_overwrite_is_refused_while_workers_hold_live_leases(tmp_path):
+    """Workers of a chief that died still run their trials: only a restarted chief may take the run."""
+    from tuners.cluster import Cluster
+    from tuners.leases import LEASES_FILE, LeaseBook
+
+    config = SweepConfig(logdir=str(tmp_path), name="run")
+    book = LeaseBook(config.run_dir / "tuner" / LEASES_FILE, lease_s=60)
+    book.hear("w1", "s1")
+    book.hand_out("3", "w1", "w1", "s1")
+    for other in (config, SweepConfig(logdir=str(tmp_path), name="run", overwrite=True)):
+        with pytest.raises(InputError) as refused:
+            claim_run_dir(other)
+        assert str(refused.value).startswith(f"name: distributed workers still hold live leases in {config.run_dir}: "
+                                             "trial 3 (w1, heard 0 s ago)")
+    chief = SweepConfig(logdir=str(tmp_path), name="run", cluster=Cluster("chief", "127.0.0.1", 8000))
+    claim_run_dir(chief).release()  # the chief takes the leases back
+    assert (config.run_dir / "tuner" / LEASES_FILE).is_file()
+    book.heard["s1"] -= 61  # the lease ran out: a plain run may resume, and drops the stale book
+    book.save()
+    claim_run_dir(config).release()
+    assert not (config.run_dir / "tuner" / LEASES_FILE).exists()

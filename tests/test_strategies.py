@@ -40,6 +40,7 @@ from tuners.hypermodel import LoraT5HyperModel
 from tuners.strategies import STRATEGIES, make_oracle, register
 from tuners.strategies.cost_aware import CostAwareOracle
 from tuners.strategies.hyperband import EpochHyperbandOracle
+from tuners.trial_files import TrialFiles
 
 RANKS, BATCH_SIZES = (1, 2, 4, 8, 16), (8, 16, 32, 64)
 BASELINE = 3.0
@@ -316,7 +317,9 @@ def running_child(run_dir):
         except (OSError, ValueError):  # being written
             continue
         if state["hyperparameters"]["values"].get("tuner/trial_id") is not None:
-            events = sorted((run_dir / "tensorboard" / f"trial_{state['trial_id']}").glob("events.out.tfevents*"))
+            # A running trial writes its session in its attempt's directory (tuners.trial_files).
+            session = TrialFiles(run_dir, state["trial_id"]).staged_session
+            events = sorted(path.name for path in session.glob("events.out.tfevents*"))
             return (state["trial_id"], events) if events else None
     return None
 
@@ -325,7 +328,7 @@ def running_child(run_dir):
 class HyperbandRun:
     run_dir: pathlib.Path
     child: str  # the trial running when the first process was killed
-    killed_events: list  # its TensorBoard events files then
+    killed_events: list  # its TensorBoard events files' names then
     rows_at_kill: list
     starts: list  # per trial the resumed process ran: (hyperparameter values, adapter weights at its first step)
 
@@ -399,7 +402,7 @@ def test_hyperband_from_the_cli_resumes_after_kill_9_and_runs_each_trial_once(hy
     # The resumed process ran the interrupted child again, then the two new trials: nothing twice.
     assert [values.get("tuner/trial_id") for values, _ in hyperband_run.starts] == [better, None, None]
     session = run_dir / "tensorboard" / f"trial_{child}"
-    events = list(session.glob("events.out.tfevents*"))
+    events = [path.name for path in session.glob("events.out.tfevents*")]
     assert events and not set(events) & set(hyperband_run.killed_events)  # the killed attempt's: dropped
     # The child trained one epoch more, logged as epoch 2, and reported what a strategy reads.
     measured = json.loads((run_dir / "tuner" / f"trial_{child}" / "measurements.json").read_text())

@@ -26,6 +26,7 @@ from conftest import ROOT, require, run_main, run_script
 from lora_keras.adapters import LoraConfig, lora_parameter_count
 from lora_keras.models.sources import load_preset
 from lora_keras.results.table import COLUMNS
+from tuners.trial_files import TrialFiles
 
 RANKS, BATCH_SIZES = (1, 2), (8, 16)
 TARGET_LENGTH = 16
@@ -264,7 +265,9 @@ def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert len(read_rows(run_dir)) == 1  # the finished trial survived the kill
-    killed = set((run_dir / "tensorboard" / "trial_1").glob("events.out.tfevents*"))
+    # The killed attempt's session: in its attempt's directory, never moved into place.
+    killed = {path.name for path in TrialFiles(run_dir, "1").staged_session.glob("events.out.tfevents*")}
+    assert not (run_dir / "tensorboard" / "trial_1").exists()
 
     code, _, stderr = run_main("tune.py", *args)  # the rerun: any process resumes it
     assert code == 0, stderr[-3000:]
@@ -274,8 +277,9 @@ def test_kill_9_mid_trial_then_rerun_completes_each_combination_once(tiny_preset
     # The interrupted trial's TensorBoard session holds its rerun only.
     start, _ = plugin_content(run_dir / "tensorboard" / "trial_1", "_hparams_/session_start_info")
     assert start.session_start_info.hparams["batch_size"].number_value == BATCH_SIZES[1]
-    events = set((run_dir / "tensorboard" / "trial_1").glob("events.out.tfevents*"))
+    events = {path.name for path in (run_dir / "tensorboard" / "trial_1").glob("events.out.tfevents*")}
     assert events and not events & killed  # the killed attempt's event files were dropped
+    assert not (run_dir / "attempts").exists()
     accumulator = EventAccumulator(str(run_dir / "tensorboard" / "trial_1"), size_guidance={"tensors": 0})
     accumulator.Reload()
     assert len(accumulator.Tensors("_hparams_/session_start_info")) == 1  # one session: the rerun's

@@ -20,9 +20,8 @@
   tables and reports.
 - `failures`: keras-tuner's failed trials and its stop after too many in a row, read in one place.
 - `atomic_state`: keras-tuner's own state files (`oracle.json`, `trial.json`, `tuner0.json`)
-  written whole; set up below, once, for every module here.
+  written whole; set up by `tuner` when it is imported (every run's state is saved through a
+  `LoraTuner`), so that importing the light modules here (`cluster`, `leases`) loads no TensorFlow.
+- `leases`, `worker_client`, `oracle_security`, `trial_files`: a distributed sweep's leases and
+  attempts, a worker's calls to its chief, the token, TLS and bind rules, and each attempt's files.
 """
-
-from tuners.atomic_state import make_keras_tuner_saves_atomic
-
-make_keras_tuner_saves_atomic()

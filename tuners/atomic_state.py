@@ -4,14 +4,14 @@ keras-tuner writes them (and a chief's `chief.json`) through `keras_tuner.src.ut
 which truncates the file and then writes it: a process killed, or a disk filling up, in between
 leaves a file a resume cannot parse ("Expecting value: line 1 column 1"). Its callers look the
 function up on the module at call time (`utils.save_json(...)` in `engine/stateful.py` and
-`engine/tuner.py`), so replacing it there, once, when `tuners` is imported, makes every one of
+`engine/tuner.py`), so replacing it there, once, when `tuners.tuner` is imported, makes every one of
 those saves atomic (`lora_keras.runtime.atomic_files`). Checked against keras-tuner 1.4.8, the
 version `setup.cfg` pins (`<1.5`): recheck those call sites before widening the pin. Local paths
 only, as every run directory here is (keras-tuner's own also wrote `gs://` through TensorFlow).
 
 Example:
 ```python
-make_keras_tuner_saves_atomic()       # done by `import tuners`
+make_keras_tuner_saves_atomic()       # done when `tuners.tuner` is imported
 oracle.save()                         # oracle.json: the old one or the new one, never half
 ```
 """

@@ -22,11 +22,11 @@ import socket
 import grpc
 
 from lora_keras.errors import InputError
+from tuners.leases import DEFAULT_LEASE_S
 from tuners.oracle_security import TlsFiles, authenticated_channel, open_channel, token_refused
 
 CHIEF, WORKER = "chief", "worker"
 DEFAULT_CHIEF_TIMEOUT_S = 300.0
-DEFAULT_LEASE_S = 120.0
 _ID = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -107,12 +107,6 @@ class Cluster:
         os.environ["KERASTUNER_TUNER_ID"] = self.tuner_id
         os.environ["KERASTUNER_ORACLE_IP"] = self.host
         os.environ["KERASTUNER_ORACLE_PORT"] = str(self.port)
-        if self.role == WORKER:
-            from keras_tuner.src.distribute import oracle_client  # private: keras-tuner is pinned
-
-            # Every call to the chief waits this long for it (keras-tuner: an hour), so a worker
-            # whose chief is gone says so instead of hanging.
-            oracle_client.TIMEOUT = self.chief_timeout_s
 
     def channel(self, metadata: tuple = ()) -> grpc.Channel:
         """A channel to the chief sending `token` and `metadata` on every call (TLS with `tls`).

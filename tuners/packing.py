@@ -146,7 +146,8 @@ class PackScheduler:
                 if trial.status == TrialStatus.STOPPED:
                     self.stopped.add(tuner_id)
                 elif trial.status == TrialStatus.IDLE:
-                    time.sleep(IDLE_WAIT_S)
+                    if not getattr(self.oracle, "paces_idle", False):  # a worker's client waits itself
+                        time.sleep(IDLE_WAIT_S)
                 else:
                     yield from self.groups(trial)
 

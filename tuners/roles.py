@@ -113,7 +113,7 @@ def serve_as_chief(config: SweepConfig, oracle: keras_tuner.Oracle, started: flo
         if config.verbose:
             print(f"Chief of {config.run_dir}: serving trials at {config.cluster.address}", flush=True)
         try:
-            serve_oracle(tuner.oracle, config.cluster.host, config.cluster.port, lambda: write_tables(tuner))
+            serve_oracle(tuner.oracle, config.cluster, config.run_dir, lambda: write_tables(tuner))
         except RuntimeError as error:
             if not is_failure_limit(error):
                 raise
@@ -129,7 +129,8 @@ def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped | InputE
         error: what the call to the chief raised.
 
     Returns:
-        An `InputError` naming the token when the chief refused it (UNAUTHENTICATED: exit 2);
+        An `InputError` naming the token when the chief refused it (UNAUTHENTICATED: exit 2), or
+        naming the worker id when a newer worker process took it over (ALREADY_EXISTS: exit 2);
         else a `SweepStopped`: "the chief stopped the sweep: ..." when the chief's oracle hit its
         failure limit, or "lost the chief at HOST:PORT (CODE)".
 
@@ -137,6 +138,8 @@ def chief_error(cluster: Cluster, error: grpc.RpcError) -> SweepStopped | InputE
     """
     if error.code() == grpc.StatusCode.UNAUTHENTICATED:
         return token_refused(cluster.address)
+    if error.code() == grpc.StatusCode.ALREADY_EXISTS:  # a newer process took this worker id over
+        return InputError(error.details(), parameter="worker_id")
     if is_failure_limit(error):
         return SweepStopped(f"the chief stopped the sweep: {error.details().splitlines()[0]}; fix the cause and rerun")
     return SweepStopped(
@@ -169,6 +172,7 @@ def _trial_tuner(config, oracle, run, on_trial_done=None):
         verbose=config.verbose, on_trial_done=on_trial_done, strategy=run.strategy,
         baseline_val_loss=baseline["val_loss"] if baseline else None,
         base_translations=tuple(baseline.get("sample_translations", ())) if baseline else (),
+        cluster=config.cluster,
     )
 
 

@@ -29,9 +29,12 @@ from lora_keras.results.report import write_reports
 from lora_keras.results.table import SUMMARY_FILE, results_table, write_results_csv, write_results_md
 from lora_keras.runtime.atomic_files import write_atomically
 from tuners.baseline import read_baseline
+from tuners.cluster import CHIEF
+from tuners.leases import LEASES_FILE, live_leases
 from tuners.failures import SweepStopped
 from tuners.hparams import write_experiment, write_figures
 from tuners.strategies import budgets_in_epochs
+from tuners.trial_files import drop_attempts
 from tuners.sweep_config import SweepConfig
 from tuners.tuner import LoraTuner
 
@@ -151,6 +154,24 @@ def _empty_run_dir(run_dir):
             entry.unlink()
 
 
+def _check_no_live_workers(config):
+    """Refuse a plain run, or `overwrite`, while distributed workers hold live leases in the run directory.
+
+    A chief restarted without `overwrite` takes the leases back instead (`tuners.oracle_server`); a
+    plain run drops the book of leases that ran out, so no later chief takes them back.
+    """
+    restarting_chief = config.cluster is not None and config.cluster.role == CHIEF and not config.overwrite
+    if restarting_chief:
+        return
+    live = live_leases(config.run_dir)
+    if live:
+        held = ", ".join(f"trial {lease.trial_id} ({lease.worker}, heard {since:.0f} s ago)" for lease, since in live)
+        raise InputError(
+            f"name: distributed workers still hold live leases in {config.run_dir}: {held}; stop them or "
+            "restart their chief, or wait for the lease to run out", parameter="name")
+    (config.run_dir / "tuner" / LEASES_FILE).unlink(missing_ok=True)
+
+
 def claim_run_dir(config: SweepConfig) -> RunDirClaim:
     """Lock the run directory for this run, then start it again (`config.overwrite`) or check its settings.
 
@@ -172,6 +193,7 @@ def claim_run_dir(config: SweepConfig) -> RunDirClaim:
     claim = RunDirClaim(config.run_dir)
     try:
         # Refusals that must see the run as it is go here: after the lock, before `overwrite` deletes it.
+        _check_no_live_workers(config)
         if config.overwrite:
             _empty_run_dir(config.run_dir)
         _check_resumable(config)
@@ -267,6 +289,7 @@ def write_final_reports(config: SweepConfig, tuner: LoraTuner, started: float) -
     Example: `rows = write_final_reports(config, tuner, started)`.
     """
     run_dir = config.run_dir
+    drop_attempts(run_dir)  # no trial runs any more: what killed or refused attempts left
     rows = write_tables(tuner)
     baseline = read_baseline(run_dir)  # waits for a measurement underway
     wall_time_s = time.perf_counter() - started

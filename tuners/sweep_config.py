@@ -30,8 +30,9 @@ class SweepConfig:
 
     Each field is the flag of the same name (`source_lang` is `--source-lang`), except
     `space` (`--ranks`, `--batch-sizes`, `--learning-rates`, `--lora-alpha`, `--targets`,
-    `--lora-dropouts`), `verbose` (`--quiet`) and `cluster` (`--distributed`, `--oracle-address`,
-    `--worker-id`, `--chief-timeout`) and `pack` (`--pack`, `--no-pack`; None: `tuners.packing.policy_for`'s default).
+    `--lora-dropouts`), `verbose` (`--quiet`), `cluster` (`--distributed`, `--oracle-address`,
+    `--worker-id`, `--chief-timeout`, `--lease-s`, `--allow-public-bind`, `--tls-cert`, `--tls-key`,
+    `--tls-ca`) and `pack` (`--pack`, `--no-pack`; None: `tuners.packing.policy_for`'s default).
     The space's `seeds` follow from `seed` and `repeats` (`seed`, `seed + 1`, ...).
 
     Example: `SweepConfig(model="path/to/flan-t5-small", train="train.tsv", source_lang="English",

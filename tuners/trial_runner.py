@@ -66,6 +66,9 @@ class TrialPlan:
         measurements_path: where its figures are written as JSON, or None.
         parent_adapter: the adapter it continues from (a Hyperband child), or None.
         validation_path: where its per-pair val losses and translations are written as JSON, or None.
+        settings: extra fields for its figures (e.g. the `attempt` a distributed worker runs).
+        references_path: where the run's validation sources and references are kept, once per run;
+            None: beside `validation_path`.
 
     Example: `TrialPlan("3", hp, run_dir / "tensorboard" / "trial_3", run_dir / "adapters" / "trial_3.safetensors")`.
     """
@@ -77,6 +80,8 @@ class TrialPlan:
     measurements_path: pathlib.Path | None = None
     parent_adapter: pathlib.Path | None = None
     validation_path: pathlib.Path | None = None
+    settings: dict = dataclasses.field(default_factory=dict)
+    references_path: pathlib.Path | None = None
 
 
 class TrialRunner:
@@ -160,7 +165,7 @@ class TrialRunner:
         own_fit = {**fit, "training_time_s": sum(fit["epoch_times_s"]), "fit_time_s": fit["training_time_s"]}
         outcomes = {}
         for slot, (plan, hp, writer) in enumerate(zip(plans, hps, writers)):
-            figures = self._figures(hp, hparams[slot], [parameters[slot], losses[slot]])
+            figures = {**self._figures(hp, hparams[slot], [parameters[slot], losses[slot]]), **plan.settings}
             figures.update(alone[slot] if packed else {**own_fit, **alone[slot]}, trace_s=trace_s)
             if packed:
                 figures.update(pack_group="+".join(p.trial_id for p in plans),
@@ -205,7 +210,7 @@ class TrialRunner:
             translations = self._score(model, slot, val_texts, figures, plan.session_dir, writer, step=step)
         flush(writer)
         if plan.validation_path is not None:
-            self._keep_pairs(plan.validation_path, nll, tokens, translations, val_texts)
+            self._keep_pairs(plan, nll, tokens, translations, val_texts)
         if plan.adapter_path is not None:
             plan.adapter_path.parent.mkdir(parents=True, exist_ok=True)
             save_adapter(model.backbone, plan.adapter_path, slot=slot)  # atomically
@@ -230,10 +235,12 @@ class TrialRunner:
         return translations
 
     @staticmethod
-    def _keep_pairs(path, nll, tokens, translations, val_texts):
-        """The trial's per-pair val losses and translations; the run's references beside them, once."""
+    def _keep_pairs(plan, nll, tokens, translations, val_texts):
+        """The trial's per-pair val losses and translations; the run's references (`plan.references_path`), once."""
+        path = plan.validation_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        references = path.parent / REFERENCES_FILE
+        references = plan.references_path or path.parent / REFERENCES_FILE
+        references.parent.mkdir(parents=True, exist_ok=True)
         if val_texts is not None and not references.is_file():
             texts = {"sources": list(val_texts.sources), "references": list(val_texts.references)}
             write_atomically(references, json.dumps(texts))

@@ -10,6 +10,7 @@ tuner.trial_rows()  # one dict per ended trial, as results.csv shows them
 
 import json
 import pathlib
+import sys
 from collections.abc import Callable
 
 import keras
@@ -21,17 +22,18 @@ from keras_tuner.errors import FailedTrialError
 from lora_keras.adapters import load_adapter
 from lora_keras.data.pipeline import TokenizedPairs
 from lora_keras.evaluation import ValidationTexts
-from lora_keras.results.configurations import VALIDATION_DIR
 from lora_keras.runtime.devices import strategy_gpus
 from lora_keras.runtime.heap import thaw
-from tuners.cluster import is_worker
+from tuners.atomic_state import make_keras_tuner_saves_atomic
+from tuners.cluster import Cluster, is_worker
 from tuners.failures import TrialError, failure_reason
 from tuners.hypermodel import LoraT5HyperModel
 from tuners.packing import Packing, PackScheduler
 from tuners.search_space import SearchSpace
+from tuners.trial_files import TrialFiles, check_trial_id
 from tuners.trial_runner import TrialPlan, TrialRunner
 
-MEASUREMENTS_FILE = "measurements.json"
+make_keras_tuner_saves_atomic()  # every run's keras-tuner state is saved through a LoraTuner
 
 
 class LoraTuner(BaseTuner):
@@ -43,7 +45,9 @@ class LoraTuner(BaseTuner):
     session in `<run_dir>/tensorboard/trial_<id>/` with the measurement callbacks' scalars, the
     LoRA weights alone in `<run_dir>/adapters/trial_<id>.safetensors` (no full-model
     checkpoint), and every figure in the trial's `measurements.json` (with the `tuner_id` that
-    ran it). The oracle gets `val_loss`, `final_loss`, `training_time_s`, `peak_memory_mb` and
+    ran it, and its `attempt`). Each attempt writes them in its own staging directory, moved into
+    place when the trial ends (`tuners.trial_files`): here in a local run, by the chief for a
+    worker (which drops them if the chief refuses the attempt). The oracle gets `val_loss`, `final_loss`, `training_time_s`, `peak_memory_mb` and
     `baseline_val_loss` (when given), so a strategy can weigh loss against cost. A Hyperband
     trial (`tuner/trial_id`) trains from its parent trial's adapter to its epoch budget.
     Without a hypermodel (a distributed sweep's chief) it runs no trial: it holds the oracle's
@@ -62,6 +66,7 @@ class LoraTuner(BaseTuner):
         baseline_val_loss: the unadapted base's val loss, reported to the oracle with every trial.
         strategy: a `tf.distribute.Strategy` to build and train each trial in, or None.
         base_translations: the unadapted base's first translations, shown beside each trial's.
+        cluster: a distributed worker's part (its chief's address, token, id); None otherwise.
 
     Example:
     ```python
@@ -75,7 +80,7 @@ class LoraTuner(BaseTuner):
         self, oracle: keras_tuner.Oracle, run_dir: str | pathlib.Path, space: SearchSpace, max_epochs: int,
         hypermodel: LoraT5HyperModel | None = None, packing: Packing = Packing(), overwrite: bool = False,
         verbose: int = 1, on_trial_done: Callable[[], object] | None = None, baseline_val_loss: float | None = None,
-        strategy=None, base_translations: tuple = (),
+        strategy=None, base_translations: tuple = (), cluster: Cluster | None = None,
     ):
         self.run_dir = pathlib.Path(run_dir)
         self.space = space
@@ -86,6 +91,10 @@ class LoraTuner(BaseTuner):
         self.trials_run = []
         super().__init__(oracle=oracle, hypermodel=hypermodel, directory=str(self.run_dir), project_name="tuner",
                          overwrite=overwrite)
+        if is_worker():  # keras-tuner's client, with leases, attempts, a heartbeat and the token
+            from tuners.worker_client import LeasedOracleClient
+
+            self.oracle = LeasedOracleClient(self.oracle._oracle, cluster)
         self.scheduler = PackScheduler(self.oracle, self.tuner_id, packing, space, max_epochs)
         self.runner = None if hypermodel is None else TrialRunner(
             hypermodel, space, max_epochs, strategy=strategy, gpus=strategy_gpus(strategy), verbose=verbose,
@@ -102,17 +111,22 @@ class LoraTuner(BaseTuner):
         """Where each trial's LoRA weights are saved alone."""
         return self.run_dir / "adapters"
 
+    def trial_files(self, trial_id: str) -> TrialFiles:
+        """The trial's files, and where this process's attempt at it writes them."""
+        attempt = self.oracle.attempt(trial_id) if is_worker() else 1
+        return TrialFiles(self.run_dir, trial_id, attempt)
+
     def adapter_path(self, trial_id: str) -> pathlib.Path:
         """The trial's LoRA weights: `<run_dir>/adapters/trial_<id>.safetensors`."""
-        return self.adapters_dir / f"trial_{trial_id}.safetensors"
+        return TrialFiles(self.run_dir, trial_id).adapter
 
     def validation_path(self, trial_id: str) -> pathlib.Path:
         """The trial's per-pair val losses and translations: `<run_dir>/validation/trial_<id>.json`."""
-        return self.run_dir / VALIDATION_DIR / f"trial_{trial_id}.json"
+        return TrialFiles(self.run_dir, trial_id).validation
 
     def measurements_path(self, trial_id: str) -> pathlib.Path:
         """The trial's figures: `measurements.json` in keras-tuner's trial directory."""
-        return pathlib.Path(self.get_trial_dir(trial_id)) / MEASUREMENTS_FILE
+        return TrialFiles(self.run_dir, trial_id).measurements
 
     def _populate_initial_space(self):
         # keras-tuner reloads a run only when this tuner id's own file exists (`tuner0.json`
@@ -128,9 +142,13 @@ class LoraTuner(BaseTuner):
 
     def search(self, *fit_args, **fit_kwargs) -> None:
         """keras-tuner's search; then the packing scheduler's extra tuner ids are told it is over."""
-        super().search(*fit_args, **fit_kwargs)
-        for group in self.scheduler.release():
-            self._run_group(group, *fit_args, **fit_kwargs)
+        try:
+            super().search(*fit_args, **fit_kwargs)
+            for group in self.scheduler.release():
+                self._run_group(group, *fit_args, **fit_kwargs)
+        finally:
+            if is_worker():
+                self.oracle.close()  # the heartbeat stops with the search
 
     def run_trial(
         self, trial: Trial, train_tokens: TokenizedPairs, val_tokens: TokenizedPairs,
@@ -173,14 +191,22 @@ class LoraTuner(BaseTuner):
     def _train(self, group, train_tokens, val_tokens, val_texts):
         self.trials_run.extend(trial.trial_id for trial in group)
         plans = [self._plan(trial) for trial in group]
-        return self.runner.run(plans, train_tokens, val_tokens, val_texts)
+        try:
+            return self.runner.run(plans, train_tokens, val_tokens, val_texts)
+        except Exception:
+            if not is_worker():  # the sweep stops here: keep the trials' sessions, ended as failed, in place
+                for trial in group:
+                    self.trial_files(trial.trial_id).commit()
+            raise
 
     def _plan(self, trial):
         parent = trial.hyperparameters.values.get("tuner/trial_id")
+        files = self.trial_files(trial.trial_id)
+        files.discard()  # what a killed attempt of this number left
         return TrialPlan(
-            trial.trial_id, trial.hyperparameters, self.tensorboard_dir / f"trial_{trial.trial_id}",
-            self.adapter_path(trial.trial_id), self.measurements_path(trial.trial_id),
-            None if parent is None else self.adapter_path(parent), self.validation_path(trial.trial_id),
+            trial.trial_id, trial.hyperparameters, files.staged_session, files.staged_adapter,
+            files.staged_measurements, None if parent is None else self.adapter_path(check_trial_id(parent)),
+            files.staged_validation, settings={"attempt": files.attempt}, references_path=files.references,
         )
 
     def _report(self, trial, outcome):
@@ -220,8 +246,21 @@ class LoraTuner(BaseTuner):
         thaw()
 
     def on_trial_end(self, trial: Trial) -> None:
-        """keras-tuner's end of a trial, then `on_trial_done`."""
-        super().on_trial_end(trial)
+        """The attempt's files into place (a local run; a worker's chief does it), keras-tuner's end, `on_trial_done`.
+
+        A worker whose report the chief refused drops the attempt's files: another attempt holds the trial.
+        """
+        files = self.trial_files(trial.trial_id)
+        if not is_worker():
+            files.commit()
+        try:
+            super().on_trial_end(trial)
+        finally:
+            if is_worker():
+                if self.oracle.was_refused(trial.trial_id):
+                    print(f"Trial {trial.trial_id}: the chief refused attempt {files.attempt} "
+                          f"({self.oracle.refused[trial.trial_id]}); its files are dropped", file=sys.stderr)
+                files.discard()  # nothing left once the chief moved them into place
         if self.on_trial_done is not None:
             self.on_trial_done()
 

@@ -23,7 +23,7 @@ COLUMNS = (
     "trainable_percent", "targets", "lora_dropout", "initial_epoch", "parent_trial_id", "val_perplexity",
     "lora_init", "precision", "jit_compile", "pack_group", "pack_training_time_s", "alone_step_s", "cost_measure_s",
     "seed", "val_loss_ci_low", "val_loss_ci_high", "bleu_ci_low", "bleu_ci_high", "chrf_ci_low", "chrf_ci_high",
-    "fit_time_s",
+    "fit_time_s", "tuner_id", "attempt",
 )
 
 
@@ -54,9 +54,10 @@ def read_results_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch", "seed")
+INTEGER_COLUMNS = ("rank", "batch_size", "epochs", "trainable_params", "total_params", "initial_epoch", "seed",
+                   "attempt")
 TEXT_COLUMNS = ("trial_id", "status", "memory_kind", "targets", "parent_trial_id", "lora_init", "precision",
-                "pack_group")
+                "pack_group", "tuner_id")
 BOOLEAN_COLUMNS = ("jit_compile",)
 
 
