@@ -1,5 +1,8 @@
 """keras-tuner pieces of lora-keras, one job per module.
 
+`from tuners import LoraT5HyperModel` (and `SearchSpace`) load their modules on first use, so
+importing a light module here (`tuners.cluster`) loads no TensorFlow.
+
 - `search_space`: the values each hyperparameter may take, and what a trial's values mean.
 - `hypermodel`: `LoraT5HyperModel`, whose `build(hp)` returns a compiled model (one per targets,
   dropout and init, the trial in its slot), `fit` trains one trial and `fit_group` several in one step.
@@ -25,3 +28,20 @@
 - `leases`, `worker_client`, `oracle_security`, `trial_files`: a distributed sweep's leases and
   attempts, a worker's calls to its chief, the token, TLS and bind rules, and each attempt's files.
 """
+
+import importlib
+
+# Public names and their modules, imported on first use (PEP 562).
+_LAZY = {"LoraT5HyperModel": "tuners.hypermodel", "SearchInputError": "tuners.hypermodel",
+         "SearchSpace": "tuners.search_space"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tuners' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

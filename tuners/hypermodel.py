@@ -7,16 +7,24 @@ and trains from its own initial adapter; `fit_group` trains several trials of on
 and learning rate in one step, each on its own rows and its own loss (`fit` is the group of
 one). What a trial's hyperparameters mean (values, epochs, LoRA config) is the `SearchSpace`'s.
 
+keras-tuner's own tuners drive it on plain `(source, target)` string pairs: input no trial can
+train on raises `SearchInputError` (a `keras_tuner.errors.FatalError`) from `search` at once.
+
 Example:
 ```python
 hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(1, 4, 16), batch_sizes=(8,)), epochs=2, slots=3)
 model = hypermodel.build(hp)                                  # compiled, the trial in slot 0
 hypermodel.fit(hp, model, train_tokens, val_tokens)           # one trial
 hypermodel.fit_group([hp1, hp4, hp16], model, train_tokens, val_tokens)   # three in one step
+
+tuner = keras_tuner.RandomSearch(LoraT5HyperModel(base, ranks=[1, 4], batch_sizes=[8]), "val_loss", max_trials=2)
+tuner.search(train_pairs, validation_data=val_pairs, epochs=1)   # [("the cat .", "le chat ."), ...]
 ```
 """
 
 import dataclasses
+import itertools
+import os
 import time
 
 import keras
@@ -24,8 +32,10 @@ import keras_tuner
 import numpy as np
 
 from callbacks import StepTimer
-from lora_keras.adapters import LoraConfig, activate_slots, add_lora, clear_slots, load_slot, read_adapter, set_slot
-from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots, stack_for_slots
+from lora_keras.adapters import (
+    LoraConfig, activate_slots, adapter_weights, add_lora, check_rank, clear_slots, load_slot, read_adapter, set_slot,
+)
+from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots, stack_for_slots, tokenize_pairs
 from lora_keras.errors import InputError
 from lora_keras.models.base import BaseModel
 from lora_keras.models.token_loss import PairLosses
@@ -43,6 +53,37 @@ EVAL_BATCH_SIZE = 64
 ALONE_UNTIMED = 2
 ALONE_STEPS = 6
 ALONE_TIME_S = 1.0
+# `keras.Model.fit` arguments each trial sets itself (its targets, batch size and data order), and the fix.
+FIT_ARGUMENTS_OF_THE_TRIAL = {
+    "y": "pairs hold their targets; pass search(train_pairs, validation_data=val_pairs)",
+    "batch_size": "it is a hyperparameter: give batch_sizes=[...] to LoraT5HyperModel",
+    "validation_split": "pass the held-out pairs as validation_data=val_pairs",
+    "shuffle": "each trial reshuffles its pairs every epoch with its seed; drop it",
+}
+
+
+class SearchInputError(keras_tuner.errors.FatalValueError, InputError):
+    """Input no trial can train on: keras-tuner's `search` stops at once (a `FatalError`), not per trial.
+
+    An `InputError` too: one line naming the argument (`parameter`), the problem and the fix.
+
+    Example:
+    ```python
+    tuner.search(np.zeros((4, 8)), validation_data=val_pairs)
+    # SearchInputError: x: a numpy.ndarray; pass a list of (source, target) string pairs or TokenizedPairs
+    ```
+    """
+
+
+def task_prefix(base: BaseModel) -> str:
+    """The prefix put before each source: `translate <source> to <target>: ` for a base with a task, else none.
+
+    Example: `task_prefix(load_base("tiny"))` -> `"translate English to Dravic: "`.
+    """
+    task = base.task or {}
+    if task.get("source_lang") and task.get("target_lang"):
+        return f"translate {task['source_lang']} to {task['target_lang']}: "
+    return ""
 
 
 class _KeptModel:
@@ -68,7 +109,9 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
 
     Args:
         base: the frozen T5 each trial starts from.
-        space: the search space; its largest rank pads every adapter.
+        space: the search space; its largest rank pads every adapter. None builds it from the
+            keywords `ranks`, `batch_sizes`, `learning_rates`, `lora_alphas`, `target_sets`,
+            `lora_dropouts` and `seeds` (`SearchSpace`'s fields; its defaults for those not given).
         epochs: epochs per trial, unless the strategy sets a trial's (Hyperband).
         seed: the seed of every trial (LoRA initialisation, dropout masks, data order) when `space`
             has one seed; None keeps the space's. With several (`space.seeds`, `--repeats`),
@@ -79,6 +122,10 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
             a few shapes (`lora_keras.runtime.xla`); one slot only.
         lora_init: how LoRA's A is drawn (`lora_keras.adapters.config.INITIALIZERS`).
         precision: `float32`, `mixed_bfloat16` or `mixed_float16` (`lora_keras.runtime.precision`).
+        prefix: put before each source when `fit` tokenizes string pairs; None: the base's task
+            prefix (`task_prefix`).
+        max_source_length: source tokens kept when `fit` tokenizes string pairs, EOS included.
+        max_target_length: target tokens kept likewise.
 
     Example:
     ```python
@@ -87,15 +134,30 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     hypermodel.declare_hyperparameters(hp)
     model = hypermodel.build(hp)
     hypermodel.fit(hp, model, train_tokens, val_tokens)
+
+    # keras-tuner's own tuners, on string pairs (or TokenizedPairs):
+    tuner = keras_tuner.GridSearch(LoraT5HyperModel(base, ranks=[1, 4], batch_sizes=[8]), objective="val_loss")
+    tuner.search(train_pairs, validation_data=val_pairs, epochs=1)
+    model = tuner.get_best_models()[0]
     ```
     """
 
     def __init__(
-        self, base: BaseModel, space: SearchSpace, epochs: int = 2, seed: int | None = None, slots: int = 1,
-        reuse_models: bool = True, jit_compile: bool = False, lora_init: str = "peft",
-        precision: str = precisions.DEFAULT,
+        self, base: BaseModel, space: SearchSpace | None = None, epochs: int = 2, seed: int | None = None,
+        slots: int = 1, reuse_models: bool = True, jit_compile: bool = False, lora_init: str = "peft",
+        precision: str = precisions.DEFAULT, *, prefix: str | None = None, max_source_length: int = 64,
+        max_target_length: int = 64, **space_values,
     ):
         super().__init__(name="lora_t5")
+        if space is None:  # the keywords' space: a rank wider than a layer fails here, not in every trial's build
+            space = _space(space_values)
+            for rank, alpha, targets, dropout in itertools.product(
+                    space.ranks, space.lora_alphas or (None,), space.target_sets, space.lora_dropouts):
+                check_rank(base.layout_backbone(), LoraConfig(rank, alpha, targets, dropout, lora_init))
+        elif space_values:
+            _space(space_values)  # an unknown keyword is named as such first
+            raise InputError(f"{sorted(space_values)[0]}: given with a space; pass the space or its values, "
+                             "not both", parameter="space")
         if slots > 1 and jit_compile:
             raise InputError("slots: several trials per step need shapes XLA cannot compile; use 1 with jit_compile",
                              parameter="slots")
@@ -111,7 +173,11 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         self.lora_init = lora_init
         self.precision = precisions.check_precision(precision)
         self.length_multiple = length_multiple(jit_compile)  # bounded batch shapes under XLA
+        self.prefix = task_prefix(base) if prefix is None else prefix
+        self.max_source_length = int(max_source_length)
+        self.max_target_length = int(max_target_length)
         self._kept = None
+        self._tokenized = {}  # string pairs -> their TokenizedPairs: a search's every trial tokenizes them once
 
     def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
         """Declare the search space on `hp` (keras-tuner's hook; the space does it)."""
@@ -177,7 +243,8 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         Args:
             model: a model from `model_for` or `build`.
             hps: the trials, at most `slots`.
-            parents: per trial, the adapter file it continues from (Hyperband), or None.
+            parents: per trial, what it continues from (Hyperband): an adapter file or its
+                `(LoraConfig, weights)`; or None.
         """
         if not 1 <= len(hps) <= self.slots:
             raise InputError(f"slots: {len(hps)} trials for a model of {self.slots} slots", parameter="slots")
@@ -185,8 +252,11 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         clear_slots(backbone, first=len(hps))  # empty slots: no gradient, no update
         for slot, hp in enumerate(hps):
             set_slot(backbone, slot, self.lora_config(hp), self.trial_seed(hp))
-            if parents and parents[slot] is not None:
-                load_slot(backbone, slot, *read_adapter(parents[slot]), source=str(parents[slot]))
+            parent = parents[slot] if parents else None
+            if isinstance(parent, (str, os.PathLike)):
+                load_slot(backbone, slot, *read_adapter(parent), source=str(parent))
+            elif parent is not None:
+                load_slot(backbone, slot, *parent)
         activate_slots(backbone, len(hps))
         # Dropout masks (LoRA's and the base's) drawn from the first trial's seed: the same
         # whatever ran before, and another seed's masks for another seed.
@@ -240,8 +310,9 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         Args:
             hps: the trials.
             model: a model from `build` or `model_for`.
-            train_tokens: training pairs, reshuffled every epoch.
-            val_tokens: validation pairs, evaluated after every epoch.
+            train_tokens: training pairs, reshuffled every epoch: `TokenizedPairs` or `(source, target)`
+                strings (`tokenize`).
+            val_tokens: validation pairs, evaluated after every epoch; the same kinds.
             callbacks: Keras callbacks; with several trials, `loss_<slot>` and `val_loss_<slot>`
                 are each trial's losses.
             verbose: Keras's progress output.
@@ -253,6 +324,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         Returns:
             Keras's `History`.
         """
+        train_tokens, val_tokens = self.tokenize(train_tokens, "x"), self.tokenize(val_tokens, "validation_data")
         max_epochs = self.epochs if epochs is None else int(epochs)
         shared = {(hp.get("batch_size"), hp.get("learning_rate"), self.space.trial_epochs(hp, max_epochs))
                   for hp in hps}
@@ -278,14 +350,85 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         )
 
     def fit(
-        self, hp: keras_tuner.HyperParameters, model: keras.Model, train_tokens: TokenizedPairs,
-        val_tokens: TokenizedPairs, callbacks: list | None = None, verbose: int = 1, **kwargs,
+        self, hp: keras_tuner.HyperParameters, model: keras.Model, x=None, validation_data=None,
+        callbacks: list | None = None, verbose: int = 1, epochs: int | None = None, initial_epoch: int | None = None,
+        **kwargs,
     ) -> keras.callbacks.History:
         """Train `model` for the trial `hp`: its batch size, over its epochs (the group of one).
 
-        Example: `hypermodel.fit(hp, hypermodel.build(hp), train_tokens, val_tokens)`.
+        keras-tuner's `Tuner.run_trial` calls it with what `search` was given, its callbacks added.
+
+        Args:
+            hp: the trial's hyperparameters.
+            model: the trial's model from `build`; for a continued Hyperband trial (`tuner/trial_id`),
+                with keras-tuner's checkpoint of its parent loaded, which the trial continues from.
+            x: the training pairs: `(source, target)` strings, tokenized with the base's tokenizer
+                (`prefix`, `max_source_length`, `max_target_length`), or `TokenizedPairs`.
+            validation_data: the validation pairs, the same kinds; every trial is scored on them (`val_loss`).
+            callbacks: Keras callbacks.
+            verbose: Keras's progress output.
+            epochs: the epochs to train to (`search(..., epochs=N)`); the hypermodel's when None.
+            initial_epoch: Hyperband's; the trial's own (`SearchSpace.trial_epochs`) is used.
+            **kwargs: passed on to `keras.Model.fit`, except what the trial sets itself (`batch_size`, ...).
+
+        Returns:
+            Keras's `History`, whose `val_loss` keras-tuner reads.
+
+        Raises:
+            SearchInputError: input no trial can train on, before any training.
+
+        Example: `hypermodel.fit(hp, hypermodel.build(hp), train_pairs, validation_data=val_pairs, epochs=1)`.
         """
-        return self.fit_group([hp], model, train_tokens, val_tokens, callbacks=callbacks, verbose=verbose, **kwargs)
+        for name, fix in FIT_ARGUMENTS_OF_THE_TRIAL.items():
+            if name in kwargs:
+                raise SearchInputError(f"{name}: set by each trial, not search; {fix}", parameter=name)
+        train_tokens, val_tokens = self.tokenize(x, "x"), self.tokenize(validation_data, "validation_data")
+        parents = None
+        if "tuner/trial_id" in hp.values:  # stock Hyperband loaded the parent's checkpoint: continue from its adapter
+            parents = [(self.lora_config(hp), adapter_weights(model.backbone, 0))]
+        return self.fit_group([hp], model, train_tokens, val_tokens, callbacks=callbacks, verbose=verbose,
+                              parents=parents, epochs=epochs, **kwargs)
+
+    def tokenize(self, pairs, argument: str = "x") -> TokenizedPairs:
+        """`pairs` as `TokenizedPairs`: string pairs tokenized with the base's tokenizer (once), tokens as given.
+
+        Args:
+            pairs: `(source, target)` string pairs (a list or tuple), or `TokenizedPairs`.
+            argument: the `search` argument they came as, named in errors.
+
+        Returns:
+            The tokenized pairs.
+
+        Raises:
+            SearchInputError: `pairs` None, empty, or not of those kinds.
+
+        Example: `len(hypermodel.tokenize([("the cat .", "le chat .")]))` -> `1`.
+        """
+        if isinstance(pairs, TokenizedPairs):
+            if not len(pairs):
+                raise SearchInputError(f"{argument}: empty TokenizedPairs; pass at least one pair", parameter=argument)
+            return pairs
+        if pairs is None:
+            what = "no training pairs" if argument == "x" else "no validation pairs (every trial is scored on them)"
+            raise SearchInputError(f"{argument}: {what}; call search(train_pairs, validation_data=val_pairs)",
+                                   parameter=argument)
+        if not isinstance(pairs, (list, tuple)):
+            raise SearchInputError(f"{argument}: a {type(pairs).__module__}.{type(pairs).__qualname__}; pass a list "
+                                   "of (source, target) string pairs or TokenizedPairs", parameter=argument)
+        if not pairs:
+            raise SearchInputError(f"{argument}: an empty list; pass at least one (source, target) pair",
+                                   parameter=argument)
+        for index, pair in enumerate(pairs):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+                raise SearchInputError(f"{argument}: item {index} is {pair!r:.60}, not a (source, target) pair of "
+                                       "strings; pass a list of (source, target) string pairs", parameter=argument)
+        key = tuple(map(tuple, pairs))
+        if key not in self._tokenized:
+            if len(self._tokenized) >= 4:  # a search's train and val pairs, and a few more
+                self._tokenized.clear()
+            self._tokenized[key] = tokenize_pairs(self.base.tokenizer, key, self.prefix, self.max_source_length,
+                                                  self.max_target_length)
+        return self._tokenized[key]
 
     def measure_alone(
         self, hp: keras_tuner.HyperParameters, model: keras.Model, train_tokens: TokenizedPairs, callbacks: list,
@@ -355,3 +498,18 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
     def steps_per_epoch(self, hp: keras_tuner.HyperParameters, train_tokens: TokenizedPairs) -> int:
         """The trial's training steps per epoch."""
         return -(-len(train_tokens) // hp.get("batch_size"))
+
+
+def _space(values: dict) -> SearchSpace:
+    """The `SearchSpace` of `LoraT5HyperModel`'s keywords `values`; an `InputError` for an unknown or empty one."""
+    fields = {field.name for field in dataclasses.fields(SearchSpace)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise InputError(f"{unknown[0]}: not an argument of LoraT5HyperModel; pass a SearchSpace field "
+                         f"({', '.join(sorted(fields))}) or another argument", parameter=unknown[0])
+    for name, value in values.items():
+        if isinstance(value, (str, int, float)) or (not len(value) and name != "lora_alphas"):
+            raise InputError(f"{name}: {value!r}; pass a non-empty list of values", parameter=name)
+    if "target_sets" in values:  # each set a list of projections or a name such as "q,v"
+        values["target_sets"] = tuple(tuple(t.split(",") if isinstance(t, str) else t) for t in values["target_sets"])
+    return SearchSpace(**{name: tuple(value) for name, value in values.items()})
