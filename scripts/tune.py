@@ -56,16 +56,20 @@ def target_sets(tokens: list[str]) -> tuple[tuple[str, ...], ...] | None:
 
 
 def strategy_names() -> str:
-    """The registered strategies, for --help (their modules load TensorFlow).
+    """The strategies --strategy takes, for --help: built-ins, installed plug-ins, module:Class (loads TensorFlow).
 
-    Example: `strategy_names()` -> `"bayesian, cost_aware, grid, hyperband, random"`.
+    A strategy module or plug-in that fails to import is named, and breaks no other.
+
+    Example: `strategy_names()` -> `"bayesian, cost_aware, grid, hyperband, random; or module.path:OracleClass
+    (a keras_tuner.Oracle subclass on the Python path)"`.
     """
     with native_stderr_silenced():
-        from tuners.strategies import STRATEGIES
-    return ", ".join(sorted(STRATEGIES))
+        from tuners.strategies import choices
+    return choices().replace("%", "%%")  # argparse formats help with %
 
 
-def build_parser(strategies: str = "a registered name (--help lists them)") -> OneLineErrorParser:
+def build_parser(strategies: str = "a built-in, an installed plug-in or module.path:OracleClass "
+                 "(--help lists them)") -> OneLineErrorParser:
     """tune.py's argument parser.
 
     Args:
@@ -211,14 +215,15 @@ def tls_files(args: argparse.Namespace) -> "TlsFiles | None":
 def epochs_conflict(args: argparse.Namespace) -> str | None:
     """`--epochs` too few for a strategy that budgets in epochs, as an argparse error message, or None.
 
-    The strategy's own check names its parameter (`max_epochs`); this names the flag. Loads TensorFlow.
+    The strategy's own check names its parameter (`max_epochs`); this names the flag. Loads TensorFlow
+    and resolves `--strategy` (`InputError` for one that does not resolve: `tuners.strategies.oracle_class`).
 
     Example: `epochs_conflict(build_parser().parse_args(["--strategy", "hyperband", "--epochs", "1"]))`
     -> `"--strategy hyperband budgets in epochs; pass --epochs 2 or more"`.
     """
-    from tuners.strategies import STRATEGIES, budgets_in_epochs
+    from tuners.strategies import budgets_in_epochs
 
-    if args.strategy in STRATEGIES and budgets_in_epochs(args.strategy) and args.epochs < 2:
+    if budgets_in_epochs(args.strategy) and args.epochs < 2:
         return f"--strategy {args.strategy} budgets in epochs; pass --epochs 2 or more"
     return None
 
@@ -288,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         check_security_flags(args)
     with native_stderr_silenced():
         import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
-    conflict = epochs_conflict(args)
+    with exit_on_input_error("tune.py"):  # --strategy that does not resolve, or fails to import: one line
+        conflict = epochs_conflict(args)
     if conflict:
         parser.error(conflict)
     with exit_on_input_error("tune.py", flags=LIBRARY_FLAGS):

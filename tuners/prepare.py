@@ -33,7 +33,7 @@ from lora_keras.runtime.devices import mirrored_strategy
 from lora_keras.runtime.gpu_memory import enable_memory_growth
 from tuners.baseline import measure_baseline
 from tuners.packing import FASTEST
-from tuners.strategies import STRATEGIES, make_oracle
+from tuners.strategies import make_oracle, oracle_class
 from tuners.sweep_config import SweepConfig
 from lora_keras.evaluation import ValidationTexts
 
@@ -57,11 +57,7 @@ def make_sweep_oracle(config: SweepConfig) -> keras_tuner.Oracle:
 
     Example: `make_sweep_oracle(SweepConfig(strategy="random", max_trials=4))`.
     """
-    if config.strategy not in STRATEGIES:
-        raise InputError(
-            f"strategy {config.strategy} is not registered; choose from {', '.join(sorted(STRATEGIES))}",
-            parameter="strategy",
-        )
+    oracle_class(config.strategy)  # InputError: not registered, fails to import, or not an Oracle
     unknown = sorted(set().union(*config.space.target_sets) - set(TARGETS))
     if unknown:
         raise InputError(f"unknown {' '.join(unknown)}; choose from {' '.join(TARGETS)}", parameter="targets")
