@@ -110,7 +110,8 @@ def test_a_run_resumes_only_in_its_own_precision(tmp_path, capsys, tiny_preset, 
     (tmp_path / "sweep" / "run_config.json").write_text(json.dumps(stored))
     with pytest.raises(SystemExit) as caught:
         load_tune().main(args + ["--precision", "mixed_bfloat16"])
-    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err, "holds a run with other settings")
+    assert_one_line_exit_2(caught.value.code, capsys.readouterr().err,
+                           f"--precision: {tmp_path / 'sweep'} was run with float32, this command says mixed_bfloat16")
     from tuners.run_files import claim_run_dir
 
     claim_run_dir(SweepConfig(**settings)).release()  # the same run in float32 resumes
@@ -152,9 +153,9 @@ def test_library_errors_name_the_parameter_in_library_terms(tmp_path):
     with pytest.raises(InputError) as languages:
         _prefix(SweepConfig(), types.SimpleNamespace(task=None))
     errors = [missing.value, other.value, languages.value]
-    assert [error.parameter for error in errors] == ["logdir", "name", "source_lang"]
+    assert [error.parameter for error in errors] == ["logdir", "seed", "source_lang"]
     for error in errors:
         assert "--" not in str(error) and str(error).startswith(error.parameter + ":")
-    assert flag_message(other.value) == (f"--name: {config.run_dir} holds a run with other settings; "
-                                         "pass --overwrite to replace it or another --name for a new run")
+    assert flag_message(other.value) == (f"--seed: {config.run_dir} was run with 7, this command says 0; "
+                                         "pass --overwrite to start again or another --name for a new run")
     assert "needs --source-lang and --target-lang; give both (or the --prefix itself)" in flag_message(languages.value)

@@ -2,12 +2,13 @@
 
 One process writes them: the local run, or a distributed sweep's chief, which holds the
 directory's lock (`run.lock`, `claim_run_dir`) while it runs, so no second run shares it or
-deletes it. A rerun with the same settings resumes the run there; `overwrite` starts it again.
+deletes it. A rerun with the same settings resumes the run there, one with a larger trial budget
+or more values on an axis grows it (`run_changes`); `overwrite` starts it again.
 Every file is replaced whole (`lora_keras.runtime.atomic_files`): a kill never leaves half of one.
 
 Example:
 ```python
-with claim_run_dir(config):    # InputError if another run holds LOGDIR/NAME, or a run with other settings
+with claim_run_dir(config):    # InputError if another run holds LOGDIR/NAME, or a run it cannot grow into
     write_run_files(config)    # run_config.json and the HParams experiment
     write_tables(tuner)        # results.csv and results.md, after every trial
     write_final_reports(config, tuner, started)
@@ -42,7 +43,16 @@ RUN_CONFIG_FILE = "run_config.json"
 RUN_LOCK_FILE = "run.lock"  # flock'ed by the run's one writer; says which process that is
 
 
+# The parameter that names each setting of `run_config.json` in a refusal, where it is not the key
+# itself; a script turns it into its flag (`lora_keras.cli.flag_message`).
+SPACE_PARAMETERS = {"ranks": "rank", "batch_sizes": "batch_size", "learning_rates": "learning_rate",
+                    "lora_alphas": "alpha", "target_sets": "targets", "lora_dropouts": "dropout"}
+# Axes a search space always declares; the others only when given several values (`SearchSpace.declare`).
+ALWAYS_SEARCHED = ("ranks", "batch_sizes", "learning_rates")
+
+
 def _check_resumable(config):
+    """Refuse a rerun whose settings differ from the run's, unless it only grows it (`run_changes`)."""
     path = config.run_dir / RUN_CONFIG_FILE
     if not path.is_file():
         return
@@ -58,11 +68,74 @@ def _check_resumable(config):
     stored.setdefault("repeats", 1)
     stored.setdefault("data_seed", stored.get("seed", 0))
     stored.get("space", {}).setdefault("seeds", [stored.get("seed", 0)])
-    if stored != config.identity():
+    refused = next((change for change in run_changes(stored, config.identity()) if not change[3]), None)
+    if refused is not None:
+        parameter, was, says, _ = refused
         raise InputError(
-            f"name: {config.run_dir} holds a run with other settings; pass `overwrite` to replace it or "
-            "another `name` for a new run", parameter="name"
+            f"{parameter}: {config.run_dir} was run with {_shown(was)}, this command says {_shown(says)}"
+            f"{_why_not_grown(parameter, was, says)}; pass `overwrite` to start again or another `name` for a new run",
+            parameter=parameter,
         )
+
+
+def run_changes(stored: dict, wanted: dict) -> list[tuple[str, object, object, bool]]:
+    """How a rerun's settings differ from its run's, setting by setting, and whether each only grows the run.
+
+    A run grows by a larger trial budget (`max_trials`; None is no limit) or by more values on an
+    axis it searches already (its old values all kept). Every other change makes another run, other
+    seeds (`seed`, `repeats`) too.
+
+    Args:
+        stored: the run's `run_config.json`.
+        wanted: the rerun's `SweepConfig.identity()`.
+
+    Returns:
+        `(parameter, stored value, wanted value, grows)` per differing setting, in `run_config.json`'s
+        order; `parameter` is the library's name for it (`rank` for the space's `ranks`).
+
+    Example: `run_changes(SweepConfig(max_trials=5).identity(), SweepConfig(max_trials=6).identity())`
+    -> `[("max_trials", 5, 6, True)]`.
+    """
+    changes = []
+    stored_space, wanted_space = stored.get("space", {}), wanted.get("space", {})
+    for key in dict.fromkeys([*stored, *wanted]):
+        was, says = stored.get(key), wanted.get(key)
+        if key == "space":
+            for axis in dict.fromkeys([*stored_space, *wanted_space]):
+                axis_was, axis_says = stored_space.get(axis), wanted_space.get(axis)
+                if axis != "seeds" and axis_was != axis_says:  # seeds follow `seed` and `repeats`, told as those
+                    changes.append((SPACE_PARAMETERS.get(axis, axis), axis_was, axis_says,
+                                    _axis_grows(axis, axis_was, axis_says)))
+        elif was != says:
+            grows = key == "max_trials" and (says is None or (was is not None and says > was))
+            changes.append((key, was, says, grows))
+    return changes
+
+
+def _axis_grows(axis, was, says):
+    """Whether `says` keeps every value of the searched axis `was` and adds some."""
+    if not isinstance(was, list) or not isinstance(says, list):
+        return False
+    searched = axis in ALWAYS_SEARCHED or len(was) > 1  # a setting fixed before has no value in old trials
+    old, new = [json.dumps(v) for v in was], [json.dumps(v) for v in says]
+    return searched and set(old) < set(new)
+
+
+def _why_not_grown(parameter, was, says):
+    """Why adding values to a setting the run held at one value does not grow it, or nothing."""
+    axis = next((axis for axis, name in SPACE_PARAMETERS.items() if name == parameter), None)
+    fixed = (axis is not None and axis not in ALWAYS_SEARCHED and isinstance(was, list) and len(was) == 1
+             and isinstance(says, list) and set(map(json.dumps, was)) < set(map(json.dumps, says)))
+    return " (a setting the run did not search cannot become an axis: its trials hold no value of it)" if fixed else ""
+
+
+def _shown(value):
+    """A setting as its flag takes it: lists space-separated, a set of targets comma-separated."""
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return " ".join(",".join(map(str, v)) if isinstance(v, list) else str(v) for v in value) or "none"
+    return str(value)
 
 
 class RunDirClaim:

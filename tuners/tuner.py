@@ -133,12 +133,26 @@ class LoraTuner(BaseTuner):
         # locally, `chief.json` for a chief): a run resumed in the other mode must keep its trials.
         if not is_worker() and (self.run_dir / "tuner" / "oracle.json").is_file():
             self.oracle.reload()
+            self._search_declared_space()
             return
         # keras-tuner's default builds a whole model to discover the space;
         # ours is declared up front, so declaring is enough.
         hp = self.oracle.get_space()
         self.space.declare(hp)
         self.oracle.update_space(hp)
+
+    def reload(self) -> None:
+        """keras-tuner's reload (this tuner id's own file exists), then the space declared now."""
+        super().reload()
+        if not is_worker():
+            self._search_declared_space()
+
+    def _search_declared_space(self):
+        # keras-tuner restores the space the run was saved with; a grown run (more values on an
+        # axis, `tuners.run_files.run_changes`) searches the one declared now, its old values included.
+        hp = keras_tuner.HyperParameters()
+        self.space.declare(hp)
+        self.oracle.hyperparameters = hp
 
     def search(self, *fit_args, **fit_kwargs) -> None:
         """keras-tuner's search; then the packing scheduler's extra tuner ids are told it is over."""
