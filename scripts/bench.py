@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from lora_keras.cli import (  # noqa: E402
     OneLineErrorParser,
     exit_on_input_error,
-    native_stderr_silenced,
+    load_backend_quietly,
     positive_int,
 )
 from lora_keras.errors import InputError  # noqa: E402
@@ -140,8 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.vs_peer and not pathlib.Path(args.peer_script).is_file():
         with exit_on_input_error("bench.py"):
             raise InputError(f"--peer-script {args.peer_script} does not exist; pass the path of peft_peer.py")
-    with native_stderr_silenced():
-        import keras  # noqa: F401  (loads TensorFlow, which prints start-up notices)
+    load_backend_quietly("keras")  # TensorFlow's start-up notices and, without a GPU driver, its cuInit errors
     with exit_on_input_error("bench.py"):
         from lora_keras.runtime import benchmark
         from lora_keras.adapters import LoraConfig, check_rank

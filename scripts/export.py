@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from lora_keras.cli import (  # noqa: E402
     OneLineErrorParser,
     exit_on_input_error,
-    native_stderr_silenced,
+    load_backend_quietly,
 )
 
 
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=("hf", "keras-hub"), default="hf",
                         help="hf: Hugging Face checkpoint (default); keras-hub: keras-hub preset")
     args = parser.parse_args(argv)
-    with native_stderr_silenced():
-        import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
+    load_backend_quietly()  # TensorFlow's start-up notices and, without a GPU driver, its cuInit errors: not here
     with exit_on_input_error("export.py", flags={"directory": "--out"}):
         from lora_keras.models.export import export
         from lora_keras.models.sources import load_base

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from lora_keras.cli import (  # noqa: E402
     OneLineErrorParser,
     exit_on_input_error,
-    native_stderr_silenced,
+    load_backend_quietly,
     positive_int,
 )
 
@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=64, help="sentences decoded at once")
     args = parser.parse_args(argv)
     lines = args.text or [line.rstrip("\n") for line in sys.stdin]
-    with native_stderr_silenced():
-        import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
+    load_backend_quietly()  # TensorFlow's start-up notices and, without a GPU driver, its cuInit errors: not here
     with exit_on_input_error("translate.py"):
         from lora_keras.evaluation import translate
         from lora_keras.adapters import load_adapter

@@ -21,13 +21,13 @@ from lora_keras.cli import (  # noqa: E402
     dropout_probability,
     exit_on_input_error,
     host_port,
+    load_backend_quietly,
     native_stderr_silenced,
     positive_float,
     positive_int,
 )
 from lora_keras.data.corpus import read_pairs  # noqa: E402
 from lora_keras.runtime.devices import HELP as DEVICES_HELP  # noqa: E402
-from lora_keras.runtime.gpu_probe import probe_gpus_quietly  # noqa: E402
 from lora_keras.runtime.precision import PRECISIONS  # noqa: E402
 
 # The library's parameters whose flag here is not `--parameter` (`lora_keras.cli.flag_message`).
@@ -292,9 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             if path:
                 read_pairs(path, flag)
         check_security_flags(args)
-    with native_stderr_silenced():
-        import keras_hub  # noqa: F401  (loads TensorFlow, which prints start-up notices)
-    probe_gpus_quietly()  # without a GPU driver, TensorFlow's search for one logs cuInit errors: not here
+    load_backend_quietly()  # TensorFlow's start-up notices and, without a GPU driver, its cuInit errors: not here
     with exit_on_input_error("tune.py"):  # --strategy that does not resolve, or fails to import: one line
         conflict = epochs_conflict(args)
     if conflict:
