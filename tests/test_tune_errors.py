@@ -150,6 +150,10 @@ def test_library_errors_name_the_parameter_in_library_terms(tmp_path):
     (config.run_dir / RUN_CONFIG_FILE).write_text(json.dumps({**config.identity(), "seed": 7}))
     with pytest.raises(InputError) as other:
         claim_run_dir(config)
+    with pytest.raises(InputError) as joined:  # a worker on the chief's run with other settings
+        check_joined_run(config)
+    assert flag_message(joined.value) == (f"--seed: {config.run_dir} is the chief's run with 7, this worker says 0; "
+                                          "give workers the chief's settings")
     with pytest.raises(InputError) as languages:
         _prefix(SweepConfig(), types.SimpleNamespace(task=None))
     errors = [missing.value, other.value, languages.value]

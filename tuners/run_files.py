@@ -290,10 +290,12 @@ def check_joined_run(config: SweepConfig) -> None:
             f"logdir: {path} not found: the chief writes it before serving; give workers the chief's "
             "`logdir` (on a filesystem they share) and `name`", parameter="logdir"
         )
-    if json.loads(path.read_text()) != config.identity():
+    changes = run_changes(json.loads(path.read_text()), config.identity())
+    if changes:
+        parameter, was, says, _ = changes[0]
         raise InputError(
-            f"name: {config.run_dir} is the chief's run with other settings; give workers the chief's settings",
-            parameter="name"
+            f"{parameter}: {config.run_dir} is the chief's run with {_shown(was)}, this worker says {_shown(says)}; "
+            "give workers the chief's settings", parameter=parameter
         )
 
 
