@@ -6,7 +6,8 @@ from lora_keras import LoraConfig, add_lora, load_base
 base = load_base("tiny")
 backbone = base.build_backbone()
 add_lora(backbone, LoraConfig(rank=4, targets=("q", "v")))
-model = base.build_model(backbone)
+model = base.build_model(backbone)   # a TokenLossSeq2SeqLM: keras-hub's T5Seq2SeqLM, text in and out
+model.generate("translate English to Dravic: the dog runs .")
 ```
 """
 
@@ -23,6 +24,7 @@ _EXPORTS = {
     "merge_lora": "lora_keras.adapters",
     "save_adapter": "lora_keras.adapters",
     "BaseModel": "lora_keras.models.base",
+    "TokenLossSeq2SeqLM": "lora_keras.models.token_loss",
     "load_base": "lora_keras.models.sources",
     "load_hf_checkpoint": "lora_keras.models.hf.checkpoint",
     "export_hf": "lora_keras.models.export",

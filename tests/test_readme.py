@@ -1,4 +1,5 @@
-"""README's Python API example runs as written: train, save, load into a fresh backbone, merge."""
+"""README's Python API example runs as written: train and evaluate on text, generate, save, load into a fresh
+backbone, merge."""
 
 import pathlib
 import re
@@ -32,3 +33,7 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     lora_b = [array for name, array in arrays.items() if name.endswith("lora_b")]
     assert lora_b and all(array.shape[0] == config.rank for array in lora_b)
     assert any(np.abs(array).max() > 0 for array in lora_b)  # the fit trained: B left zero
+    assert namespace["val_loss"] > 0  # the loss per real target token, from text
+    translation = namespace["translation"]
+    assert isinstance(translation, str) and translation.strip()
+    assert namespace["merged"] == translation  # the merged base decodes as the adapted one

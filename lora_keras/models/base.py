@@ -6,7 +6,8 @@ trial builds a fresh `T5Seq2SeqLM` without touching the disk.
 Example:
 ```python
 base = load_base("path/to/flan-t5-small")     # or "tiny", or a keras-hub preset dir
-model = base.build_model()                 # keras_hub.models.T5Seq2SeqLM, no preprocessor
+model = base.build_model()                 # keras_hub.models.T5Seq2SeqLM with its T5 preprocessor
+model.generate("translate English to German: hello .")
 ids = base.tokenizer(["translate English to German: hello ."])
 ```
 """
@@ -19,6 +20,7 @@ import keras
 import keras_hub
 import numpy as np
 
+from lora_keras.evaluation import SpellablePreprocessor
 from lora_keras.models.masking_warning import masking_warning_ignored
 from lora_keras.models.token_loss import TokenLossSeq2SeqLM
 
@@ -89,13 +91,22 @@ class BaseModel:
         backbone.set_weights(self.weights)
         return backbone
 
-    def build_model(self, backbone: keras_hub.models.T5Backbone | None = None) -> TokenLossSeq2SeqLM:
-        """A `T5Seq2SeqLM` (logits out, no preprocessor) on `backbone` or a new one.
+    def build_model(
+        self, backbone: keras_hub.models.T5Backbone | None = None, *, max_source_length: int = 64,
+        max_target_length: int = 64,
+    ) -> TokenLossSeq2SeqLM:
+        """A `T5Seq2SeqLM` on `backbone` (or a new one) with a `T5Seq2SeqLMPreprocessor` for the base's tokenizer.
 
         Its loss, trained and reported, is the mean NLL per real target token (`TokenLossSeq2SeqLM`).
+        `fit`/`evaluate` take `{"encoder_text": [...], "decoder_text": [...]}` as keras-hub documents,
+        packed as `tokenize_pairs` packs them, and `make_dataset`'s token batches as they are;
+        `generate` decodes text greedily, as `lora_keras.evaluation.translate`. A tokenizer that is
+        no keras-hub `T5Tokenizer` (`SentencePieceIds`, on backends without TensorFlow) gets no preprocessor.
 
         Args:
             backbone: the backbone, e.g. with adapters; a new one from `build_backbone` when None.
+            max_source_length: source tokens kept from text, EOS included (as `tokenize_pairs`).
+            max_target_length: target tokens kept from text, EOS included; `generate`'s most new tokens.
 
         Returns:
             The model, not compiled.
@@ -104,7 +115,14 @@ class BaseModel:
         ```python
         model = base.build_model()
         model.compile(optimizer=keras.optimizers.Adam(3e-3))
+        model.fit(x={"encoder_text": ["translate English to German: hello ."], "decoder_text": ["hallo ."]})
         ```
         """
         backbone = backbone or self.build_backbone()
-        return TokenLossSeq2SeqLM(backbone=backbone, preprocessor=None)
+        preprocessor = None
+        if isinstance(self.tokenizer, keras_hub.models.T5Tokenizer):
+            preprocessor = SpellablePreprocessor(
+                tokenizer=self.tokenizer, encoder_sequence_length=max_source_length,
+                decoder_sequence_length=max_target_length,
+            )
+        return TokenLossSeq2SeqLM(backbone=backbone, preprocessor=preprocessor)

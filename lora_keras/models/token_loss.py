@@ -9,9 +9,10 @@ of all its batches divided by all their real target tokens.
 
 Example:
 ```python
-model = TokenLossSeq2SeqLM(backbone=backbone, preprocessor=None)
+model = base.build_model(backbone)   # a TokenLossSeq2SeqLM with keras-hub's T5 preprocessor
 model.compile(optimizer=keras.optimizers.Adam(3e-3))
 model.evaluate(make_dataset(val_tokens, 64))   # mean NLL per real target token of the set
+model.evaluate(x={"encoder_text": sources, "decoder_text": targets}, batch_size=64)   # the same, from text
 ```
 """
 
@@ -117,11 +118,18 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
     `val_loss`, `evaluate`) is the token-weighted mean over the whole epoch or set.
     Expects the padding mask of the targets as `sample_weight` (see `lora_keras.data.pipeline`).
 
+    With a `preprocessor` (`BaseModel.build_model` attaches one), `fit`, `evaluate` and
+    `generate` take text as keras-hub's `Seq2SeqLM` tasks do; batches already tokenized
+    (`make_dataset`'s, whose inputs hold `encoder_token_ids`) pass it by untouched.
+    `generate` is greedy unless `compile` is given another `sampler`.
+
     Example:
     ```python
-    model = TokenLossSeq2SeqLM(backbone=backbone, preprocessor=None)
+    model = TokenLossSeq2SeqLM(backbone=backbone, preprocessor=preprocessor)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(train, validation_data=val)   # history["loss"], ["val_loss"]: per real token
+    model.fit(x={"encoder_text": sources, "decoder_text": targets}, batch_size=8)
+    model.generate("translate English to French: the cat .")
     ```
     """
 
@@ -158,9 +166,36 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         with masking_warning_ignored():
             return super().predict_step(*args, **kwargs)
 
-    def compile(self, optimizer: Any = "auto", *, weighted_metrics: tuple | list = (), **kwargs: Any) -> None:
-        """Keras's `compile`, with the loss per real target token (per slot, for several adapters per layer)."""
-        super().compile(optimizer=optimizer, loss=None, weighted_metrics=list(weighted_metrics), **kwargs)
+    def preprocess_samples(self, x: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        """keras-hub's preprocessing of text; token batches (a dict with `encoder_token_ids`) as they are.
+
+        keras-hub maps this over every dataset `fit` and `evaluate` get, tokenized or not.
+        """
+        if isinstance(x, dict) and "encoder_token_ids" in x:
+            return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        return super().preprocess_samples(x, y, sample_weight)
+
+    def generate(self, inputs: Any, max_length: int | None = None, **kwargs: Any) -> Any:
+        """keras-hub's `generate`; by default up to the preprocessor's `decoder_sequence_length` new tokens.
+
+        keras-hub's `max_length` counts T5's start token, so its default would stop one token short of
+        the longest target the model trains on; `lora_keras.evaluation.translate(max_new_tokens=n)`
+        decodes as `generate(max_length=n + 1)`.
+        """
+        if max_length is None and self.preprocessor is not None:
+            max_length = self.preprocessor.decoder_sequence_length + 1
+        with masking_warning_ignored():  # the first call traces the attention layers
+            return super().generate(inputs, max_length=max_length, **kwargs)
+
+    def compile(
+        self, optimizer: Any = "auto", *, weighted_metrics: tuple | list = (), sampler: Any = "greedy", **kwargs: Any
+    ) -> None:
+        """Keras's `compile`, with the loss per real target token (per slot, for several adapters per layer).
+
+        `sampler` is `generate`'s (keras-hub's default is "top_k"; greedy decodes as `translate`).
+        """
+        super().compile(optimizer=optimizer, loss=None, weighted_metrics=list(weighted_metrics), sampler=sampler,
+                        **kwargs)
         self.token_loss = TokenMean(name="loss")
         slots = slot_count(self.backbone)
         self.slot_losses = SlotTokenMeans(slots) if slots > 1 else None
