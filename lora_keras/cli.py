@@ -169,23 +169,6 @@ def exit_on_input_error(prog: str | None = None, flags: Mapping[str, str] | None
         sys.exit(USAGE_ERROR)
 
 
-def load_backend_quietly(module: str = "keras_hub") -> None:
-    """Import `module` (which loads TensorFlow) with its start-up notices hidden, and its GPU search quiet.
-
-    What every entry point does before its first model: no absl/CUDA notices, and on a machine
-    without an NVIDIA driver no `failed call to cuInit` line (`lora_keras.runtime.gpu_probe`).
-
-    Example: `load_backend_quietly()` at the top of a script's `main`, before `load_base`.
-    """
-    import importlib
-
-    from lora_keras.runtime.gpu_probe import probe_gpus_quietly
-
-    with native_stderr_silenced():
-        importlib.import_module(module)
-    probe_gpus_quietly()
-
-
 @contextlib.contextmanager
 def native_stderr_silenced() -> Iterator[None]:
     """Hide what native libraries print to stderr (TensorFlow's start-up lines).

@@ -19,8 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from lora_keras.cli import (  # noqa: E402
     OneLineErrorParser,
     exit_on_input_error,
-    load_backend_quietly,
 )
+from lora_keras.runtime.gpu_probe import load_backend_quietly  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,9 +18,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from lora_keras.cli import (  # noqa: E402
     OneLineErrorParser,
     exit_on_input_error,
-    load_backend_quietly,
     positive_int,
 )
+from lora_keras.runtime.gpu_probe import load_backend_quietly  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,11 +21,11 @@ from lora_keras.cli import (  # noqa: E402
     dropout_probability,
     exit_on_input_error,
     host_port,
-    load_backend_quietly,
     native_stderr_silenced,
     positive_float,
     positive_int,
 )
+from lora_keras.runtime.gpu_probe import load_backend_quietly  # noqa: E402
 from lora_keras.data.corpus import read_pairs  # noqa: E402
 from lora_keras.runtime.devices import HELP as DEVICES_HELP  # noqa: E402
 from lora_keras.runtime.precision import PRECISIONS  # noqa: E402

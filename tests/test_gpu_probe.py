@@ -51,7 +51,7 @@ def test_a_cpu_run_that_uses_devices_prints_only_its_own_error(tmp_path):
 
 
 def test_translate_on_a_cpu_prints_its_translation_and_nothing_on_stderr():
-    """Every entry point loads the backend the same way (`lora_keras.cli.load_backend_quietly`)."""
+    """Every entry point loads the backend the same way (`lora_keras.runtime.gpu_probe.load_backend_quietly`)."""
     result = run_script("translate.py", "--model", "tiny", "--max-new-tokens", "4",
                         "translate English to Dravic: the dog runs .", env={"TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 1

@@ -12,6 +12,7 @@ probe_gpus_quietly()           # CPU machine: no `E0000 ... failed call to cuIni
 ```
 """
 
+import importlib
 import os
 import shutil
 import sys
@@ -43,3 +44,16 @@ def probe_gpus_quietly() -> None:
         return
     with native_stderr_silenced():
         tf.config.list_physical_devices("GPU")
+
+
+def load_backend_quietly(module: str = "keras_hub") -> None:
+    """Import `module` (which loads TensorFlow) with its start-up notices hidden, and its GPU search quiet.
+
+    What every entry point does before its first model: no absl/CUDA notices, and on a machine
+    without an NVIDIA driver no `failed call to cuInit` line (`probe_gpus_quietly`).
+
+    Example: `load_backend_quietly()` at the top of a script's `main`, before `load_base`.
+    """
+    with native_stderr_silenced():
+        importlib.import_module(module)
+    probe_gpus_quietly()
