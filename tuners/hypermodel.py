@@ -86,6 +86,17 @@ def task_prefix(base: BaseModel) -> str:
     return ""
 
 
+def check_space_fits(base: BaseModel, space: SearchSpace, lora_init: str = "peft") -> None:
+    """`InputError` (`rank`) when a configuration of `space` does not fit the base's layers (a rank too wide).
+
+    Example: `check_space_fits(load_base("tiny"), SearchSpace(ranks=(512,)))` raises.
+    """
+    backbone = base.layout_backbone()
+    for rank, alpha, targets, dropout in itertools.product(
+            space.ranks, space.lora_alphas or (None,), space.target_sets, space.lora_dropouts):
+        check_rank(backbone, LoraConfig(rank, alpha, targets, dropout, lora_init))
+
+
 class _KeptModel:
     """A compiled model and what puts it back to its state right after `build`."""
 
@@ -151,9 +162,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         super().__init__(name="lora_t5")
         if space is None:  # the keywords' space: a rank wider than a layer fails here, not in every trial's build
             space = _space(space_values)
-            for rank, alpha, targets, dropout in itertools.product(
-                    space.ranks, space.lora_alphas or (None,), space.target_sets, space.lora_dropouts):
-                check_rank(base.layout_backbone(), LoraConfig(rank, alpha, targets, dropout, lora_init))
+            check_space_fits(base, space, lora_init)
         elif space_values:
             _space(space_values)  # an unknown keyword is named as such first
             raise InputError(f"{sorted(space_values)[0]}: given with a space; pass the space or its values, "

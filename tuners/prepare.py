@@ -13,7 +13,6 @@ baseline = run.measure_baseline(config.run_dir)
 """
 
 import dataclasses
-import itertools
 import pathlib
 import random
 
@@ -21,7 +20,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from lora_keras.adapters import TARGETS, LoraConfig, check_rank
+from lora_keras.adapters import TARGETS
 from lora_keras.data.corpus import read_pairs
 from lora_keras.data.pipeline import TokenizedPairs, tokenize_pairs
 from lora_keras.errors import InputError
@@ -32,6 +31,7 @@ from lora_keras.models.sources import load_base
 from lora_keras.runtime.devices import mirrored_strategy
 from lora_keras.runtime.gpu_memory import enable_memory_growth
 from tuners.baseline import measure_baseline
+from tuners.hypermodel import check_space_fits
 from tuners.packing import FASTEST
 from tuners.strategies import make_oracle, oracle_class
 from tuners.sweep_config import SweepConfig
@@ -122,7 +122,7 @@ def prepare_run(config: SweepConfig) -> PreparedRun:
     strategy = mirrored_strategy(config.devices)  # before any model: TensorFlow fixes devices at start
     file_pairs = _file_pairs(config)  # bad files fail before the model loads
     base = load_base(config.model, verbose=config.verbose)
-    _check_lora_configs(config, base)  # a rank wider than a layer, a bad alpha or dropout: before training
+    check_space_fits(base, config.space, config.lora_init)  # a rank wider than a layer, a bad alpha or dropout: before training
     train_pairs, val_pairs = file_pairs or _demo_pairs(config, base)
     if config.max_train_examples:
         train_pairs = train_pairs[: config.max_train_examples]
@@ -157,15 +157,6 @@ def _file_pairs(config):
     random.Random(config.data_seed).shuffle(shuffled)
     held_out = max(1, int(len(shuffled) * HELD_OUT_FRACTION))
     return shuffled[held_out:], shuffled[:held_out]
-
-
-def _check_lora_configs(config, base):
-    space = config.space
-    backbone = base.layout_backbone()
-    for rank, alpha, targets, dropout in itertools.product(
-        space.ranks, space.lora_alphas or (None,), space.target_sets, space.lora_dropouts
-    ):
-        check_rank(backbone, LoraConfig(rank, alpha, targets, dropout, config.lora_init))
 
 
 def _demo_pairs(config, base):
