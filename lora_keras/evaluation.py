@@ -69,9 +69,6 @@ class SpellablePreprocessor(keras_hub.models.T5Seq2SeqLMPreprocessor):
         return super().generate_postprocess({"decoder_token_ids": ids, "decoder_padding_mask": mask})
 
 
-_SpellablePreprocessor = SpellablePreprocessor  # its former name, which tests patch
-
-
 class Translator:
     """keras-hub's cached `generate` on one backbone, traced once and reused across calls.
 

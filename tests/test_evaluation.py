@@ -131,13 +131,13 @@ def eos_prone(hf_t5, tmp_path_factory):
 def decoded_ids(monkeypatch):
     """`decoded_ids(call)`: the ids a `Translator` generated during `call()`, per source, cut after EOS."""
     batches = []
-    postprocess = evaluation._SpellablePreprocessor.generate_postprocess
+    postprocess = evaluation.SpellablePreprocessor.generate_postprocess
 
     def recording(self, x):
         batches.append([cut_at_eos(row[1:]) for row in np.asarray(x["decoder_token_ids"]).tolist()])
         return postprocess(self, x)
 
-    monkeypatch.setattr(evaluation._SpellablePreprocessor, "generate_postprocess", recording)
+    monkeypatch.setattr(evaluation.SpellablePreprocessor, "generate_postprocess", recording)
 
     def decoded(call):
         batches.clear()

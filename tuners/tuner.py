@@ -101,32 +101,10 @@ class LoraTuner(BaseTuner):
             base_translations=base_translations,
             settings={"tuner_id": self.tuner_id})
 
-    @property
-    def tensorboard_dir(self) -> pathlib.Path:
-        """The run's TensorBoard directory: one HParams session per trial."""
-        return self.run_dir / "tensorboard"
-
-    @property
-    def adapters_dir(self) -> pathlib.Path:
-        """Where each trial's LoRA weights are saved alone."""
-        return self.run_dir / "adapters"
-
     def trial_files(self, trial_id: str) -> TrialFiles:
         """The trial's files, and where this process's attempt at it writes them."""
         attempt = self.oracle.attempt(trial_id) if is_worker() else 1
         return TrialFiles(self.run_dir, trial_id, attempt)
-
-    def adapter_path(self, trial_id: str) -> pathlib.Path:
-        """The trial's LoRA weights: `<run_dir>/adapters/trial_<id>.safetensors`."""
-        return TrialFiles(self.run_dir, trial_id).adapter
-
-    def validation_path(self, trial_id: str) -> pathlib.Path:
-        """The trial's per-pair val losses and translations: `<run_dir>/validation/trial_<id>.json`."""
-        return TrialFiles(self.run_dir, trial_id).validation
-
-    def measurements_path(self, trial_id: str) -> pathlib.Path:
-        """The trial's figures: `measurements.json` in keras-tuner's trial directory."""
-        return TrialFiles(self.run_dir, trial_id).measurements
 
     def _populate_initial_space(self):
         # keras-tuner reloads a run only when this tuner id's own file exists (`tuner0.json`
@@ -219,7 +197,7 @@ class LoraTuner(BaseTuner):
         files.discard()  # what a killed attempt of this number left
         return TrialPlan(
             trial.trial_id, trial.hyperparameters, files.staged_session, files.staged_adapter,
-            files.staged_measurements, None if parent is None else self.adapter_path(check_trial_id(parent)),
+            files.staged_measurements, None if parent is None else TrialFiles(self.run_dir, check_trial_id(parent)).adapter,
             files.staged_validation, settings={"attempt": files.attempt}, references_path=files.references,
         )
 
@@ -246,7 +224,7 @@ class LoraTuner(BaseTuner):
     def load_model(self, trial: Trial) -> keras.Model:
         """The trial's adapted model: the base rebuilt plus the saved adapter."""
         backbone = self.hypermodel.base.build_backbone()
-        load_adapter(backbone, self.adapter_path(trial.trial_id))
+        load_adapter(backbone, TrialFiles(self.run_dir, trial.trial_id).adapter)
         return self.hypermodel.base.build_model(backbone)
 
     def save(self) -> None:
@@ -298,7 +276,7 @@ class LoraTuner(BaseTuner):
                 "initial_epoch": self.space.trial_epochs(hp, self.max_epochs)[0],
                 "parent_trial_id": hp.values.get("tuner/trial_id"),
             }
-            path = self.measurements_path(trial_id)
+            path = TrialFiles(self.run_dir, trial_id).measurements
             if trial.status == TrialStatus.COMPLETED and path.is_file():
                 row.update(json.loads(path.read_text()))
                 row["status"] = "COMPLETED"
