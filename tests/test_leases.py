@@ -11,7 +11,7 @@ import time
 
 import grpc
 import pytest
-from keras_tuner.engine.trial import TrialStatus
+from keras_tuner.engine.trial import Trial, TrialStatus
 from keras_tuner.src import protos
 
 from test_distributed import chief_tuner, free_port
@@ -360,3 +360,134 @@ def test_two_live_workers_given_one_id_the_older_stops_with_one_line(tmp_path):
     assert str(said).startswith("worker_id 'w1': a newer worker process took this id over")
     older.close()
     newer.close()
+
+
+# -- a chief killed at any write -------------------------------------------------------------
+class Killed(BaseException):
+    """The chief process dies here: nothing after this point in the call happens."""
+
+
+class KillAtWrite:
+    """Kill the chief before its `kill_at`-th file write (keras-tuner's state files and the lease book)."""
+
+    def __init__(self, monkeypatch, kill_at):
+        from lora_keras.runtime import atomic_files
+        from tuners import atomic_state
+
+        self.kill_at, self.writes = kill_at, 0
+        real = atomic_files.write_atomically
+
+        def write(path, data):
+            self.writes += 1
+            if self.writes == self.kill_at:
+                raise Killed(path)
+            real(path, data)
+
+        monkeypatch.setattr(atomic_files, "write_atomically", write)
+        monkeypatch.setattr(atomic_state, "write_atomically", write)
+
+
+def sweep_with_one_kill(run_dir, kill_write=None, lose_answer_of_call=None, monkeypatch=None):
+    """Two workers run a three-trial grid through the servicer; the chief dies once and the same command restarts it.
+
+    A worker whose call the kill interrupted (or whose answer was lost) asks again, as the worker
+    client does while the chief is away. Returns the restarts, each trial's handed-out attempts and
+    any refusals.
+    """
+    ranks = (1, 2, 3)
+    if kill_write is not None:
+        KillAtWrite(monkeypatch, kill_write)
+    restarts = 0
+
+    def start_chief():
+        nonlocal restarts
+        while True:
+            try:
+                return servicer_on(chief_tuner(run_dir, ranks), run_dir)
+            except Killed:  # killed while it started: started again
+                restarts += 1
+
+    servicer = start_chief()
+    # Each worker: ask for a trial; report its metric; end it (after writing its staged files).
+    workers = {name: {"session": f"s{name}", "trial": None, "step": "create", "done": False} for name in "ab"}
+    handed, refused, calls = [], [], 0
+    while not all(w["done"] for w in workers.values()):
+        for name, w in workers.items():
+            if w["done"]:
+                continue
+            calls += 1
+            while True:  # the same call until a chief answers it
+                try:
+                    if w["step"] == "create":
+                        trial, attempt = create(servicer, name, w["session"])
+                    else:
+                        trial, attempt = w["trial"]
+                        context = Context(name, w["session"], attempt)
+                        if w["step"] == "update":
+                            servicer.UpdateTrial(protos.get_service().UpdateTrialRequest(
+                                trial_id=trial.trial_id, metrics={"val_loss": 1.0}), context)
+                        else:
+                            staged = TrialFiles(run_dir, trial.trial_id, attempt).staged_measurements
+                            staged.parent.mkdir(parents=True, exist_ok=True)
+                            staged.write_text(json.dumps({"val_loss": 1.0, "tuner_id": name, "attempt": attempt}))
+                            ended = Trial.from_proto(trial)
+                            ended.status = TrialStatus.COMPLETED
+                            servicer.EndTrial(protos.get_service().EndTrialRequest(trial=ended.to_proto()), context)
+                    if calls == lose_answer_of_call:
+                        lose_answer_of_call = None
+                        raise Killed("after the call, before its answer")
+                    break
+                except Killed:
+                    restarts += 1
+                    servicer = start_chief()
+                except Aborted as error:
+                    assert error.code == grpc.StatusCode.FAILED_PRECONDITION, error
+                    refused.append((name, w["trial"][0].trial_id))
+                    w["step"] = "refused"
+                    break
+            if w["step"] == "create":
+                status = TrialStatus.from_proto(trial.status)
+                if status == TrialStatus.RUNNING:
+                    handed.append((trial.trial_id, attempt))
+                    w["trial"], w["step"] = (trial, attempt), "update"
+                elif status == TrialStatus.STOPPED:
+                    w["done"] = True
+            elif w["step"] == "update":
+                w["step"] = "end"
+            else:
+                w["trial"], w["step"] = None, "create"
+    return servicer, sorted(set(handed)), refused, restarts
+
+
+def assert_each_trial_ran_once(run_dir, servicer, handed, refused):
+    rows = chief_tuner(run_dir, (1, 2, 3)).trial_rows()
+    assert sorted(row["rank"] for row in rows) == [1, 2, 3] and {row["status"] for row in rows} == {"COMPLETED"}, rows
+    assert handed == [("0", 1), ("1", 1), ("2", 1)] and refused == []
+    assert all(row["attempt"] == 1 for row in rows)
+    assert servicer.finished
+
+
+def test_without_a_kill_the_scripted_sweep_runs_each_trial_once(tmp_path):
+    servicer, handed, refused, restarts = sweep_with_one_kill(tmp_path)
+    assert restarts == 0
+    assert_each_trial_ran_once(tmp_path, servicer, handed, refused)
+
+
+WRITES_IN_THE_SWEEP = 30  # more than it makes (WRITES_MADE): every write is a kill point once
+
+
+@pytest.mark.parametrize("kill_write", range(1, WRITES_IN_THE_SWEEP + 1))
+def test_a_chief_killed_before_any_of_its_writes_loses_no_trial_and_runs_none_twice(tmp_path, monkeypatch, kill_write):
+    """kill -9 at every write the chief makes (trial.json, oracle.json, leases.json): a restart resumes exactly."""
+    servicer, handed, refused, restarts = sweep_with_one_kill(tmp_path, kill_write=kill_write, monkeypatch=monkeypatch)
+    assert_each_trial_ran_once(tmp_path, servicer, handed, refused)
+    assert restarts == (1 if kill_write <= WRITES_MADE else 0)
+
+
+WRITES_MADE = 26  # by the sweep without a kill: 2 at start, 3 per trial handed out, 5 per trial ended
+
+
+@pytest.mark.parametrize("call", range(1, 15))
+def test_a_chief_killed_after_a_call_before_its_answer_loses_no_trial_and_runs_none_twice(tmp_path, call):
+    servicer, handed, refused, restarts = sweep_with_one_kill(tmp_path, lose_answer_of_call=call)
+    assert_each_trial_ran_once(tmp_path, servicer, handed, refused)

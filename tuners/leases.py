@@ -81,6 +81,7 @@ class LeaseBook:
         self.current_session: dict[str, str] = {}  # worker id -> its newest process
         self.superseded: set[str] = set()
         self.askers: dict[str, str] = {}  # tuner id -> the process that last asked with it
+        self.ended: dict[str, tuple[str, int]] = {}  # trial id -> (session, attempt) of the accepted end
         self._saved_at = None
 
     # -- what the chief records -------------------------------------------------------------
@@ -131,9 +132,18 @@ class LeaseBook:
         return held
 
     def release(self, trial_id: str) -> None:
-        """The trial ended (or failed): no lease on it any more."""
-        if self.leases.pop(trial_id, None) is not None:
+        """The trial ended (or failed): no lease on it any more; its holder's end is remembered (`ended_by`)."""
+        lease = self.leases.pop(trial_id, None)
+        if lease is not None:
+            self.ended[trial_id] = (lease.session, lease.attempt)
             self.save()
+
+    def ended_by(self, trial_id: str, session: str, attempt: int) -> bool:
+        """Whether `trial_id` ended through this process's `attempt`: its end, asked again, is already done.
+
+        A worker asks again when the chief died before answering (possibly after it recorded the end).
+        """
+        return self.ended.get(trial_id) == (session, attempt)
 
     def expired(self) -> list[Lease]:
         """Take back and return the leases of worker processes not heard from for `lease_s` seconds."""
@@ -168,6 +178,7 @@ class LeaseBook:
             "leases": [dataclasses.asdict(lease) for lease in self.leases.values()],
             "attempts": self.attempts,
             "lost": self.lost,
+            "ended": {trial_id: list(ended) for trial_id, ended in self.ended.items()},
             "heard_at": {session: now_wall - (now_clock - heard) for session, heard in self.heard.items()},
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +196,7 @@ class LeaseBook:
         state = json.loads(self.path.read_text())
         self.attempts = {str(k): int(v) for k, v in state.get("attempts", {}).items()}
         self.lost = {str(k): int(v) for k, v in state.get("lost", {}).items()}
+        self.ended = {str(k): (str(v[0]), int(v[1])) for k, v in state.get("ended", {}).items()}
         now = self.clock()
         self.leases = {}
         for fields in state.get("leases", []):

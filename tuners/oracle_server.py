@@ -103,6 +103,8 @@ class _SweepServicer(oracle_chief.OracleServicer):
         try:
             _, session, metadata = self._caller(context)
             trial = Trial.from_proto(request.trial)
+            if self.leases.ended_by(trial.trial_id, session, _attempt(metadata)):
+                return protos.get_service().EndTrialResponse()  # asked again: a chief before this one ended it
             lease = self._holding(trial.trial_id, session, metadata, context)
             TrialFiles(self.run_dir, trial.trial_id, lease.attempt).commit()
             reason = metadata.get(REASON_KEY)
@@ -174,22 +176,22 @@ class _SweepServicer(oracle_chief.OracleServicer):
     def _holding(self, trial_id, session, metadata, context):
         """The call's lease on `trial_id`; a stale attempt is aborted (FAILED_PRECONDITION)."""
         try:
-            attempt = int(metadata.get(ATTEMPT_KEY, "0"))
-        except ValueError:
-            attempt = 0
-        try:
-            return self.leases.check(trial_id, session, attempt)
+            return self.leases.check(trial_id, session, _attempt(metadata))
         except StaleAttempt as error:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
 
     def _end(self, trial):
-        """End `trial` in the oracle, its lease released; the oracle's failure-limit error, or None."""
-        self.leases.release(trial.trial_id)
+        """End `trial` in the oracle, then release its lease; the oracle's failure-limit error, or None.
+
+        In that order: a chief killed in between leaves a lease on an ended trial, which a restart
+        releases (`_restore`); the other order would leave a running trial no one holds, run again.
+        """
         try:
             self.oracle.end_trial(trial)
         except RuntimeError as error:
             if not is_failure_limit(error):
                 raise
+            self.leases.release(trial.trial_id)
             self.failure = error
             for tuner_id, ongoing in list(self.oracle.ongoing_trials.items()):
                 if ongoing.trial_id == trial.trial_id:  # what `Oracle.end_trial` does last unless it raised
@@ -197,6 +199,7 @@ class _SweepServicer(oracle_chief.OracleServicer):
                     self.oracle.tuner_ids.discard(tuner_id)
             self._trial_ended()
             return error
+        self.leases.release(trial.trial_id)
         self._trial_ended()
         return None
 
@@ -210,8 +213,11 @@ class _SweepServicer(oracle_chief.OracleServicer):
         """Take back the leases a previous chief saved; keep only trials that may still run in the queue."""
         for lease in self.leases.restore():
             trial = self.oracle.trials.get(lease.trial_id)
-            if trial is None or trial.status != TrialStatus.RUNNING:
+            if trial is None:
                 self.leases.leases.pop(lease.trial_id)
+                continue
+            if trial.status != TrialStatus.RUNNING:  # it ended, and the chief died before releasing it
+                self.leases.release(lease.trial_id)
                 continue
             self.oracle.ongoing_trials[lease.tuner_id] = trial
             self.oracle.tuner_ids.add(lease.tuner_id)
@@ -233,6 +239,14 @@ class _SweepServicer(oracle_chief.OracleServicer):
         """Over once the search stopped, no trial runs and every worker was told (`exit_chief`)."""
         stopping = self.stop_triggered or self.failure is not None
         self.finished = stopping and not self.oracle.ongoing_trials and not self.oracle.tuner_ids
+
+
+def _attempt(metadata) -> int:
+    """The attempt a call names (0 when it names none or not a number)."""
+    try:
+        return int(metadata.get(ATTEMPT_KEY, "0"))
+    except ValueError:
+        return 0
 
 
 def serve_oracle(

@@ -24,7 +24,7 @@ from lora_keras.data.pipeline import TokenizedPairs
 from lora_keras.evaluation import ValidationTexts
 from lora_keras.runtime.devices import strategy_gpus
 from lora_keras.runtime.heap import thaw
-from tuners.atomic_state import make_keras_tuner_saves_atomic
+from tuners.atomic_state import make_keras_tuner_saves_atomic, repair_after_kill
 from tuners.cluster import Cluster, is_worker
 from tuners.failures import TrialError, failure_reason
 from tuners.hypermodel import LoraT5HyperModel
@@ -111,6 +111,7 @@ class LoraTuner(BaseTuner):
         # locally, `chief.json` for a chief): a run resumed in the other mode must keep its trials.
         if not is_worker() and (self.run_dir / "tuner" / "oracle.json").is_file():
             self.oracle.reload()
+            repair_after_kill(self.oracle)
             self._search_declared_space()
             return
         # keras-tuner's default builds a whole model to discover the space;
@@ -123,6 +124,7 @@ class LoraTuner(BaseTuner):
         """keras-tuner's reload (this tuner id's own file exists), then the space declared now."""
         super().reload()
         if not is_worker():
+            repair_after_kill(self.oracle)
             self._search_declared_space()
 
     def _search_declared_space(self):
