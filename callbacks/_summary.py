@@ -1,34 +1,28 @@
-"""Tiny shared helper: TensorBoard scalars through TensorFlow's writer or, without TensorFlow, TensorBoard's own."""
+"""TensorBoard scalars, written with TensorBoard's own event writer on every Keras backend (no TensorFlow)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from lora_keras.runtime.backend import uses_tensorflow
+from tensorboard.summary import Writer
 
 
-def create_writer(logdir: str) -> Any:
-    """A summary writer for `logdir`: `tf.summary.create_file_writer` on TensorFlow, else `tensorboard.summary.Writer`.
+def create_writer(logdir: str) -> Writer:
+    """A summary writer for `logdir`: TensorBoard's `tensorboard.summary.Writer`.
 
-    Both write event files TensorBoard reads the same way; the second imports no TensorFlow.
+    It writes the event files `tf.summary.create_file_writer` writes (scalars as float32 tensors
+    of the `scalars` plugin), and imports no TensorFlow.
 
     Example:
     ``python
     write_scalars(create_writer("logs/run/trial_0"), {"val_loss": 1.9}, step=0)
     ``
     """
-    if uses_tensorflow():
-        import tensorflow as tf
-
-        return tf.summary.create_file_writer(logdir)
-    from tensorboard.summary import Writer
-
     return Writer(logdir)
 
 
-def write_scalars(writer: Any, scalars: Mapping[str, float | None], step: int) -> None:
-    """Write `{tag: value}` at `step` with `writer` (either kind `create_writer` makes); no-op if it is None.
+def write_scalars(writer: Writer | None, scalars: Mapping[str, float | None], step: int) -> None:
+    """Write `{tag: value}` at `step` with `writer`; no-op if it is None.
 
     Values that are None are skipped (e.g. `val_loss` without validation).
 
@@ -39,20 +33,12 @@ def write_scalars(writer: Any, scalars: Mapping[str, float | None], step: int) -
     """
     if writer is None:
         return
-    if hasattr(writer, "add_scalar"):  # TensorBoard's own writer
-        for tag, value in scalars.items():
-            if value is not None:
-                writer.add_scalar(tag, float(value), int(step))
-        return
-    import tensorflow as tf
-
-    with writer.as_default():
-        for tag, value in scalars.items():
-            if value is not None:
-                tf.summary.scalar(tag, float(value), step=int(step))
+    for tag, value in scalars.items():
+        if value is not None:
+            writer.add_scalar(tag, float(value), int(step))
 
 
-def flush(writer: Any) -> None:
+def flush(writer: Writer | None) -> None:
     """Flush `writer`; no-op if it is None."""
     if writer is not None:
         writer.flush()

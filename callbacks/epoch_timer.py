@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from lora_keras.runtime.backend import sync_devices
+from lora_keras.backends.devices import sync_devices
 
 from ._summary import flush, write_scalars
 
 if TYPE_CHECKING:
-    import tensorflow as tf
+    from tensorboard.summary import Writer
 
 
 def _sync():
@@ -43,7 +43,7 @@ class EpochTimer(keras.callbacks.Callback):
     ``
     """
 
-    def __init__(self, tokens_per_epoch: int, writer: tf.summary.SummaryWriter | None = None) -> None:
+    def __init__(self, tokens_per_epoch: int, writer: Writer | None = None) -> None:
         super().__init__()
         self.tokens_per_epoch = int(tokens_per_epoch)
         self.writer = writer

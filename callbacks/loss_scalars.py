@@ -11,7 +11,7 @@ from lora_keras.models.token_loss import perplexity
 from ._summary import flush, write_scalars
 
 if TYPE_CHECKING:
-    import tensorflow as tf
+    from tensorboard.summary import Writer
 
 
 class LossScalars(keras.callbacks.Callback):
@@ -34,7 +34,7 @@ class LossScalars(keras.callbacks.Callback):
     ``
     """
 
-    def __init__(self, writer: tf.summary.SummaryWriter | None = None, slot: int | None = None) -> None:
+    def __init__(self, writer: Writer | None = None, slot: int | None = None) -> None:
         super().__init__()
         self.writer = writer
         self.loss_key = "loss" if slot is None else f"loss_{slot}"

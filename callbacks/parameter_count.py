@@ -11,7 +11,7 @@ import keras
 from ._summary import flush, write_scalars
 
 if TYPE_CHECKING:
-    import tensorflow as tf
+    from tensorboard.summary import Writer
 
 
 def count_params(variables: Iterable[keras.Variable]) -> int:
@@ -49,7 +49,7 @@ class ParameterCount(keras.callbacks.Callback):
     ``
     """
 
-    def __init__(self, writer: tf.summary.SummaryWriter | None = None, slot: int = 0) -> None:
+    def __init__(self, writer: Writer | None = None, slot: int = 0) -> None:
         super().__init__()
         self.writer = writer
         self.slot = slot

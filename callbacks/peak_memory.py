@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from lora_keras.runtime import gpu_memory
+from lora_keras.backends import memory as gpu_memory
 
 from ._summary import flush, write_scalars
 
 if TYPE_CHECKING:
-    import tensorflow as tf
+    from tensorboard.summary import Writer
 
 MIB = 2**20
 # Module-level so tests can point them elsewhere (e.g. to force the fallback).
@@ -163,7 +163,7 @@ class PeakMemory(keras.callbacks.Callback):
 
     def __init__(
         self,
-        writer: tf.summary.SummaryWriter | None = None,
+        writer: Writer | None = None,
         force_sampling: bool = False,
         sample_interval_s: float = 0.02,
         gpus: Sequence[str] | None = None,

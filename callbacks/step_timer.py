@@ -7,7 +7,7 @@ import time
 
 import keras
 
-from lora_keras.runtime.backend import sync_devices
+from lora_keras.backends.devices import sync_devices
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -16,6 +16,7 @@ from typing import Any
 
 import keras
 import keras_hub
+import numpy as np
 import sacrebleu
 from keras import ops
 
@@ -63,10 +64,12 @@ class SpellablePreprocessor(keras_hub.models.T5Seq2SeqLMPreprocessor):
     def generate_postprocess(self, x: dict) -> Any:
         if "_spelled" not in self.__dict__:
             self.__dict__["_spelled"] = _spelled_pieces(self.tokenizer)
-        ids = x["decoder_token_ids"]
-        spellable = ops.less(ids, self.__dict__["_spelled"])
-        mask = ops.logical_and(ops.cast(x["decoder_padding_mask"], "bool"), spellable)
-        return super().generate_postprocess({"decoder_token_ids": ids, "decoder_padding_mask": mask})
+        # keras-hub's own strips with TensorFlow's ragged tensors; this keeps the same ids in numpy,
+        # on every backend: unmasked, spellable, and none of the tokenizer's special ids.
+        ids = ops.convert_to_numpy(x["decoder_token_ids"])
+        keep = ops.convert_to_numpy(x["decoder_padding_mask"]).astype(bool) & (ids < self.__dict__["_spelled"])
+        keep &= ~np.isin(ids, list(self.tokenizer.special_token_ids))
+        return self.tokenizer.detokenize([[int(i) for i in row[kept]] for row, kept in zip(ids, keep)])
 
 
 class Translator:

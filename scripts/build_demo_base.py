@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no training progress")
     args = parser.parse_args(argv)
     with native_stderr_silenced():
-        import tensorflow as tf
+        from lora_keras.backends.devices import enable_op_determinism
     from lora_keras.models.demo import base as demo
 
     out = pathlib.Path(args.out) if args.out else demo.SHIPPED_PRESET
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
             from lora_keras.errors import InputError
 
             raise InputError(f"{out} already exists; pass a new directory", parameter="directory")
-        tf.config.experimental.enable_op_determinism()
+        enable_op_determinism()
         staging = out.with_name(out.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)
         demo.build_demo_base(demo.DemoConfig(), staging, verbose=0 if args.quiet else 2)

@@ -91,7 +91,7 @@ def random_tokens(count: int, length: int, vocabulary: int, seed: int):
 
 def child_throughput(args: argparse.Namespace) -> None:
     """One precision, the batch sizes in increasing order; a `RESULT {json}` line per batch size."""
-    from lora_keras.runtime.gpu_memory import enable_memory_growth
+    from lora_keras.backends.memory import enable_memory_growth
 
     enable_memory_growth()
     import keras
@@ -118,14 +118,15 @@ def child_throughput(args: argparse.Namespace) -> None:
 
 def child_study(args: argparse.Namespace) -> None:
     """Ranks x batch sizes, one short epoch each, until `--deadline-s`; a `RESULT {json}` line per trial."""
-    from lora_keras.runtime.gpu_memory import enable_memory_growth
+    from lora_keras.backends.memory import enable_memory_growth
 
     enable_memory_growth()
     import keras
+    import keras_hub
 
     from lora_keras.data.pipeline import tokenize_pairs
     from lora_keras.models.demo import corpus as demo_corpus
-    from lora_keras.models.tokenizer import SentencePieceIds, train_sentencepiece
+    from lora_keras.models.tokenizer import train_sentencepiece
     from tuners.hypermodel import LoraT5HyperModel
     from tuners.search_space import SearchSpace
     from tuners.single_trial import run_trial
@@ -135,8 +136,8 @@ def child_study(args: argparse.Namespace) -> None:
     prefix = "translate English to Dravic: "
     pairs = demo_corpus.generate_pairs("Dravic", plan["study_train"] + plan["study_val"], seed=1)
     vocabulary = min(8000, plan["shape"]["vocabulary_size"])
-    tokenizer = SentencePieceIds(train_sentencepiece([prefix + s for s, _ in pairs] + [t for _, t in pairs],
-                                                     vocabulary))
+    tokenizer = keras_hub.models.T5Tokenizer(
+        proto=train_sentencepiece([prefix + s for s, _ in pairs] + [t for _, t in pairs], vocabulary))
     base = random_base(plan["shape"], tokenizer)
     train = tokenize_pairs(tokenizer, pairs[: plan["study_train"]], prefix)
     val = tokenize_pairs(tokenizer, pairs[plan["study_train"]:], prefix)

@@ -27,7 +27,7 @@ from lora_keras.cli import (  # noqa: E402
 )
 from lora_keras.runtime.gpu_probe import load_backend_quietly  # noqa: E402
 from lora_keras.data.corpus import read_pairs  # noqa: E402
-from lora_keras.runtime.devices import HELP as DEVICES_HELP  # noqa: E402
+from lora_keras.backends.devices import HELP as DEVICES_HELP  # noqa: E402
 from lora_keras.runtime.precision import PRECISIONS  # noqa: E402
 
 # The library's parameters whose flag here is not `--parameter` (`lora_keras.cli.flag_message`).

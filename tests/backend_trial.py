@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from lora_keras.data.pipeline import make_dataset, tokenize_pairs  # noqa: E402
 from lora_keras.models.base import BaseModel  # noqa: E402
 from lora_keras.models.demo import corpus as demo_corpus  # noqa: E402
-from lora_keras.models.tokenizer import SentencePieceIds, train_sentencepiece  # noqa: E402
+from lora_keras.models.tokenizer import train_sentencepiece  # noqa: E402
 from lora_keras.runtime.xla import LENGTH_MULTIPLE, bucket_length  # noqa: E402
 from tuners.hypermodel import LoraT5HyperModel  # noqa: E402
 from tuners.search_space import SearchSpace  # noqa: E402
@@ -71,7 +71,8 @@ def batch_shapes(tokens, batch_size, multiple):
 
 def main(tensorboard, runs):
     pairs = demo_corpus.generate_pairs("Dravic", 200, seed=1)
-    tokenizer = SentencePieceIds(train_sentencepiece([PREFIX + s for s, _ in pairs] + [t for _, t in pairs], 300))
+    tokenizer = keras_hub.models.T5Tokenizer(
+        proto=train_sentencepiece([PREFIX + s for s, _ in pairs] + [t for _, t in pairs], 300))
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.T5Backbone(
         vocabulary_size=300, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64, key_value_dim=16,

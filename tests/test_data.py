@@ -60,6 +60,8 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch():
     assert all(sorted(epoch) == list(range(3, 33)) for epoch in epochs)  # every example once
     assert all(epoch != list(range(3, 33)) for epoch in epochs)
     assert epochs[0] != epochs[1] != epochs[2] != epochs[0]  # a new order each epoch
+    # Epoch e's order is numpy's permutation for (seed, e), whatever the backend (`epoch_order`).
+    assert epochs == [[int(i) + 3 for i in np.random.default_rng((3, e)).permutation(30)] for e in range(3)]
     again = make_dataset(tokens, 4, shuffle=True, seed=3)
     assert [order(again) for _ in range(3)] == epochs  # the same seed, the same orders
     assert order(make_dataset(tokens, 4, shuffle=True, seed=4)) != epochs[0]

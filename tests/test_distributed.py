@@ -13,7 +13,7 @@ import keras_tuner
 import pytest
 
 from conftest import ROOT
-from lora_keras.runtime.devices import device_names
+from lora_keras.backends.devices import device_names
 from lora_keras.errors import InputError
 from test_tune_errors import assert_one_line_exit_2, load_tune
 from tuners.cluster import Cluster

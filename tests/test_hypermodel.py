@@ -12,7 +12,7 @@ import pytest
 from lora_keras.adapters import lora_layers
 from lora_keras.errors import InputError
 from lora_keras.runtime.benchmark import reference_base, reference_tokens
-from lora_keras.runtime.graph_memory import custom_gradient_names
+from lora_keras.backends.memory import custom_gradient_names
 from tuners.hypermodel import LoraT5HyperModel
 from tuners.search_space import SearchSpace
 
@@ -140,7 +140,7 @@ def live_func_graphs():
 
 @pytest.mark.e2e  # 26 s of training two models: in CI's second tier
 def test_a_released_model_leaves_no_training_graph_behind(base):
-    """TensorFlow's registry of custom gradients pins each traced train step (lora_keras.runtime.graph_memory)."""
+    """TensorFlow's registry of custom gradients pins each traced train step (lora_keras.backends.memory)."""
     tokens = reference_tokens(16, 6, 6, vocabulary_size=200)
     hypermodel = LoraT5HyperModel(base, SearchSpace(ranks=(1, 2), batch_sizes=(8,), lora_dropouts=(0.0, 0.1)),
                                   epochs=1)

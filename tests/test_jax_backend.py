@@ -9,47 +9,75 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY_PREFIX
-from lora_keras.data.pipeline import NumpyBatches, make_dataset, tokenize_pairs
+from lora_keras.data.pipeline import make_dataset, tokenize_pairs
 from lora_keras.models.demo import corpus as demo_corpus
-from lora_keras.models.tokenizer import SentencePieceIds, train_sentencepiece
 from lora_keras.runtime.xla import bucket_length
 
 
-def test_sentencepiece_alone_gives_keras_hubs_ids(tiny_preset):
+def test_keras_hubs_tokenizer_gives_sentencepieces_own_ids(tiny_preset):
+    """keras-hub's T5Tokenizer (what every backend tokenizes with) against `sentencepiece` itself."""
     import keras_hub
+    import sentencepiece
 
     keras_tokenizer = keras_hub.models.T5Tokenizer.from_preset(str(tiny_preset))
-    plain = SentencePieceIds((tiny_preset / "assets" / "tokenizer" / "vocabulary.spm").read_bytes())
+    processor = sentencepiece.SentencePieceProcessor(
+        model_proto=(tiny_preset / "assets" / "tokenizer" / "vocabulary.spm").read_bytes())
     pairs = demo_corpus.generate_pairs("Dravic", 40, seed=5, split="val")
-    for tokenizer_a, tokenizer_b in ((keras_tokenizer, plain),):
-        a = tokenize_pairs(tokenizer_a, pairs, TINY_PREFIX)
-        b = tokenize_pairs(tokenizer_b, pairs, TINY_PREFIX)
-        np.testing.assert_array_equal(a.source_ids, b.source_ids)
-        np.testing.assert_array_equal(a.target_ids, b.target_ids)
-    assert plain.vocabulary_size() == keras_tokenizer.vocabulary_size()
+    tokens = tokenize_pairs(keras_tokenizer, pairs, TINY_PREFIX)
+    for row, (source, _) in zip(tokens.source_ids, pairs):
+        assert list(row[row != 0]) == processor.encode(TINY_PREFIX + source) + [1]  # EOS added by encode
+
+
+def as_numpy(batch):
+    import keras
+
+    return keras.tree.map_structure(np.asarray, batch)
 
 
 def test_numpy_batches_match_the_tf_data_batches():
+    """Every backend's batches: the same rows, cut, padding and order, epoch after epoch, repeated and stacked."""
+    import keras_hub
+
+    from lora_keras.backends.batches import EpochOrders, NumpyBatches, repeat_batches, stack_batches
+    from lora_keras.data.pipeline import epoch_order, repeat_for_slots, stack_for_slots
+    from lora_keras.models.tokenizer import train_sentencepiece
+
     pairs = demo_corpus.generate_pairs("Dravic", 50, seed=1)
-    tokenizer = SentencePieceIds(train_sentencepiece([s for s, _ in pairs] + [t for _, t in pairs], 200))
+    tokenizer = keras_hub.models.T5Tokenizer(
+        proto=train_sentencepiece([s for s, _ in pairs] + [t for _, t in pairs], 200))
     tokens = tokenize_pairs(tokenizer, pairs, TINY_PREFIX)
-    for multiple in (None, 16):
-        ours = NumpyBatches(tokens, 16, length_multiple=multiple)
-        theirs = list(make_dataset(tokens, 16, length_multiple=multiple))  # TensorFlow backend here
+
+    def numpy_batches(multiple, seed=None):
+        order = None if seed is None else (lambda e: epoch_order(len(tokens), seed, e))
+        return NumpyBatches(tokens.model_inputs(), 16, EpochOrders(len(tokens), order), multiple)
+
+    def same(ours, theirs_pass):
+        theirs = [as_numpy(batch) for batch in theirs_pass]
         assert len(ours) == len(theirs) == 4
-        for (inputs, labels, weights), (tf_inputs, tf_labels, tf_weights) in zip(ours, theirs):
+        for index, (tf_inputs, tf_labels, tf_weights) in enumerate(theirs):
+            inputs, labels, weights = ours[index]
             for name in inputs:
-                np.testing.assert_array_equal(inputs[name], tf_inputs[name].numpy())
-            np.testing.assert_array_equal(labels, tf_labels.numpy())
-            np.testing.assert_array_equal(weights, tf_weights.numpy())
-            if multiple:
-                width = tokens.source_ids.shape[1]
-                assert inputs["encoder_token_ids"].shape[1] in {bucket_length(n, 16, width) for n in range(1, 65)}
-    shuffled = NumpyBatches(tokens, 50, shuffle=True, seed=3)
-    first = shuffled[0][1]
-    shuffled.on_epoch_end()
-    assert sorted(map(tuple, first)) == sorted(map(tuple, shuffled[0][1]))  # the same pairs ...
-    assert not np.array_equal(first, shuffled[0][1])  # ... in another order each epoch
+                np.testing.assert_array_equal(inputs[name], tf_inputs[name])
+            np.testing.assert_array_equal(labels, tf_labels)
+            np.testing.assert_array_equal(weights, tf_weights)
+
+    for multiple in (None, 16):
+        same(numpy_batches(multiple), make_dataset(tokens, 16, length_multiple=multiple))  # TensorFlow here
+        if multiple:
+            width = tokens.source_ids.shape[1]
+            assert {b[0]["encoder_token_ids"].shape[1] for b in numpy_batches(multiple)} <= {
+                bucket_length(n, 16, width) for n in range(1, 65)}
+    # Shuffled: epoch after epoch, the same order on both (numpy's permutation for (seed, epoch)).
+    ours, theirs = numpy_batches(None, seed=3), make_dataset(tokens, 16, shuffle=True, seed=3)
+    first = [ours[i][1] for i in range(len(ours))]
+    for _ in range(3):
+        same(ours, theirs)
+        ours.on_epoch_end()
+    assert not np.array_equal(first[0], ours[0][1])  # another order each epoch
+    # Packed slots: repeated rows, and two seeds' batches stacked (padded to the step's longest).
+    same(repeat_batches(numpy_batches(16), 3), repeat_for_slots(make_dataset(tokens, 16, length_multiple=16), 3))
+    same(stack_batches([numpy_batches(None, seed=1), numpy_batches(None, seed=2)]),
+         stack_for_slots([make_dataset(tokens, 16, shuffle=True, seed=s) for s in (1, 2)]))
 
 
 @pytest.mark.e2e

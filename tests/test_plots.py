@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from lora_keras.results.configurations import group_configurations
-from lora_keras.results.plots import _bars_meaning, _series, figure_images, write_plots
+from lora_keras.results.plots import _bars_meaning, _series, write_plots
 from conftest import REPORT_ROWS
 from study_fixture import TWO_CONFIGS, write_study
 
@@ -29,14 +29,6 @@ def test_write_plots_writes_readable_pngs(tmp_path):
         assert image.std() > 0.01  # something was drawn, not a blank canvas
 
 
-def test_figure_images_are_uint8_rgba(tmp_path):
-    images = figure_images(write_plots(ROWS, tmp_path))
-    assert set(images) == STEMS
-    for image in images.values():
-        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 4
-        assert image[..., 3].max() == 255 and image[..., :3].min() < 128  # opaque, with dark ink on it
-
-
 def test_several_learning_rates_and_numeric_rows_plot(tmp_path):
     numeric = [
         dict(trial_id=f"n{rank}_{lr}", status="COMPLETED", rank=rank, batch_size=16, learning_rate=lr,
@@ -54,7 +46,6 @@ def test_no_completed_trials_writes_nothing(tmp_path):
     assert write_plots([ROWS[7]], tmp_path / "empty") == {}
     assert write_plots([], tmp_path / "empty") == {}
     assert not (tmp_path / "empty").exists()
-    assert figure_images({}) == {}
 
 
 def test_each_point_carries_its_ci_across_seeds_or_its_sampling_ci(tmp_path):

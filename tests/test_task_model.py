@@ -13,7 +13,6 @@ from lora_keras.models.base import BaseModel
 from lora_keras.models.demo import corpus as demo_corpus
 from lora_keras.models.sources import load_base, load_preset
 from lora_keras.models.token_loss import PairLosses
-from lora_keras.models.tokenizer import SentencePieceIds
 
 # Short lengths, so that some pairs are cut: text is cut where `tokenize_pairs` cuts it.
 SOURCE_LENGTH, TARGET_LENGTH = 16, 12
@@ -104,10 +103,3 @@ def test_a_hugging_face_base_with_rows_past_its_pieces(hf_t5_wide):
     tokens = tokenize_pairs(base.tokenizer, PAIRS, TINY_PREFIX, SOURCE_LENGTH, TARGET_LENGTH)
     pair_losses, _ = study_val_loss(model, tokens)
     assert model.evaluate(x=as_text(PAIRS), batch_size=8, verbose=0) == pytest.approx(pair_losses, rel=1e-4)
-
-
-def test_a_tokenizer_without_tensorflow_gets_no_preprocessor(base, tiny_preset):
-    proto = (tiny_preset / "assets" / "tokenizer" / "vocabulary.spm").read_bytes()
-    plain = BaseModel("tiny", base.backbone_config, base.weights, SentencePieceIds(proto))
-    assert plain.build_model().preprocessor is None
-    assert isinstance(base.build_model().preprocessor, SpellablePreprocessor)

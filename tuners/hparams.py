@@ -11,12 +11,15 @@ write_experiment(run_dir / "tensorboard", SearchSpace(), max_epochs=2)
 
 import pathlib
 import shutil
+import struct
 import time
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.util import tensor_util
 
 from tuners.search_space import SearchSpace, targets_name
 
@@ -75,9 +78,8 @@ def experiment_hparams(space: SearchSpace, max_epochs: int, precision: str = "fl
 
     Example: `{h.name: h.domain for h in experiment_hparams(SearchSpace(), 2)}["rank"].values` -> `[1, 4, 16]`.
     """
-    from tensorboard.plugins.hparams import api as hparams_api  # imports TensorFlow
 
-    discrete = hparams_api.Discrete
+    discrete = hparams_summary.Discrete
     domains = {
         "rank": discrete([int(r) for r in space.ranks]),
         "batch_size": discrete([int(b) for b in space.batch_sizes]),
@@ -86,11 +88,11 @@ def experiment_hparams(space: SearchSpace, max_epochs: int, precision: str = "fl
         "targets": discrete([targets_name(t) for t in space.target_sets]),
         "lora_dropout": discrete([float(p) for p in space.lora_dropouts]),
         # Hyperband trials stop at fewer epochs than the maximum.
-        "epochs": hparams_api.IntInterval(1, int(max_epochs)),
+        "epochs": hparams_summary.IntInterval(1, int(max_epochs)),
         "precision": discrete([str(precision)]),
         "seed": discrete([int(s) for s in space.seeds]),
     }
-    return [hparams_api.HParam(name, domain, description=HPARAM_DESCRIPTIONS[name]) for name, domain in domains.items()]
+    return [hparams_summary.HParam(name, domain, description=HPARAM_DESCRIPTIONS[name]) for name, domain in domains.items()]
 
 
 def varying_hparams(space: SearchSpace, epochs_vary: bool = False) -> set[str]:
@@ -128,15 +130,14 @@ def experiment_summary(
         precision: the run's training precision.
 
     Returns:
-        A `Summary` proto to write with `tf.summary.experimental.write_raw_pb`.
+        A `Summary` proto (`write_summary` writes it).
 
     Example: `experiment_summary(SearchSpace(), 2).SerializeToString()`.
     """
-    from tensorboard.plugins.hparams import api as hparams_api  # imports TensorFlow
 
-    summary = hparams_api.hparams_config_pb(
+    summary = hparams_summary.hparams_config_pb(
         hparams=experiment_hparams(space, max_epochs, precision),
-        metrics=[hparams_api.Metric(tag, display_name=name, description=text) for tag, name, text in METRICS],
+        metrics=[hparams_summary.Metric(tag, display_name=name, description=text) for tag, name, text in METRICS],
     )
     value = summary.value[0]
     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
@@ -164,36 +165,34 @@ def write_experiment(
     """
     if any(pathlib.Path(log_dir).glob("events.out.tfevents*")):
         return
-    import tensorflow as tf
-
-    writer = tf.summary.create_file_writer(str(log_dir))
-    with writer.as_default():
-        tf.summary.experimental.write_raw_pb(experiment_summary(space, max_epochs, epochs_vary, precision).SerializeToString(),
-                                             step=0)
-    writer.close()
+    pathlib.Path(log_dir).mkdir(parents=True, exist_ok=True)
+    write_summary(log_dir, experiment_summary(space, max_epochs, epochs_vary, precision))
 
 
-def write_figures(log_dir: str | pathlib.Path, paths: list) -> None:
+def write_figures(log_dir: str | pathlib.Path, paths: dict) -> None:
     """The report's PNG plots as TensorBoard images (IMAGES tab) in `log_dir`, replacing earlier ones.
+
+    The PNG files go in as they are, as `tf.summary.image` would encode them, without TensorFlow.
 
     Args:
         log_dir: a directory of its own under the run's TensorBoard directory.
-        paths: the PNG files (`write_reports`'s), none for no images.
+        paths: `{name: PNG path}` (`write_reports`'s), none for no images.
 
-    Example: `write_figures(run_dir / "tensorboard" / "report", [run_dir / "loss_vs_rank.png"])`.
+    Example: `write_figures(run_dir / "tensorboard" / "report", {"loss_vs_rank": run_dir / "loss_vs_rank.png"})`.
     """
-    import tensorflow as tf
-
-    from lora_keras.results.plots import figure_images
-
     shutil.rmtree(log_dir, ignore_errors=True)  # a resumed run replaces, not repeats, its images
     if not paths:
         return
-    writer = tf.summary.create_file_writer(str(log_dir))
-    with writer.as_default():
-        for name, image in figure_images(paths).items():
-            tf.summary.image(name, image[None, ...], step=0)
-    writer.close()
+    pathlib.Path(log_dir).mkdir(parents=True)
+    summary = summary_pb2.Summary()
+    for name, path in paths.items():
+        png = pathlib.Path(path).read_bytes()
+        width, height = struct.unpack(">II", png[16:24])  # the PNG header's IHDR chunk
+        # What `tf.summary.image` writes: [width, height, encoded image] as strings, the image plugin's.
+        tensor = tensor_util.make_tensor_proto([str(width).encode(), str(height).encode(), png])
+        summary.value.add(tag=name, tensor=tensor, metadata=image_metadata.create_summary_metadata(
+            display_name=name, description="", converted_to_tensor=True))
+    write_summary(log_dir, summary)
 
 
 def write_summary(logdir: str | pathlib.Path, summary: summary_pb2.Summary, step: int = 0) -> None:

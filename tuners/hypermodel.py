@@ -40,8 +40,8 @@ from lora_keras.errors import InputError
 from lora_keras.models.base import BaseModel
 from lora_keras.models.token_loss import PairLosses
 from lora_keras.runtime import precision as precisions
-from lora_keras.runtime.backend import in_distribution_strategy
-from lora_keras.runtime.graph_memory import CustomGradientRegistrations
+from lora_keras.backends.devices import in_distribution_strategy
+from lora_keras.backends.memory import CustomGradientRegistrations
 from lora_keras.runtime.heap import freeze_long_lived, thaw
 from lora_keras.runtime.xla import length_multiple
 from tuners.search_space import SearchSpace

@@ -15,12 +15,14 @@ baseline = run.measure_baseline(config.run_dir)
 import dataclasses
 import pathlib
 import random
+from typing import Any
 
 import keras
 import keras_tuner
-import tensorflow as tf
 
 from lora_keras.adapters import TARGETS
+from lora_keras.backends.devices import mirrored_strategy
+from lora_keras.backends.memory import enable_memory_growth
 from lora_keras.data.corpus import read_pairs
 from lora_keras.data.pipeline import TokenizedPairs, tokenize_pairs
 from lora_keras.errors import InputError
@@ -28,8 +30,6 @@ from lora_keras.evaluation import shared_translator
 from lora_keras.models.base import BaseModel
 from lora_keras.models.demo import base as demo
 from lora_keras.models.sources import load_base
-from lora_keras.runtime.devices import mirrored_strategy
-from lora_keras.runtime.gpu_memory import enable_memory_growth
 from tuners.baseline import measure_baseline
 from tuners.hypermodel import check_space_fits
 from tuners.packing import FASTEST
@@ -84,7 +84,7 @@ class PreparedRun:
     Example: `tuner.search(run.train_tokens, run.val_tokens, run.val_texts)`.
     """
 
-    strategy: tf.distribute.Strategy | None  # each trial's devices (`--devices`), None for the default
+    strategy: Any  # a tf.distribute.Strategy: each trial's devices (`--devices`), None for the default
     base: BaseModel
     train_tokens: TokenizedPairs
     val_tokens: TokenizedPairs

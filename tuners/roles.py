@@ -17,7 +17,7 @@ import keras_tuner
 from lora_keras.errors import InputError
 from tuners.cluster import Cluster
 from tuners.oracle_security import chief_token, token_refused, worker_token
-from lora_keras.runtime.backend import gpu_count
+from lora_keras.backends.devices import gpu_count
 from lora_keras.runtime.xla import default_jit_compile
 from tuners.failures import SweepStopped, TrialError, is_failure_limit
 from tuners.hypermodel import LoraT5HyperModel

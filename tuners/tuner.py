@@ -22,7 +22,7 @@ from keras_tuner.errors import FailedTrialError
 from lora_keras.adapters import load_adapter
 from lora_keras.data.pipeline import TokenizedPairs
 from lora_keras.evaluation import ValidationTexts
-from lora_keras.runtime.devices import strategy_gpus
+from lora_keras.backends.devices import strategy_gpus
 from lora_keras.runtime.heap import thaw
 from tuners.atomic_state import make_keras_tuner_saves_atomic, repair_after_kill
 from tuners.cluster import Cluster, is_worker

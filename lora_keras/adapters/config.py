@@ -10,9 +10,11 @@ layers = target_layers(backbone, config.targets)   # {"encoder/0/self_attention/
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 
 import keras
+import numpy as np
 
 from lora_keras.errors import InputError
 
@@ -30,12 +32,32 @@ FEED_FORWARD_TARGETS = {
     "wo": ("output_projector",),
 }
 TARGETS = tuple(ATTENTION_TARGETS) + tuple(FEED_FORWARD_TARGETS)
+
+
+def uniform_a(limit_times_fan_in: float) -> Callable[[int | None], Callable[[tuple[int, int]], np.ndarray]]:
+    """A draw of `A` `(d_in, rank)`, uniform on `+-sqrt(limit_times_fan_in / d_in)`, seeded, in numpy.
+
+    Drawn with numpy, not the Keras backend's generator, so one seed gives one `A` on every backend.
+
+    Example: `uniform_a(1.0)(seed=0)((64, 4))` -> float32 values within `+-1/8`.
+    """
+
+    def seeded(seed: int | None) -> Callable[[tuple[int, int]], np.ndarray]:
+        def draw(shape: tuple[int, int]) -> np.ndarray:
+            limit = math.sqrt(limit_times_fan_in / shape[0])
+            return np.random.default_rng(seed).uniform(-limit, limit, shape).astype("float32")
+
+        return draw
+
+    return seeded
+
+
 # How A is drawn. PEFT: kaiming_uniform_(a=sqrt(5)) on a (rank, d_in) weight, a bound of
-# gain * sqrt(3 / fan_in) = sqrt(2 / 6) * sqrt(3 / d_in) = 1 / sqrt(d_in), which is
-# variance scaling by 1/3 over fan_in. Keras's enable_lora default: He uniform, sqrt(6 / d_in).
+# gain * sqrt(3 / fan_in) = sqrt(2 / 6) * sqrt(3 / d_in) = 1 / sqrt(d_in). Keras's enable_lora
+# default: He uniform, sqrt(6 / d_in).
 INITIALIZERS = {
-    "peft": lambda seed: keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform", seed=seed),
-    "keras": lambda seed: keras.initializers.HeUniform(seed=seed),
+    "peft": uniform_a(1.0),
+    "keras": uniform_a(6.0),
 }
 
 

@@ -140,7 +140,7 @@ class LoraDense(keras.layers.Layer):
         Example: `layer.set_slot(0, LoraConfig(rank=4), seed=7)`.
         """
         d_in, d_out = self.base.kernel.shape
-        a = ops.convert_to_numpy(INITIALIZERS[config.init](seed)((d_in, config.rank)))
+        a = INITIALIZERS[config.init](seed)((d_in, config.rank))
         self.load_slot(slot, config, a, np.zeros((config.rank, d_out), "float32"))
 
     def load_slot(self, slot: int, config: LoraConfig, a: np.ndarray, b: np.ndarray) -> None:

@@ -100,8 +100,8 @@ class BaseModel:
         Its loss, trained and reported, is the mean NLL per real target token (`TokenLossSeq2SeqLM`).
         `fit`/`evaluate` take `{"encoder_text": [...], "decoder_text": [...]}` as keras-hub documents,
         packed as `tokenize_pairs` packs them, and `make_dataset`'s token batches as they are;
-        `generate` decodes text greedily, as `lora_keras.evaluation.translate`. A tokenizer that is
-        no keras-hub `T5Tokenizer` (`SentencePieceIds`, on backends without TensorFlow) gets no preprocessor.
+        `generate` decodes text greedily, as `lora_keras.evaluation.translate`. On every backend
+        (keras-hub's tokenizer runs `sentencepiece` itself where TensorFlow is absent).
 
         Args:
             backbone: the backbone, e.g. with adapters; a new one from `build_backbone` when None.
@@ -119,10 +119,8 @@ class BaseModel:
         ```
         """
         backbone = backbone or self.build_backbone()
-        preprocessor = None
-        if isinstance(self.tokenizer, keras_hub.models.T5Tokenizer):
-            preprocessor = SpellablePreprocessor(
-                tokenizer=self.tokenizer, encoder_sequence_length=max_source_length,
-                decoder_sequence_length=max_target_length,
-            )
+        preprocessor = SpellablePreprocessor(
+            tokenizer=self.tokenizer, encoder_sequence_length=max_source_length,
+            decoder_sequence_length=max_target_length,
+        )
         return TokenLossSeq2SeqLM(backbone=backbone, preprocessor=preprocessor)

@@ -29,7 +29,7 @@ from keras import ops
 from lora_keras.adapters.lora import active_slots, slot_count
 from lora_keras.data.pipeline import PAD_ID, labelled_inputs
 from lora_keras.models.masking_warning import masking_warning_ignored
-from lora_keras.runtime.backend import replicas_in_sync
+from lora_keras.backends.devices import replicas_in_sync, sum_over_replicas
 
 
 # Recorded in every run's identity: runs whose losses were computed otherwise are not resumed.
@@ -221,12 +221,8 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         if self.slot_losses is not None:
             self.slot_losses.update_state(totals, counts)
         self.token_loss.update_state(ops.sum(totals), ops.sum(counts))
-        if replicas_in_sync() > 1:  # data parallel (tf.distribute only, one slot): the global batch's mean
-            import tensorflow as tf
-
-            replica = tf.distribute.get_replica_context()  # None when Keras builds the loss symbolically
-            if replica is not None:  # replicas' gradients are summed
-                return ops.divide_no_nan(ops.sum(totals), replica.all_reduce(tf.distribute.ReduceOp.SUM, counts[0]))
+        if replicas_in_sync() > 1:  # data parallel (one slot): the global batch's mean, as replicas' gradients are summed
+            return ops.divide_no_nan(ops.sum(totals), sum_over_replicas(counts[0]))
         return ops.sum(ops.divide_no_nan(totals, counts))
 
     @property

@@ -84,31 +84,3 @@ def check_vocabulary_fits(
             f"{rows} to {pieces - 1} have none; pass the tokenizer the model was trained with",
             parameter=parameter,
         )
-
-
-class SentencePieceIds:
-    """A T5 SentencePiece vocabulary read with `sentencepiece` alone: the ids keras-hub's `T5Tokenizer` gives.
-
-    For backends other than TensorFlow, where keras-hub's tokenizers (tensorflow-text) cannot run:
-    `tokenize_pairs` takes either. No EOS is added (`encode` adds it), as with `T5Tokenizer`.
-
-    Args:
-        proto: the serialized SentencePiece model (`train_sentencepiece`, or a preset's `vocabulary.spm`).
-
-    Example:
-    ```python
-    tokenizer = SentencePieceIds(train_sentencepiece(["the cat ."], vocab_size=40))
-    tokenizer(["the cat ."])   # [[..., ...]]: lists of ids
-    ```
-    """
-
-    def __init__(self, proto: bytes) -> None:
-        self.proto = proto
-        self.processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
-
-    def __call__(self, texts: Iterable[str]) -> list[list[int]]:
-        return self.processor.encode(list(texts))
-
-    def vocabulary_size(self) -> int:
-        """The number of pieces (ids 0 to size - 1)."""
-        return self.processor.get_piece_size()

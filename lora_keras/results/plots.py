@@ -7,7 +7,6 @@ memory have a bar only with repeats.
 Example:
 ```python
 paths = write_plots(rows, "logs/sweep")          # {"loss_vs_rank": Path(...), ...}
-images = figure_images(paths)                     # {"loss_vs_rank": uint8 array (H, W, 4), ...}
 ```
 """
 
@@ -17,7 +16,6 @@ import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
-import matplotlib.image
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -214,26 +212,3 @@ def write_plots(rows: Sequence[Mapping], directory: str | os.PathLike) -> dict[s
         ),
     }
     return {stem: path for stem, path in written.items() if path is not None}
-
-
-def figure_images(paths: Mapping[str, str | os.PathLike]) -> dict[str, np.ndarray]:
-    """The PNGs read back as uint8 RGBA arrays `(H, W, 4)`, e.g. for `tf.summary.image(name, image[None])`.
-
-    Args:
-        paths: `{name: PNG path}`, as `write_plots` returns them.
-
-    Returns:
-        `{name: uint8 array (H, W, 4)}`.
-
-    Example:
-    ```python
-    figure_images(write_plots(rows, "logs/sweep"))["loss_vs_rank"].shape   # (450, 800, 4)
-    ```
-    """
-    images = {}
-    for name, path in paths.items():
-        image = matplotlib.image.imread(path)  # PNGs come back as floats in [0, 1]
-        if image.shape[-1] == 3:
-            image = np.concatenate([image, np.ones(image.shape[:2] + (1,), image.dtype)], axis=-1)
-        images[name] = np.round(image * 255).astype(np.uint8)
-    return images

@@ -30,8 +30,10 @@ from typing import Any
 import keras
 import keras_hub
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from lora_keras.backends.batches import endless_batches
+from lora_keras.backends.devices import compiled, sync_devices
 from lora_keras.data.pipeline import PAD_ID, TokenizedPairs, make_dataset
 from lora_keras.models.base import BaseModel
 from lora_keras.models.masking_warning import masking_warning_ignored
@@ -101,7 +103,7 @@ def reference_tokens(
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Best float32 `size`x`size` matmul rate, in GFLOP/s, of TensorFlow and NumPy on this machine.
+    """Best float32 `size`x`size` matmul rate, in GFLOP/s, of the Keras backend and NumPy on this machine.
 
     Example:
     ```python
@@ -110,9 +112,10 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     """
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
     b = np.random.default_rng(1).random((size, size), dtype=np.float32)
-    ta, tb = tf.constant(a), tf.constant(b)
+    backend_product = compiled(lambda x, y: ops.matmul(x, y))
+    ta, tb = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
     best = math.inf
-    for run in (lambda: a @ b, lambda: tf.linalg.matmul(ta, tb).numpy()):
+    for run in (lambda: a @ b, lambda: ops.convert_to_numpy(backend_product(ta, tb))):
         run()
         for _ in range(repeats):
             started = time.perf_counter()
@@ -214,7 +217,7 @@ def matmul_ceiling(
 
     Small projections and the per-head attention products run far below the
     large square matmul that sets the peak, so this bounds the MFU any
-    implementation of the step can reach with TensorFlow's kernels here.
+    implementation of the step can reach with the backend's kernels here.
 
     Example:
     ```python
@@ -222,7 +225,7 @@ def matmul_ceiling(
     ```
     """
     source_length, target_length = round(source_length), round(target_length)
-    generator = tf.random.Generator.from_seed(0)
+    generator = np.random.default_rng(0)
     seconds = attention_seconds = flops = 0.0
     for (batch, m, k, n), count in training_matmuls(backbone_config, batch_size, source_length,
                                                      target_length).items():
@@ -231,16 +234,15 @@ def matmul_ceiling(
         # Several products per call, so a small one is not timed as the cost of calling a function;
         # each with its own right operand, so the graph optimizer cannot merge them into one.
         times = max(1, min(64, round(MATMUL_CEILING_FLOPS_PER_CALL / product_flops)))
-        a = generator.normal((*leading, m, k))
-        rights = [generator.normal((*leading, k, n)) for _ in range(times)]
-        products = tf.function(
-            lambda a=a, rights=rights: tf.add_n([tf.linalg.matmul(a, b)[..., :1, :1] for b in rights])
-        )
-        products().numpy()
+        a = ops.convert_to_tensor(generator.standard_normal((*leading, m, k), dtype=np.float32))
+        rights = [ops.convert_to_tensor(generator.standard_normal((*leading, k, n), dtype=np.float32))
+                  for _ in range(times)]
+        products = compiled(lambda a=a, rights=rights: sum(ops.matmul(a, b)[..., :1, :1] for b in rights))
+        ops.convert_to_numpy(products())
         best = math.inf
         for _ in range(repeats):
             started = time.perf_counter()
-            products().numpy()
+            ops.convert_to_numpy(products())
             best = min(best, (time.perf_counter() - started) / times)
         seconds += count * best
         attention_seconds += count * best if batch > 1 else 0.0
@@ -296,7 +298,7 @@ class _EpochClock(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        tf.test.experimental.sync_devices()
+        sync_devices()
         self.seconds.append(time.perf_counter() - self.started)
 
 
@@ -324,7 +326,7 @@ def benchmark_training(
     model = build_model()
     build_s = time.perf_counter() - started
 
-    dataset = make_dataset(train_tokens, batch_size, shuffle=True, seed=seed).repeat()
+    dataset = endless_batches(make_dataset(train_tokens, batch_size, shuffle=True, seed=seed))
     clock = _EpochClock()
     history = model.fit(
         dataset, epochs=2, steps_per_epoch=steps, callbacks=[clock], verbose=0, shuffle=False

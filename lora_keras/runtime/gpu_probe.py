@@ -39,11 +39,12 @@ def probe_gpus_quietly() -> None:
 
     Example: `probe_gpus_quietly()`; then `tf.config.list_physical_devices("GPU")` -> `[]`, silently.
     """
-    tf = sys.modules.get("tensorflow")
-    if tf is None or nvidia_driver_installed():
+    if "tensorflow" not in sys.modules or nvidia_driver_installed():
         return
+    from lora_keras.backends.devices import gpu_count
+
     with native_stderr_silenced():
-        tf.config.list_physical_devices("GPU")
+        gpu_count()
 
 
 def load_backend_quietly(module: str = "keras_hub") -> None:

@@ -1,4 +1,7 @@
-"""Data parallelism within one training run: the devices a spec names, as a `MirroredStrategy`.
+"""Devices, per backend: GPUs seen, data parallelism over several, waiting for queued work, compiled functions.
+
+Data parallelism within one training run is TensorFlow's `MirroredStrategy` over the devices a
+spec names; on other backends `--devices` is refused in one line (not built yet).
 
 Example:
 ```python
@@ -6,18 +9,19 @@ strategy = mirrored_strategy("2")   # the first two GPUs; "gpu:1,gpu:3" names th
 with strategy.scope():
     model = build_and_compile()     # variables mirrored on every device
     model.fit(dataset)              # each batch of the dataset is split across the replicas
+gpu_count(); sync_devices()         # on any backend
 ```
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
+from lora_keras import backends
+from lora_keras.backends import uses_tensorflow
 from lora_keras.errors import InputError
-
-if TYPE_CHECKING:
-    import tensorflow as tf
 
 _GPU_NAME = re.compile(r"(?:/?(?:device:)?)gpu:(\d+)", re.IGNORECASE)
 _CPU_SPLIT = re.compile(r"cpu:(\d+)", re.IGNORECASE)
@@ -68,7 +72,7 @@ def device_names(spec: str, gpu_count: int) -> list[str]:
     return [f"/gpu:{index}" for index in indices]
 
 
-def mirrored_strategy(spec: str | None) -> tf.distribute.MirroredStrategy | None:
+def mirrored_strategy(spec: str | None) -> Any:
     """A `tf.distribute.MirroredStrategy` over the devices `spec` names, or None when `spec` is None.
 
     `cpu:N` splits the CPU into N logical devices, which TensorFlow allows only before it starts:
@@ -88,6 +92,12 @@ def mirrored_strategy(spec: str | None) -> tf.distribute.MirroredStrategy | None
     """
     if spec is None:
         return None
+    if not uses_tensorflow():
+        raise InputError(
+            f"devices {spec}: data parallelism over several devices runs on TensorFlow's MirroredStrategy; "
+            f"on Keras's {backends.name()} backend leave --devices out (one device per trial), or run on TensorFlow",
+            parameter="devices",
+        )
     import tensorflow as tf  # heavy: TensorFlow, imported only when devices are asked for
 
     names = device_names(spec, len(tf.config.list_physical_devices("GPU")))
@@ -105,7 +115,7 @@ def mirrored_strategy(spec: str | None) -> tf.distribute.MirroredStrategy | None
     return tf.distribute.MirroredStrategy(names)
 
 
-def strategy_gpus(strategy: tf.distribute.Strategy | None) -> list[str] | None:
+def strategy_gpus(strategy: Any) -> list[str] | None:
     """The GPUs a strategy's replicas run on, as `["GPU:2", "GPU:3"]`; None without GPUs.
 
     Args:
@@ -123,3 +133,95 @@ def strategy_gpus(strategy: tf.distribute.Strategy | None) -> list[str] | None:
         return None
     names = [device.rsplit("device:", 1)[-1] for device in strategy.extended.worker_devices]
     return [name for name in names if name.upper().startswith("GPU")] or None
+
+
+def in_distribution_strategy() -> bool:
+    """Whether a `tf.distribute` strategy is in scope (never on other backends)."""
+    if not uses_tensorflow():
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy()
+
+
+def replicas_in_sync() -> int:
+    """Replicas of the `tf.distribute` strategy in scope; 1 without one, and on other backends."""
+    if not uses_tensorflow():
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def sum_over_replicas(value: Any) -> Any:
+    """`value` summed over the replicas of the strategy in scope; `value` itself with one replica.
+
+    Example: `ops.sum(totals) / sum_over_replicas(count)`: a global batch's mean per real token.
+    """
+    if replicas_in_sync() == 1:
+        return value
+    import tensorflow as tf
+
+    replica = tf.distribute.get_replica_context()  # None when Keras builds the loss symbolically
+    return value if replica is None else replica.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def gpu_count() -> int:
+    """GPUs the backend sees (TensorFlow's physical GPUs; JAX's `gpu` devices).
+
+    Example:
+    ```python
+    jit_compile = gpu_count() > 0
+    ```
+    """
+    if uses_tensorflow():
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+    if backends.name() == "jax":
+        import jax
+
+        try:
+            return len(jax.devices("gpu"))
+        except RuntimeError:  # no GPU platform
+            return 0
+    return 0
+
+
+def sync_devices() -> None:
+    """Wait for queued device work (GPU kernels run asynchronously), so a clock read after it is honest."""
+    if uses_tensorflow():
+        import tensorflow as tf
+
+        tf.test.experimental.sync_devices()
+    elif backends.name() == "jax":
+        import jax
+
+        # JAX dispatches asynchronously: wait until every live array (the step's outputs among them) is computed.
+        jax.block_until_ready(jax.live_arrays())
+
+
+def compiled(function: Callable) -> Callable:
+    """`function` (of backend tensors, through `keras.ops`) compiled as the backend compiles a step.
+
+    `tf.function` on TensorFlow, `jax.jit` on JAX, as it is elsewhere.
+
+    Example: `products = compiled(lambda: ops.matmul(a, b)); ops.convert_to_numpy(products())`.
+    """
+    if uses_tensorflow():
+        import tensorflow as tf
+
+        return tf.function(function)
+    if backends.name() == "jax":
+        import jax
+
+        return jax.jit(function)
+    return function
+
+
+def enable_op_determinism() -> None:
+    """Make TensorFlow's kernels deterministic (op determinism); other backends are left as they are (JAX's CPU kernels are)."""
+    if uses_tensorflow():
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
