@@ -109,10 +109,13 @@ def test_the_jax_study_writes_every_output(studies):
     assert (logdir / "exported" / "config.json").is_file()
 
 
-def test_packed_trials_and_repeats_on_jax(tiny_preset, tiny_corpus, tmp_path):
+def test_repeats_on_jax_and_pack_under_xla(tiny_preset, tiny_corpus, tmp_path):
+    """JAX compiles every step (XLA): as under XLA on TensorFlow, each trial trains alone whatever `--pack` says."""
     run(tune_args(tiny_preset, tiny_corpus, tmp_path, "packed", "--pack", "2", "--repeats", "2"), jax_env())
     found = rows(tmp_path / "packed")
     assert len(found) == 8 and {row["status"] for row in found.values()} == {"COMPLETED"}
+    assert {row["pack_group"] for row in found.values()} == {""}  # none packed
+    assert {row["jit_compile"] for row in found.values()} == {"True"}
 
 
 def test_a_killed_jax_study_resumes(tiny_preset, tiny_corpus, tmp_path):

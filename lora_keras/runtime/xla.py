@@ -32,14 +32,18 @@ def bucket_length(length: int, multiple: int | None, cap: int) -> int:
 
 
 def default_jit_compile(gpu_count: int) -> bool:
-    """XLA for training by default: on with a GPU, off on CPU (where it measured no gain).
+    """XLA for training by default: on with a GPU, off on CPU on TensorFlow (where it measured no gain).
+
+    On Keras's other backends always on: JAX without `jit` runs a step op by op, far slower.
 
     Example:
     ```python
-    default_jit_compile(0)   # False
+    default_jit_compile(0)   # False on TensorFlow, True on JAX
     ```
     """
-    return gpu_count > 0
+    from lora_keras import backends
+
+    return gpu_count > 0 or not backends.uses_tensorflow()
 
 
 def length_multiple(jit_compile: bool) -> int | None:
