@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory
+from callbacks import EpochTimer, FirstTrialStart, LossScalars, ParameterCount, PeakMemory, create_writer
 from callbacks import peak_memory as peak_memory_module
 
 EPOCHS = 2
@@ -69,7 +69,7 @@ def assert_plain(obj):
 def shared_run(tmp_path_factory):
     """One fit with all four callbacks sharing one writer, as the lead uses them."""
     logdir = tmp_path_factory.mktemp("shared")
-    writer = tf.summary.create_file_writer(str(logdir))
+    writer = create_writer(str(logdir))
     cbs = {
         "timer": EpochTimer(TOKENS_PER_EPOCH, writer=writer),
         "memory": PeakMemory(writer=writer),
@@ -108,7 +108,7 @@ def test_loss_scalars_match_history(shared_run):
 
 
 def test_loss_scalars_without_validation(tmp_path):
-    writer = tf.summary.create_file_writer(str(tmp_path))
+    writer = create_writer(str(tmp_path))
     cb = LossScalars(writer=writer)
     history = fit(make_model(), [cb], epochs=1, validation=False)
     writer.close()
@@ -199,7 +199,7 @@ class BigAllocation(keras.callbacks.Callback):
 
 
 def test_peak_memory_host_rss_and_per_trial_reset(tmp_path):
-    writer = tf.summary.create_file_writer(str(tmp_path))
+    writer = create_writer(str(tmp_path))
     big = BigAllocation()
     mem1 = PeakMemory(writer=writer)
     fit(make_model(), [big, mem1])
@@ -263,7 +263,7 @@ def test_peak_memory_gpu_path_with_fake_device(monkeypatch, tmp_path):
     monkeypatch.setattr(
         tf.config.experimental, "get_memory_info", lambda dev: {"current": 0, "peak": next(peaks)}
     )
-    writer = tf.summary.create_file_writer(str(tmp_path))
+    writer = create_writer(str(tmp_path))
     mem = PeakMemory(writer=writer)
     mem.on_train_begin()
     mem.on_epoch_end(0)
@@ -291,7 +291,7 @@ def lora_model():
 
 def test_parameter_count_lora_and_frozen(tmp_path):
     model = lora_model()
-    writer = tf.summary.create_file_writer(str(tmp_path))
+    writer = create_writer(str(tmp_path))
     cb = ParameterCount(writer=writer)
     fit(model, [cb], epochs=1, validation=False)
     writer.close()
@@ -353,7 +353,7 @@ def test_parameter_count_of_lora_adapters_is_one_adapter_at_its_own_rank(tmp_pat
     padded = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     assert padded == 3 * 8 * per_rank  # what the model holds: 3 slots of rank 8
     for slot, rank in ((0, 2), (1, 8)):
-        writer = tf.summary.create_file_writer(str(tmp_path / f"slot_{slot}"))
+        writer = create_writer(str(tmp_path / f"slot_{slot}"))
         cb = ParameterCount(writer=writer, slot=slot)
         cb.set_model(model)
         cb.on_train_begin()
