@@ -81,8 +81,13 @@ def test_bfloat16_trains_near_float32_and_its_adapter_loads_into_a_float32_model
                                                                                 tmp_path):
     reference, (tokens, val) = float32_history, data
     model, history = train(base, "mixed_bfloat16", tokens, val)
-    print(f"\nval loss per real target token: float32 {reference['val_loss']}, mixed_bfloat16 {history['val_loss']}")
-    assert history["val_loss"][-1] < history["val_loss"][0] < np.log(200) + 0.5  # it learned
+    print(f"\nval loss per real target token: float32 {reference['val_loss']}, mixed_bfloat16 {history['val_loss']}"
+          f"; training loss {history['loss']}")
+    # It trained: the adapters moved off zero. Random pairs teach nothing a validation set could show:
+    # its loss stays at the ids' own entropy, about log(198) (a broken model would leave it).
+    moved = max(np.abs(keras.ops.convert_to_numpy(layer.lora_b)).max() for layer in lora_layers(model.backbone).values())
+    assert moved > 1e-3
+    assert abs(history["val_loss"][-1] - np.log(198)) < 0.1
     assert abs(history["val_loss"][-1] - reference["val_loss"][-1]) < BF16_VAL_LOSS_TOLERANCE
 
     query = lora_layers(model.backbone)["encoder/0/self_attention/q"]
