@@ -204,11 +204,13 @@ class NumpyBatches(keras.utils.PyDataset):
         self.orders = orders
         self.length_multiple = length_multiple
         self.order = orders()
+        self.read = set()  # batches read in this order
 
     def __len__(self) -> int:
         return -(-self.orders.count // self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[dict, np.ndarray, np.ndarray]:
+        self.read.add(index)
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         inputs = {name: value[rows] for name, value in self.inputs.items()}
         source_width, target_width = inputs["encoder_token_ids"].shape[1], inputs["decoder_token_ids"].shape[1]
@@ -223,8 +225,11 @@ class NumpyBatches(keras.utils.PyDataset):
         return trimmed, self.labels[rows, :target], self.sample_weight[rows, :target]
 
     def on_epoch_end(self) -> None:
-        if self.orders.shuffles:
+        # The next order only after a whole pass: Keras also ends a "pass" after peeking at the
+        # first batch (JAX's symbolic build), which must not cost the first epoch its order.
+        if self.orders.shuffles and len(self.read) == len(self):
             self.order = self.orders()
+            self.read = set()
 
 
 class _Stacked(keras.utils.PyDataset):

@@ -145,12 +145,14 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
         if isinstance(x, keras.utils.PyDataset):
-            return keras.Model.fit(self, x, *args, **kwargs)
+            with masking_warning_ignored():  # Keras builds the model symbolically first (JAX): the layers warn
+                return keras.Model.fit(self, x, *args, **kwargs)
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
         if isinstance(x, keras.utils.PyDataset):
-            return keras.Model.evaluate(self, x, *args, **kwargs)
+            with masking_warning_ignored():
+                return keras.Model.evaluate(self, x, *args, **kwargs)
         return super().evaluate(x, *args, **kwargs)
 
     # Traced steps call the attention layers, which warn at trace time.
