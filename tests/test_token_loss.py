@@ -97,3 +97,20 @@ def test_a_data_parallel_step_is_the_one_device_step():
     assert figures["train"][1] == pytest.approx(figures["train"][0], rel=1e-6)
     # Per-replica means averaged would move B by about 1e-3 more here.
     assert figures["max_weight_difference"] < 1e-6 < 1e-3 < figures["max_weight_change"]
+
+
+def test_token_mean_sums_as_exactly_as_float64_in_float32_variables():
+    """Kahan-compensated float32 sums (every backend; JAX has no float64 by default) against math.fsum."""
+    import math
+
+    from lora_keras.models.token_loss import TokenMean
+
+    rng = np.random.default_rng(0)
+    totals = np.concatenate([[3e5], rng.uniform(0.001, 0.01, 3000)]).astype(np.float32)
+    metric = TokenMean()
+    for total in totals:
+        metric.update_state(total, 1.0)
+    exact = math.fsum(float(t) for t in totals) / len(totals)
+    naive = float(np.cumsum(totals, dtype=np.float32)[-1]) / len(totals)
+    assert abs(naive - exact) / exact > 1e-6  # a plain float32 sum loses the small ones here
+    assert float(metric.result()) == pytest.approx(exact, rel=1e-7)

@@ -68,24 +68,28 @@ class TokenMean(keras.metrics.Metric):
 
     def __init__(self, name: str = "loss", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
-        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="total",
-                                       aggregation="sum")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="count",
-                                       aggregation="sum")
+        # float32 sums with Kahan compensation: float64's accuracy on every backend (JAX has no float64
+        # unless told to); counts are whole numbers, exact in float32 up to 2**24.
+        self.total, self.total_error, self.count = (
+            self.add_variable(shape=(), initializer="zeros", dtype="float32", name=name_, aggregation="sum")
+            for name_ in ("total", "total_error", "count"))
 
     def update_state(self, total: Any, count: Any) -> None:
         """Add a batch's `total` and `count` (tensors or numbers)."""
-        self.total.assign_add(ops.cast(total, "float64"))
-        self.count.assign_add(ops.cast(count, "float64"))
+        corrected = ops.cast(total, "float32") - self.total_error
+        added = self.total + corrected
+        self.total_error.assign((added - self.total) - corrected)  # what the addition lost
+        self.total.assign(added)
+        self.count.assign_add(ops.cast(count, "float32"))
 
     def result(self) -> Any:
         """The summed total over the summed count, as a float32 scalar (0 before any count)."""
-        return ops.cast(ops.divide_no_nan(self.total, self.count), "float32")
+        return ops.divide_no_nan(self.total - self.total_error, self.count)
 
     def reset_state(self) -> None:
         """Start from zero."""
-        self.total.assign(0.0)
-        self.count.assign(0.0)
+        for variable in (self.total, self.total_error, self.count):
+            variable.assign(0.0)
 
 
 class TokenAccuracy(TokenMean):
@@ -105,8 +109,8 @@ class TokenAccuracy(TokenMean):
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         """Add a batch: target ids, logits and the padding mask."""
-        correct = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), ops.cast(y_true, "int64")), "float64")
-        weight = ops.ones_like(correct) if sample_weight is None else ops.cast(sample_weight, "float64")
+        correct = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), ops.cast(y_true, "int64")), "float32")
+        weight = ops.ones_like(correct) if sample_weight is None else ops.cast(sample_weight, "float32")
         super().update_state(ops.sum(correct * weight), ops.sum(weight))
 
 
@@ -255,26 +259,35 @@ class SlotTokenMeans(keras.metrics.Metric):
         super().__init__(name=f"{name}_slots", **kwargs)
         self.slots = int(slots)
         self.prefix = name
-        self.total = self.add_variable(shape=(self.slots,), initializer="zeros", dtype="float64", name="total")
-        self.count = self.add_variable(shape=(self.slots,), initializer="zeros", dtype="float64", name="count")
+        # float32 with Kahan compensation, as `TokenMean`.
+        self.total, self.total_error, self.count = (
+            self.add_variable(shape=(self.slots,), initializer="zeros", dtype="float32", name=name_)
+            for name_ in ("total", "total_error", "count"))
 
     def update_state(self, totals: Any, counts: Any) -> None:
         """Add each slot in use its batch's summed NLL and token count (vectors of the slots in use)."""
         # (used, slots): slot j's value in column j. A select, not a product: one slot's NaN stays its own.
-        spread = ops.one_hot(ops.arange(ops.shape(totals)[0]), self.slots, dtype="float64") > 0
-        for variable, values in ((self.total, totals), (self.count, counts)):
-            values = ops.cast(values, "float64")[:, None]
-            variable.assign_add(ops.sum(ops.where(spread, values, ops.zeros_like(values)), axis=0))
+        spread = ops.one_hot(ops.arange(ops.shape(totals)[0]), self.slots, dtype="float32") > 0
+
+        def per_slot(values):
+            values = ops.cast(values, "float32")[:, None]
+            return ops.sum(ops.where(spread, values, ops.zeros_like(values)), axis=0)
+
+        corrected = per_slot(totals) - self.total_error
+        added = self.total + corrected
+        self.total_error.assign((added - self.total) - corrected)
+        self.total.assign(added)
+        self.count.assign_add(per_slot(counts))
 
     def result(self) -> dict:
         """`{"loss_<slot>": summed NLL / tokens}` for every slot (0 for one without tokens)."""
-        means = ops.cast(ops.divide_no_nan(self.total, self.count), "float32")
+        means = ops.divide_no_nan(self.total - self.total_error, self.count)
         return {f"{self.prefix}_{slot}": means[slot] for slot in range(self.slots)}
 
     def reset_state(self) -> None:
         """Start every slot from zero."""
-        self.total.assign(ops.zeros((self.slots,), "float64"))
-        self.count.assign(ops.zeros((self.slots,), "float64"))
+        for variable in (self.total, self.total_error, self.count):
+            variable.assign(ops.zeros((self.slots,), "float32"))
 
 
 class PairLosses(keras.Model):
