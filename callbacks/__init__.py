@@ -1,7 +1,7 @@
 """Keras callbacks, one measurement each, for the LoRA rank x batch sweep.
 
-Each takes an optional summary writer (``create_writer``: TensorFlow's, or
-TensorBoard's own without TensorFlow; scalars for the TensorBoard HParams view) and exposes ``results() -> dict`` of plain Python
+Each takes an optional summary writer (``create_writer``: TensorBoard's own, no TensorFlow, on every
+backend; scalars for the TensorBoard HParams view) and exposes ``results() -> dict`` of plain Python
 values for the trial's metrics and results.csv.
 """
 

@@ -1,4 +1,4 @@
-"""Every kind of TensorBoard file the project writes, written on JAX with TensorFlow unimportable, read back by TensorBoard."""
+"""Every kind of TensorBoard file the project writes, written on JAX with TensorFlow blocked, read back by TensorBoard."""
 
 import io
 import json

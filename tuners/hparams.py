@@ -78,7 +78,6 @@ def experiment_hparams(space: SearchSpace, max_epochs: int, precision: str = "fl
 
     Example: `{h.name: h.domain for h in experiment_hparams(SearchSpace(), 2)}["rank"].values` -> `[1, 4, 16]`.
     """
-
     discrete = hparams_summary.Discrete
     domains = {
         "rank": discrete([int(r) for r in space.ranks]),
@@ -134,7 +133,6 @@ def experiment_summary(
 
     Example: `experiment_summary(SearchSpace(), 2).SerializeToString()`.
     """
-
     summary = hparams_summary.hparams_config_pb(
         hparams=experiment_hparams(space, max_epochs, precision),
         metrics=[hparams_summary.Metric(tag, display_name=name, description=text) for tag, name, text in METRICS],
@@ -188,10 +186,11 @@ def write_figures(log_dir: str | pathlib.Path, paths: dict) -> None:
     for name, path in paths.items():
         png = pathlib.Path(path).read_bytes()
         width, height = struct.unpack(">II", png[16:24])  # the PNG header's IHDR chunk
-        # What `tf.summary.image` writes: [width, height, encoded image] as strings, the image plugin's.
+        # What `tf.summary.image` writes: [width, height, encoded image] as strings, with its metadata
+        # (no display name, and not `converted_to_tensor`, which marks TF1's legacy image field).
         tensor = tensor_util.make_tensor_proto([str(width).encode(), str(height).encode(), png])
-        summary.value.add(tag=name, tensor=tensor, metadata=image_metadata.create_summary_metadata(
-            display_name=name, description="", converted_to_tensor=True))
+        summary.value.add(tag=name, tensor=tensor,
+                          metadata=image_metadata.create_summary_metadata(display_name=None, description=""))
     write_summary(log_dir, summary)
 
 
