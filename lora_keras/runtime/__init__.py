@@ -1,3 +1,4 @@
-"""Where and how training runs: devices and distribution strategies (`devices`), a
-TensorFlow graph-memory workaround (`graph_memory`), the throughput benchmark
-(`benchmark`), and state files written whole (`atomic_files`)."""
+"""How training runs, whatever the backend: XLA's bounded shapes (`xla`), precision policies
+(`precision`), the throughput benchmark (`benchmark`), quiet start-up (`gpu_probe`), the heap
+(`heap`) and state files written whole (`atomic_files`). What differs per backend is in
+`lora_keras.backends`."""
