@@ -145,3 +145,14 @@ def test_a_jax_chief_and_worker(tiny_preset, tiny_corpus, tmp_path):
     assert worker.returncode == 0
     found = rows(tmp_path / "shared")
     assert len(found) == 4 and {row["tuner_id"] for row in found.values()} == {"w1"}
+
+
+def test_hyperband_in_bfloat16_on_jax(tiny_preset, tiny_corpus, tmp_path):
+    """A strategy whose trials continue their parents' weights, in mixed bfloat16, on JAX."""
+    run(tune_args(tiny_preset, tiny_corpus, tmp_path, "hb", "--strategy", "hyperband", "--precision",
+                  "mixed_bfloat16"), jax_env())
+    with open(tmp_path / "hb" / "results.csv", newline="") as handle:
+        found = list(csv.DictReader(handle))
+    assert found and {row["status"] for row in found} == {"COMPLETED"}
+    assert {row["precision"] for row in found} == {"mixed_bfloat16"}
+    assert any(row["parent_trial_id"] for row in found)  # a continued trial loaded its parent's checkpoint
