@@ -109,13 +109,16 @@ def test_the_jax_study_writes_every_output(studies):
     assert (logdir / "exported" / "config.json").is_file()
 
 
-def test_repeats_on_jax_and_pack_under_xla(tiny_preset, tiny_corpus, tmp_path):
-    """JAX compiles every step (XLA): as under XLA on TensorFlow, each trial trains alone whatever `--pack` says."""
-    run(tune_args(tiny_preset, tiny_corpus, tmp_path, "packed", "--pack", "2", "--repeats", "2"), jax_env())
-    found = rows(tmp_path / "packed")
-    assert len(found) == 8 and {row["status"] for row in found.values()} == {"COMPLETED"}
-    assert {row["pack_group"] for row in found.values()} == {""}  # none packed
-    assert {row["jit_compile"] for row in found.values()} == {"True"}
+def test_packed_trials_and_repeats_on_jax_train_as_alone(tiny_preset, tiny_corpus, tmp_path):
+    """Packed under XLA on JAX (the slot count a number in the traced step), as they would train alone."""
+    run(tune_args(tiny_preset, tiny_corpus, tmp_path, "packed", "--repeats", "2", "--pack", "4"), jax_env())
+    run(tune_args(tiny_preset, tiny_corpus, tmp_path, "alone", "--repeats", "2", "--no-pack"), jax_env())
+    packed, alone = rows(tmp_path / "packed"), rows(tmp_path / "alone")
+    assert len(packed) == len(alone) == 8 and {row["status"] for row in packed.values()} == {"COMPLETED"}
+    assert all(row["pack_group"] for row in packed.values()) and not any(r["pack_group"] for r in alone.values())
+    assert {row["jit_compile"] for row in packed.values()} == {"True"}
+    for key, row in packed.items():
+        assert float(row["val_loss"]) == pytest.approx(float(alone[key]["val_loss"]), rel=1e-3), key
 
 
 def test_a_killed_jax_study_resumes(tiny_preset, tiny_corpus, tmp_path):

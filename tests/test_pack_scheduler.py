@@ -3,6 +3,7 @@
 import keras_tuner
 from keras_tuner.engine.trial import TrialStatus
 
+from tuners import packing
 from tuners.packing import FASTEST, Packing, PackScheduler, policy_for
 from tuners.search_space import SearchSpace
 from tuners.strategies.grid import GridOracle
@@ -43,7 +44,7 @@ def test_companions_share_the_step_and_a_misfit_starts_the_next_group(tmp_path):
     assert oracle.tuner_ids == {"t"}  # only keras-tuner's own id, which its loop tells
 
 
-def test_the_row_limit_and_the_policy(tmp_path):
+def test_the_row_limit_and_the_policy(tmp_path, monkeypatch):
     space = SearchSpace(ranks=(1, 4, 16), batch_sizes=(8, 64), learning_rates=(3e-3,))
     oracle = grid(tmp_path, space)
     scheduler = PackScheduler(oracle, "t", Packing(3, max_rows=96), space, max_epochs=1)
@@ -53,5 +54,11 @@ def test_the_row_limit_and_the_policy(tmp_path):
     assert policy_for(SweepConfig(space=space, pack=2), jit_compile=False, devices=None) == Packing(2)
     assert policy_for(SweepConfig(space=space, strategy="random"), jit_compile=False, devices=None) == Packing(1)
     assert policy_for(SweepConfig(space=space, precision="mixed_bfloat16"), False, None) == Packing(1)
+    assert policy_for(SweepConfig(space=space), jit_compile=True, devices=None) == Packing(1)
+    # Under XLA: never on TensorFlow (its traced steps read the slot count from a variable); on JAX
+    # (a number in the traced step) when asked for, not by default.
+    assert policy_for(SweepConfig(space=space, pack=2), jit_compile=True, devices=None) == Packing(1)
+    monkeypatch.setattr(packing, "static_shapes", lambda: True)
+    assert policy_for(SweepConfig(space=space, pack=2), jit_compile=True, devices=None) == Packing(2)
     assert policy_for(SweepConfig(space=space), jit_compile=True, devices=None) == Packing(1)
     assert policy_for(SweepConfig(space=space), jit_compile=False, devices=object()) == Packing(1)

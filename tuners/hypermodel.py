@@ -40,7 +40,7 @@ from lora_keras.errors import InputError
 from lora_keras.models.base import BaseModel
 from lora_keras.models.token_loss import PairLosses
 from lora_keras.runtime import precision as precisions
-from lora_keras.backends.devices import in_distribution_strategy
+from lora_keras.backends.devices import in_distribution_strategy, static_shapes
 from lora_keras.backends.memory import CustomGradientRegistrations
 from lora_keras.runtime.heap import freeze_long_lived, thaw
 from lora_keras.runtime.xla import length_multiple
@@ -167,7 +167,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
             _space(space_values)  # an unknown keyword is named as such first
             raise InputError(f"{sorted(space_values)[0]}: given with a space; pass the space or its values, "
                              "not both", parameter="space")
-        if slots > 1 and jit_compile:
+        if slots > 1 and jit_compile and not static_shapes():
             raise InputError("slots: several trials per step need shapes XLA cannot compile; use 1 with jit_compile",
                              parameter="slots")
         if seed is not None and len(space.seeds) == 1:

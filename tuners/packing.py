@@ -33,6 +33,7 @@ from collections.abc import Iterator
 import keras_tuner
 from keras_tuner.engine.trial import Trial, TrialStatus
 
+from lora_keras.backends.devices import static_shapes
 from tuners.search_space import SearchSpace
 
 # The default pack holds at most this many rows per step. On the 2-core CPU a step's time per row is
@@ -79,9 +80,13 @@ def policy_for(config, jit_compile: bool, devices: object | None) -> Packing:
     """The sweep's packing: `config.pack` if given (no row limit), else every rank (and alpha) and seed of a grid.
 
     Only the grid packs by default: it hands out a batch size's ranks in a row, and no later trial
-    depends on an earlier one's result. Packing needs float32 without XLA on the default devices
-    (several trials' rows in one batch: XLA's static shapes, a replica's share of the rows and
-    loss scaling are not per trial), so elsewhere every trial trains alone.
+    depends on an earlier one's result. Packing needs float32 on the default devices, and on
+    TensorFlow no XLA (several trials' rows in one batch: TensorFlow reads the slot count from a
+    variable, which XLA's static shapes cannot, a replica's share of the rows and loss scaling are
+    not per trial), so elsewhere every trial trains alone. On JAX the count is a number in the
+    traced step (`lora_keras.backends.devices.static_shapes`): packing works under XLA there, when
+    asked for (`--pack N`); not by default, as each slot count compiles the step again (its
+    configurations' steps alone too), which their timed steps would carry.
 
     Args:
         config: the sweep (`tuners.sweep_config.SweepConfig`).
@@ -90,7 +95,9 @@ def policy_for(config, jit_compile: bool, devices: object | None) -> Packing:
 
     Example: `policy_for(SweepConfig(), False, None)` -> `Packing(slots=3, max_rows=96)`.
     """
-    if devices is not None or jit_compile or config.precision != "float32":
+    if devices is not None or config.precision != "float32":
+        return Packing(1)
+    if jit_compile and not (static_shapes() and config.pack is not None):
         return Packing(1)
     if config.pack is not None:
         return Packing(config.pack)

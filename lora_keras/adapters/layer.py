@@ -37,6 +37,7 @@ import numpy as np
 from keras import ops
 
 from lora_keras.adapters.config import INITIALIZERS, LoraConfig
+from lora_keras.backends.devices import static_shapes
 from lora_keras.errors import InputError
 
 Tensor = Any  # a backend tensor or Keras variable
@@ -78,6 +79,7 @@ class LoraDense(keras.layers.Layer):
                  seed: int | None = None, targets: tuple[str, ...] = (), init: str = "peft", **kwargs: Any):
         super().__init__(name=f"{base.name}_lora", dtype=base.dtype_policy, **kwargs)
         self.base = base
+        self.active_count = 1  # slots in use; `active` holds it too, for TensorFlow's traced steps
         self.slots = int(slots)
         self.max_rank = int(max_rank)
         self.dropout = float(dropout)
@@ -118,11 +120,16 @@ class LoraDense(keras.layers.Layer):
             b = ops.reshape(self.lora_b, self.lora_b.shape[1:])
             return project(project(inputs, a), b) * ops.reshape(self.lora_scale, ())
         d_in, d_out = self.base.kernel.shape
-        active = ops.cast(self.active, "int32")
+        if static_shapes():  # the count is a number in the traced step: plain slices
+            active = self.active_count
+            a, b, scale = (ops.convert_to_tensor(v)[:active] for v in (self.lora_a, self.lora_b, self.lora_scale))
+        else:
+            active = ops.cast(self.active, "int32")
+            a = ops.slice(self.lora_a, (0, 0, 0), (active, d_in, self.max_rank))
+            b = ops.slice(self.lora_b, (0, 0, 0), (active, self.max_rank, d_out))
+            scale = ops.slice(self.lora_scale, (0,), (active,))
         slot_rows = ops.reshape(inputs, (active, -1, d_in))  # slot j's examples, flattened
-        a = ops.slice(self.lora_a, (0, 0, 0), (active, d_in, self.max_rank))
-        b = ops.slice(self.lora_b, (0, 0, 0), (active, self.max_rank, d_out))
-        scale = ops.reshape(ops.slice(self.lora_scale, (0,), (active,)), (active, 1, 1))
+        scale = ops.reshape(scale, (active, 1, 1))
         return ops.reshape(ops.matmul(ops.matmul(slot_rows, a), b) * scale, shape)
 
     # --- slots ---------------------------------------------------------------------------------
@@ -189,6 +196,7 @@ class LoraDense(keras.layers.Layer):
                              parameter="slots")
         if self.slots > 1:
             self.active.assign(count)
+        self.active_count = count  # what steps traced with static shapes (JAX) read: `static_shapes()`
 
     def reset_dropout(self) -> None:
         """Rewind the dropout masks to their first draw (nothing to do without dropout)."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from lora_keras.adapters.config import TARGETS, LoraConfig, check_rank, projection_sites, target_layers
 from lora_keras.adapters.layer import LoraDense
+from lora_keras.backends.devices import static_shapes
 from lora_keras.errors import InputError
 
 
@@ -163,13 +164,15 @@ def slot_count(backbone: keras.Model) -> int:
 
 
 def active_slots(backbone: keras.Model):
-    """The slots a batch holds (`activate_slots`): the layers' `active` variable, read inside traced steps; else 1.
+    """The slots a batch holds (`activate_slots`): the layers' `active` variable, read inside traced steps
+    (a Python number where traced shapes are static: `lora_keras.backends.devices.static_shapes`); else 1.
 
     Example: `ops.reshape(per_row, (active_slots(backbone), -1))` -> one row per slot.
     """
     if slot_count(backbone) <= 1:
         return 1
-    return keras.ops.cast(next(iter(lora_layers(backbone).values())).active, "int32")
+    layer = next(iter(lora_layers(backbone).values()))
+    return layer.active_count if static_shapes() else keras.ops.cast(layer.active, "int32")
 
 
 def reset_lora(backbone: keras.Model, config: LoraConfig, seed: int | None, slot: int = 0) -> None:

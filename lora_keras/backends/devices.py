@@ -225,3 +225,12 @@ def enable_op_determinism() -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+
+
+def static_shapes() -> bool:
+    """Whether a traced step's shapes are fixed when traced (JAX's `jit`), so a count that shapes them is a
+    Python number and a change means tracing again; TensorFlow's graphs take it from a variable.
+
+    Example: `static_shapes()` -> `False` on TensorFlow, `True` on JAX.
+    """
+    return not uses_tensorflow()

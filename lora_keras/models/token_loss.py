@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from lora_keras.adapters.lora import active_slots, slot_count
+from lora_keras.backends.devices import static_shapes
 from lora_keras.data.pipeline import PAD_ID, labelled_inputs
 from lora_keras.models.masking_warning import masking_warning_ignored
 from lora_keras.backends.devices import replicas_in_sync, sum_over_replicas
@@ -114,6 +115,23 @@ class TokenAccuracy(TokenMean):
         super().update_state(ops.sum(correct * weight), ops.sum(weight))
 
 
+def follow_slot_count(model: keras.Model, backbone: keras.Model | None = None) -> None:
+    """Trace `model`'s steps again when the slots in use changed, where traced shapes are static (JAX).
+
+    There a traced step holds the slot count as a number (`lora_keras.adapters.lora.active_slots`);
+    TensorFlow's read it from a variable and never need this.
+
+    Example: `activate_slots(backbone, 2); follow_slot_count(model)` before the next `fit`.
+    """
+    backbone = model.backbone if backbone is None else backbone
+    if not static_shapes() or slot_count(backbone) <= 1:
+        return
+    count = active_slots(backbone)
+    if model.__dict__.get("_traced_slot_count", count) != count:
+        model.train_function = model.test_function = model.predict_function = None
+    model.__dict__["_traced_slot_count"] = count  # not a Keras-tracked attribute
+
+
 class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
     """keras-hub's `T5Seq2SeqLM`, trained on and reporting the mean NLL per real target token.
 
@@ -148,12 +166,14 @@ class TokenLossSeq2SeqLM(keras_hub.models.T5Seq2SeqLM):
         # that creates variables twice (seconds per model).
         if self.optimizer is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
+        follow_slot_count(self)
         if isinstance(x, keras.utils.PyDataset):
             with masking_warning_ignored():  # Keras builds the model symbolically first (JAX): the layers warn
                 return keras.Model.fit(self, x, *args, **kwargs)
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
+        follow_slot_count(self)
         if isinstance(x, keras.utils.PyDataset):
             with masking_warning_ignored():
                 return keras.Model.evaluate(self, x, *args, **kwargs)
@@ -330,6 +350,7 @@ class PairLosses(keras.Model):
             batch_size: pairs per forward pass.
             length_multiple: as `make_dataset`'s (XLA's bounded shapes).
         """
+        follow_slot_count(self, self.seq2seq.backbone)
         nll = self.predict(labelled_inputs(tokens, batch_size, slots, length_multiple), verbose=0)
         counts = (np.asarray(tokens.target_ids) != PAD_ID).sum(axis=1)
         return np.asarray(nll, "float64").T.reshape(slots, len(tokens)), counts
