@@ -2,13 +2,13 @@
 
 TensorFlow is the default backend; the whole study also runs on JAX (`KERAS_BACKEND=jax`) where
 TensorFlow is not installed. The backend is read once, on first use (`name()`: Keras's own choice,
-`KERAS_BACKEND` or `~/.keras/keras.json`), and no module outside this package imports `tensorflow` or `jax` (`tests/test_backends.py`
-checks the source). One module per concern:
+`KERAS_BACKEND` or `~/.keras/keras.json`), and no module outside this package imports `tensorflow`
+or `jax` (`tests/test_backends.py` checks the source). One module per concern:
 
 | module | what differs | TensorFlow | any other backend (JAX) |
 |---|---|---|---|
 | `batches` | training and evaluation batches | `tf.data` pipelines | Keras `PyDataset`s of numpy arrays |
-| `devices` | GPUs, data parallelism, waiting for queued work, determinism, timed matmuls | `tf.config`, `tf.distribute` | `jax.devices`, `jax.block_until_ready`, `jax.jit` |
+| `devices` | GPUs, data parallelism, waiting for queued work, determinism, compiled functions, whether traced shapes are static | `tf.config`, `tf.distribute`, `tf.function` | `jax.devices`, `jax.block_until_ready`, `jax.jit` |
 | `memory` | GPU memory growth and allocator peaks; TensorFlow's gradient registry | `tf.config.experimental` | `jax.Device.memory_stats` |
 
 What needs no seam: the model, LoRA and losses are Keras ops; keras-hub's `T5Tokenizer` runs
@@ -17,9 +17,9 @@ TensorBoard files are written with TensorBoard's own protos and event writer
 (`callbacks/_summary.py`, `tuners/hparams.py`).
 
 A PyTorch backend would add its branch to: `batches.make_batches` (the numpy batches serve it as
-they are), `devices.gpu_count`, `devices.sync_devices`, `devices.compiled`, `memory.enable_memory_growth`,
-`memory.reset_peak` and `memory.peak_mb` (`torch.cuda`'s allocator statistics), and
-`devices.data_parallel` (or refuse `--devices`, as JAX does now).
+they are), `devices.gpu_count`, `devices.sync_devices`, `devices.compiled`, `devices.static_shapes`,
+`memory.enable_memory_growth`, `memory.reset_peak` and `memory.peak_mb` (`torch.cuda`'s allocator
+statistics), and `devices.mirrored_strategy` (or refuse `--devices`, as JAX does now).
 
 Example:
 ```python
