@@ -35,7 +35,9 @@ from callbacks import StepTimer
 from lora_keras.adapters import (
     LoraConfig, activate_slots, adapter_weights, add_lora, check_rank, clear_slots, load_slot, read_adapter, set_slot,
 )
-from lora_keras.data.pipeline import TokenizedPairs, make_dataset, repeat_for_slots, stack_for_slots, tokenize_pairs
+from lora_keras.data.pipeline import (
+    TokenizedPairs, epoch_order, make_dataset, repeat_for_slots, stack_for_slots, tokenize_pairs,
+)
 from lora_keras.errors import InputError
 from lora_keras.models.base import BaseModel
 from lora_keras.models.token_loss import PairLosses
@@ -447,7 +449,7 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
 
         Under `callbacks`: the training set's longest pairs (the memory peak of any of its
         batches), then up to `steps` (None: an epoch's) batches of the pairs in its seed's order
-        (`numpy.random.default_rng(seed)`, on any backend), unless
+        (the trial's first epoch's, `lora_keras.data.pipeline.epoch_order`), unless
         a callback stops the fit sooner (`alone_timer`'s `StepTimer` does, once it has timed
         enough). Before them, outside `callbacks`, a warm-up: the first time the model trains
         on these batches (this batch size and seed), those very steps (stopped by a fresh
@@ -460,8 +462,8 @@ class LoraT5HyperModel(keras_tuner.HyperModel):
         lengths = (train_tokens.source_ids != 0).sum(1) + (train_tokens.target_ids != 0).sum(1)
         longest = np.argsort(-lengths, kind="stable")[:batch_size]
         most = self.steps_per_epoch(hp, train_tokens) if steps is None else steps
-        # The longest pairs, then the trial's seed's order of the pairs: batches in that order, on any backend.
-        own = np.random.default_rng(self.trial_seed(hp)).permutation(len(train_tokens))[: most * batch_size]
+        # The longest pairs, then the trial's own first-epoch order (`epoch_order`, the same on any backend).
+        own = epoch_order(len(train_tokens), self.trial_seed(hp), 0)[: most * batch_size]
         rows = np.concatenate([longest, own])
         measured = TokenizedPairs(train_tokens.source_ids[rows], train_tokens.target_ids[rows])
         longest_pairs = TokenizedPairs(train_tokens.source_ids[longest], train_tokens.target_ids[longest])
